@@ -1,0 +1,1 @@
+"""Everything that decides: pool configuration, discovery, routing policies, the proxy."""

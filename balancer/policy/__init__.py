@@ -1,0 +1,1 @@
+"""Pure routing policies: `pick(request, snapshot) -> Pick | Shed`, no I/O, no clock."""

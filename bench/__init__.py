@@ -1,0 +1,1 @@
+"""Benchmarks and workloads: routing quality, overhead, calibration."""

@@ -1,0 +1,1 @@
+"""Grafana dashboards generated as code with grafana-foundation-sdk."""

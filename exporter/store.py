@@ -1,0 +1,224 @@
+"""The seam between exporter and balancer: latest `PodMetrics` per pod, pool membership,
+and the balancer's in-flight counts. The exporter writes it; the balancer reads snapshots."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+#: Metrics older than this (seconds) are stale: the balancer falls back to in-flight counts.
+DEFAULT_STALE_AFTER_S = 2.0
+
+
+@dataclass(slots=True, frozen=True)
+class Pod:
+    """One serving endpoint as discovery sees it."""
+
+    name: str
+    address: str  # "host:port"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pool: str = ""  # InferencePool name ("" when not in any pool)
+    namespace: str = "default"
+    ready: bool = True
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative Prometheus histogram: `buckets` are upper bounds (last is +Inf)."""
+
+    buckets: tuple[float, ...]
+    counts: tuple[float, ...]  # cumulative, same length as buckets
+    sum: float = 0.0
+    count: float = 0.0
+
+
+@dataclass(slots=True)
+class PodMetrics:
+    """What one scrape of a vLLM pod's /metrics says (V1 and legacy names folded together)."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    swapped: float = 0.0
+    kv_usage: float = 0.0  # 0..1
+    running_adapters: tuple[str, ...] = ()
+    waiting_adapters: tuple[str, ...] = ()
+    max_lora: int = 0
+    prefix_queries: float = 0.0  # tokens, counter
+    prefix_hits: float = 0.0  # tokens, counter
+    prompt_tokens: float = 0.0  # counter
+    generation_tokens: float = 0.0  # counter
+    preemptions: float = 0.0  # counter
+    ttft: Histogram | None = None
+    queue_time: Histogram | None = None
+    block_size: int = 0
+    num_gpu_blocks: int = 0
+    models: tuple[str, ...] = ()  # model_name label values seen
+    legacy: bool = False  # True when the page used V0 names
+
+
+@dataclass(slots=True)
+class PodState:
+    """One pod in a snapshot: membership, its latest metrics (may be None) and in-flight counts."""
+
+    pod: Pod
+    metrics: PodMetrics | None
+    scraped_at: float | None  # clock time of the last good scrape
+    last_error: str | None
+    inflight: int  # requests sent by this balancer and not yet finished
+    sent_since_scrape: int  # requests sent since `metrics` were taken
+    fresh: bool  # metrics present and younger than the store's stale_after
+
+    @property
+    def name(self) -> str:
+        return self.pod.name
+
+    @property
+    def address(self) -> str:
+        return self.pod.address
+
+    @property
+    def queue(self) -> float:
+        """Waiting requests, counting what was sent since the last scrape (in-flight accounting).
+
+        With stale or missing metrics this falls back to the in-flight count alone."""
+        if self.fresh and self.metrics is not None:
+            return self.metrics.waiting + self.sent_since_scrape
+        return float(self.inflight)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.metrics.kv_usage if (self.fresh and self.metrics is not None) else 0.0
+
+
+@dataclass(slots=True, frozen=True)
+class Snapshot:
+    """An immutable view of the store at `now`; what a policy sees."""
+
+    now: float
+    pods: tuple[PodState, ...]
+
+    def by_address(self) -> dict[str, PodState]:
+        return {p.pod.address: p for p in self.pods}
+
+    def in_pool(self, pool: str) -> tuple[PodState, ...]:
+        return tuple(p for p in self.pods if p.pod.pool == pool)
+
+
+@dataclass(slots=True)
+class _Entry:
+    pod: Pod
+    metrics: PodMetrics | None = None
+    scraped_at: float | None = None
+    last_error: str | None = None
+    errors: int = 0
+    inflight: int = 0
+    sent_since_scrape: int = 0
+
+
+class MetricsStore:
+    """Thread-safe map address -> latest pod state.
+
+    Time is passed in by the caller (`now`), never read here, so the same store works in
+    real time and in the virtual-time cluster simulator."""
+
+    def __init__(self, stale_after: float = DEFAULT_STALE_AFTER_S) -> None:
+        self.stale_after = stale_after
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self.generation = 0  # bumped on every membership change
+
+    # --- membership (discovery writes) ---------------------------------------------------
+    def set_pods(self, pods: Iterable[Pod]) -> None:
+        """Replace membership; metrics and in-flight counts of pods that stay are kept."""
+        with self._lock:
+            new: dict[str, _Entry] = {}
+            for pod in pods:
+                old = self._entries.get(pod.address)
+                if old is not None:
+                    old.pod = pod
+                    new[pod.address] = old
+                else:
+                    new[pod.address] = _Entry(pod)
+            self._entries = new
+            self.generation += 1
+
+    def pods(self) -> list[Pod]:
+        with self._lock:
+            return [e.pod for e in self._entries.values()]
+
+    def pod(self, address: str) -> Pod | None:
+        e = self._entries.get(address)
+        return e.pod if e is not None else None
+
+    # --- metrics (scraper writes) --------------------------------------------------------
+    def update(self, address: str, metrics: PodMetrics, now: float) -> None:
+        """Record a good scrape; requests sent before it are now inside its numbers."""
+        with self._lock:
+            e = self._entries.get(address)
+            if e is None:
+                return
+            e.metrics = metrics
+            e.scraped_at = now
+            e.last_error = None
+            e.sent_since_scrape = 0
+
+    def mark_error(self, address: str, error: str, now: float) -> None:
+        """Record a failed scrape: the pod keeps its last metrics but they age into staleness."""
+        with self._lock:
+            e = self._entries.get(address)
+            if e is None:
+                return
+            e.last_error = error
+            e.errors += 1
+
+    def scrape_errors(self, address: str) -> int:
+        e = self._entries.get(address)
+        return e.errors if e is not None else 0
+
+    # --- in-flight accounting (balancer writes) -----------------------------------------
+    def acquire(self, address: str) -> None:
+        """A request was sent to `address`."""
+        with self._lock:
+            e = self._entries.get(address)
+            if e is not None:
+                e.inflight += 1
+                e.sent_since_scrape += 1
+
+    def release(self, address: str) -> None:
+        """A request to `address` finished (any outcome)."""
+        with self._lock:
+            e = self._entries.get(address)
+            if e is not None and e.inflight > 0:
+                e.inflight -= 1
+
+    def inflight(self, address: str) -> int:
+        e = self._entries.get(address)
+        return e.inflight if e is not None else 0
+
+    # --- reading -------------------------------------------------------------------------
+    def snapshot(self, now: float) -> Snapshot:
+        with self._lock:
+            states = tuple(self._state(e, now) for e in self._entries.values())
+        return Snapshot(now, states)
+
+    def _state(self, e: _Entry, now: float) -> PodState:
+        fresh = (
+            e.metrics is not None
+            and e.scraped_at is not None
+            and e.last_error is None
+            and now - e.scraped_at <= self.stale_after
+        )
+        return PodState(
+            pod=e.pod,
+            metrics=e.metrics,
+            scraped_at=e.scraped_at,
+            last_error=e.last_error,
+            inflight=e.inflight,
+            sent_since_scrape=e.sent_since_scrape,
+            fresh=fresh,
+        )
+
+
+EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
