@@ -1,0 +1,142 @@
+"""Named, documented benchmark workloads: seeded Poisson arrivals of LLM requests whose
+prompt text, model/adapter, output length and criticality follow a published shape.
+
+Every workload is a pure function of (rate, duration, seed); the same requests drive the
+virtual-time cluster, the live benchmark and the demo, so routers are compared on the
+same work."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+#: The seed's served base model and its ten LoRA adapters (deploy/seed/vllm-deployment.yaml).
+BASE_MODEL = "meta-llama/Llama-2-7b-hf"
+SEED_ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "sql-lora-3", "sql-lora-4",
+                 "tweet-summary", "tweet-summary-1", "tweet-summary-2", "tweet-summary-3",
+                 "tweet-summary-4")
+CHARS_PER_TOKEN = 4  # simulator/tokenizer.py
+
+# ShareGPT shape, from the vLLM paper (Kwon et al., SOSP 2023, Fig. 11): mean input
+# 161 tokens, mean output 338 tokens, both long-tailed. We use lognormals with those means.
+SHAREGPT_PROMPT_MEAN = 161
+SHAREGPT_OUTPUT_MEAN = 338
+_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
+          "zulu").split()
+
+
+@dataclass(slots=True, frozen=True)
+class WorkloadRequest:
+    """One request of a workload: what a client sends, plus the true output length."""
+
+    index: int
+    arrival: float  # seconds from the start
+    model: str  # the `model` field the client sends
+    prompt: str
+    max_tokens: int
+    output_len: int  # tokens the (simulated) model generates before EOS (<= max_tokens)
+    criticality: str = "Critical"
+    group: str = ""  # e.g. the shared-prefix group or the adapter, for reports
+
+
+def _lognormal(rng: random.Random, mean: float, sigma: float, lo: int, hi: int) -> int:
+    mu = math.log(mean) - sigma * sigma / 2  # so that E[X] = mean
+    return max(lo, min(hi, int(rng.lognormvariate(mu, sigma))))
+
+
+def _text(rng: random.Random, tokens: int) -> str:
+    """Random text of exactly `tokens * CHARS_PER_TOKEN` characters."""
+    n = tokens * CHARS_PER_TOKEN
+    words: list[str] = []
+    size = 0
+    while size < n:
+        w = rng.choice(_WORDS)
+        words.append(w)
+        size += len(w) + 1
+    return " ".join(words)[:n].ljust(n)
+
+
+def _zipf_weights(n: int, s: float) -> list[float]:
+    return [1.0 / (k ** s) for k in range(1, n + 1)]
+
+
+def _arrivals(rate: float, duration: float, rng: random.Random) -> Iterator[float]:
+    t = rng.expovariate(rate)
+    while t < duration:
+        yield t
+        t += rng.expovariate(rate)
+
+
+def seed_lora(rate: float, duration: float, seed: int = 1, *,
+              base_fraction: float = 0.3, zipf_s: float = 1.1) -> list[WorkloadRequest]:
+    """The seed's fleet: 10 LoRA adapters with Zipf popularity (s=1.1) plus 30% base-model
+    traffic; ShareGPT-like lognormal prompt (mean 161) and output (mean 338) lengths."""
+    rng = random.Random(seed)
+    weights = _zipf_weights(len(SEED_ADAPTERS), zipf_s)
+    out: list[WorkloadRequest] = []
+    for i, t in enumerate(_arrivals(rate, duration, rng)):
+        model = BASE_MODEL if rng.random() < base_fraction else \
+            rng.choices(SEED_ADAPTERS, weights)[0]
+        p = _lognormal(rng, SHAREGPT_PROMPT_MEAN, 1.0, 4, 1536)
+        o = _lognormal(rng, SHAREGPT_OUTPUT_MEAN, 0.8, 4, 1024)
+        out.append(WorkloadRequest(i, t, model, _text(rng, p), max_tokens=o, output_len=o,
+                                   group=model))
+    return out
+
+
+def shared_prefix(rate: float, duration: float, seed: int = 1, *, groups: int = 16,
+                  system_prompt_tokens: int = 1024, question_tokens: int = 64,
+                  output_tokens: int = 128) -> list[WorkloadRequest]:
+    """Groups sharing long system prompts, like inference-perf's `shared_prefix` data: 16
+    groups, a 1,024-token system prompt per group, a 64-token question, 128 output tokens.
+    Groups are equally popular; each pod's KV cache holds only part of all the prefixes,
+    so where a request lands decides whether its prefix is a cache hit."""
+    rng = random.Random(seed)
+    prefixes = [f"[system {g:02d}] " + _text(rng, system_prompt_tokens)
+                for g in range(groups)]
+    # keep prefixes a whole number of tokens so that prefix ids are a prefix of prompt ids
+    prefixes = [p[: len(p) // CHARS_PER_TOKEN * CHARS_PER_TOKEN] for p in prefixes]
+    out: list[WorkloadRequest] = []
+    for i, t in enumerate(_arrivals(rate, duration, rng)):
+        g = rng.randrange(groups)
+        prompt = prefixes[g] + _text(rng, question_tokens)
+        out.append(WorkloadRequest(i, t, BASE_MODEL, prompt, max_tokens=output_tokens,
+                                   output_len=output_tokens, group=f"prefix-{g:02d}"))
+    return out
+
+
+def mixed(rate: float, duration: float, seed: int = 1) -> list[WorkloadRequest]:
+    """Half `seed-lora`, half `shared-prefix`, with 20% of the LoRA traffic Sheddable."""
+    a = seed_lora(rate / 2, duration, seed)
+    b = shared_prefix(rate / 2, duration, seed + 1000)
+    rng = random.Random(seed + 2000)
+    merged = sorted(
+        [WorkloadRequest(0, r.arrival, r.model, r.prompt, r.max_tokens, r.output_len,
+                         "Sheddable" if rng.random() < 0.2 else "Critical", r.group)
+         for r in a] + b,
+        key=lambda r: r.arrival)
+    return [WorkloadRequest(i, r.arrival, r.model, r.prompt, r.max_tokens, r.output_len,
+                            r.criticality, r.group) for i, r in enumerate(merged)]
+
+
+WORKLOADS: dict[str, Callable[..., list[WorkloadRequest]]] = {
+    "seed-lora": seed_lora,
+    "shared-prefix": shared_prefix,
+    "mixed": mixed,
+}
+
+
+def make_workload(name: str, rate: float, duration: float, seed: int = 1
+                  ) -> list[WorkloadRequest]:
+    """Requests of workload `name` at `rate` requests/s for `duration` seconds."""
+    try:
+        fn = WORKLOADS[name]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; choose one of: "
+                         f"{', '.join(sorted(WORKLOADS))}") from None
+    if rate <= 0 or duration <= 0:
+        raise ValueError(f"rate and duration must be positive (got {rate}, {duration})")
+    return fn(rate, duration, seed)

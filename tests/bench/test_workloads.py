@@ -1,0 +1,54 @@
+"""Workloads are deterministic for a seed and have the documented shape."""
+
+import statistics
+
+import pytest
+
+from bench.workloads import (BASE_MODEL, SEED_ADAPTERS, make_workload, shared_prefix)
+
+
+def test_same_seed_same_requests_other_seed_differs():
+    a = make_workload("seed-lora", 5, 60, seed=3)
+    b = make_workload("seed-lora", 5, 60, seed=3)
+    c = make_workload("seed-lora", 5, 60, seed=4)
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("name", ["seed-lora", "shared-prefix", "mixed"])
+def test_poisson_rate_and_ordering(name):
+    reqs = make_workload(name, 20, 300, seed=1)
+    assert 0.9 * 6000 < len(reqs) < 1.1 * 6000
+    arrivals = [r.arrival for r in reqs]
+    assert arrivals == sorted(arrivals)
+    assert [r.index for r in reqs] == list(range(len(reqs)))
+    assert all(1 <= r.output_len <= r.max_tokens for r in reqs)
+
+
+def test_seed_lora_zipf_popularity_and_base_share():
+    reqs = make_workload("seed-lora", 50, 200, seed=2)
+    counts = {m: sum(r.model == m for r in reqs) for m in (BASE_MODEL, *SEED_ADAPTERS)}
+    assert 0.25 < counts[BASE_MODEL] / len(reqs) < 0.35
+    assert counts[SEED_ADAPTERS[0]] > counts[SEED_ADAPTERS[4]] > counts[SEED_ADAPTERS[9]]
+    # ShareGPT means (161 prompt, 338 output tokens), clipped tails pull them down a little
+    assert 120 < statistics.mean(len(r.prompt) / 4 for r in reqs) < 190
+    assert 250 < statistics.mean(r.output_len for r in reqs) < 360
+
+
+def test_shared_prefix_groups_share_exact_prefixes():
+    reqs = shared_prefix(10, 100, seed=1, groups=4, system_prompt_tokens=256)
+    by_group: dict[str, list[str]] = {}
+    for r in reqs:
+        by_group.setdefault(r.group, []).append(r.prompt)
+    assert len(by_group) == 4
+    for prompts in by_group.values():
+        common = prompts[0][:256 * 4]
+        assert all(p.startswith(common) for p in prompts)
+        assert len(set(prompts)) == len(prompts)  # the questions differ
+    firsts = {p[0][:200] for p in by_group.values()}
+    assert len(firsts) == 4  # groups differ from their first characters on
+
+
+def test_unknown_workload_is_a_clear_error():
+    with pytest.raises(ValueError, match="seed-lora"):
+        make_workload("nope", 1, 1)
