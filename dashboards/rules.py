@@ -1,0 +1,181 @@
+"""The Prometheus recording and alerting rules (prometheus/rules/*.yml), built from the same
+query builders as the dashboards so rules, dashboards and exporter names cannot drift.
+Recording rules follow `level:metric:operations` (vLLM's `vllm:` prefix becomes `vllm_`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from dashboards import queries as q
+from exporter import metrics as m
+from exporter import vllm as v
+
+W = "5m"
+QUANTILES = (0.5, 0.9, 0.99)
+
+#: Documented alert thresholds (see the alert descriptions).
+KV_SATURATED_RATIO = 0.9         # mean KV-cache usage of a pool
+QUEUE_GROWING_MIN_WAITING = 10   # waiting requests in a pool, and still rising
+TTFT_P90_SLO_SECONDS = 2.0       # p90 time to first token of a pool
+PARSE_ERROR_RATIO = 0.01         # skipped access-log lines / lines read
+SHED_RATIO = 0.05                # requests shed / requests handled, per pool
+
+HEADER = ("# Generated from dashboards/rules.py by `llmtraffic dashboards --rules "
+          "prometheus/rules`; do not edit by hand.\n")
+
+
+def _rec(record: str, expr: str, **labels: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"record": record, "expr": expr}
+    if labels:
+        rule["labels"] = labels
+    return rule
+
+
+def _quantiles(record: str, bucket_sample: str, grp: str) -> list[dict[str, Any]]:
+    return [_rec(record, q.quantile(x, bucket_sample, "", W, grp), quantile=str(x))
+            for x in QUANTILES]
+
+
+# Recording-rule names, used by the alerts below and checked by the tests.
+TTFT_BY_MODEL = "model_name_quantile:vllm_time_to_first_token_seconds:histogram_quantile_rate5m"
+TTFT_BY_POOL = "pool_quantile:vllm_time_to_first_token_seconds:histogram_quantile_rate5m"
+QUEUE_TIME_BY_POOL = "pool:vllm_request_queue_time_seconds:mean5m"
+KV_AVG_BY_POOL = "pool:vllm_kv_cache_usage_perc:avg"
+KV_MAX_BY_POOL = "pool:vllm_kv_cache_usage_perc:max"
+WAITING_BY_POOL = "pool:vllm_num_requests_waiting:sum"
+RUNNING_BY_POOL = "pool:vllm_num_requests_running:sum"
+PREFIX_HIT_BY_POOL = "pool:vllm_prefix_cache_hits_per_queries:ratio_rate5m"
+BALANCER_TTFT_BY_POLICY = ("lb_policy_quantile:llmtraffic_balancer_time_to_first_token_seconds"
+                           ":histogram_quantile_rate5m")
+BALANCER_REQUESTS_BY_POOL = "pool:llmtraffic_balancer_requests:rate5m"
+BALANCER_SHED_BY_POOL = "pool:llmtraffic_balancer_shed:rate5m"
+
+
+def recording_groups() -> list[dict[str, Any]]:
+    gateway = [
+        _rec("model:asm_llm_proxy_prompt_tokens:rate5m",
+             q.rate_sum(q.counter(m.PROMPT_TOKENS), "", W, "model")),
+        _rec("model:asm_llm_proxy_completion_tokens:rate5m",
+             q.rate_sum(q.counter(m.COMPLETION_TOKENS), "", W, "model")),
+        _rec("model:asm_llm_proxy_requests:rate5m",
+             q.rate_sum(q.counter(m.REQUESTS), "", W, "model")),
+    ]
+    vllm = [
+        *_quantiles(TTFT_BY_MODEL, q.bucket(v.TTFT), "model_name"),
+        *_quantiles(TTFT_BY_POOL, q.bucket(v.TTFT), "pool"),
+        _rec(QUEUE_TIME_BY_POOL, q.queue_time_mean("", W, "pool")),
+        _rec(KV_AVG_BY_POOL, q.kv_usage_agg("avg", "", "pool")),
+        _rec(KV_MAX_BY_POOL, q.kv_usage_agg("max", "", "pool")),
+        _rec(WAITING_BY_POOL, f"sum by (pool) ({q.gauge(v.NUM_REQUESTS_WAITING)})"),
+        _rec(RUNNING_BY_POOL, f"sum by (pool) ({q.gauge(v.NUM_REQUESTS_RUNNING)})"),
+        _rec(PREFIX_HIT_BY_POOL, q.prefix_hit_ratio("", W, "pool")),
+        _rec("pool:vllm_prompt_tokens:rate5m",
+             q.rate_sum(q.counter(v.PROMPT_TOKENS), "", W, "pool")),
+        _rec("pool:vllm_generation_tokens:rate5m",
+             q.rate_sum(q.counter(v.GENERATION_TOKENS), "", W, "pool")),
+    ]
+    balancer = [
+        _rec("lb_policy:llmtraffic_balancer_requests:rate5m",
+             q.rate_sum(q.counter(m.BALANCER_REQUESTS), "", W, "lb_policy")),
+        _rec("lb_policy:llmtraffic_balancer_prompt_tokens:rate5m",
+             q.rate_sum(q.counter(m.BALANCER_PROMPT_TOKENS), "", W, "lb_policy")),
+        _rec("lb_policy:llmtraffic_balancer_completion_tokens:rate5m",
+             q.rate_sum(q.counter(m.BALANCER_COMPLETION_TOKENS), "", W, "lb_policy")),
+        *_quantiles(BALANCER_TTFT_BY_POLICY, q.bucket(m.BALANCER_TTFT), "lb_policy"),
+        _rec(BALANCER_REQUESTS_BY_POOL,
+             q.rate_sum(q.counter(m.BALANCER_REQUESTS), "", W, "pool")),
+        _rec(BALANCER_SHED_BY_POOL, q.rate_sum(q.counter(m.BALANCER_SHED), "", W, "pool")),
+    ]
+    return [
+        {"name": "llmtraffic-gateway.rules", "rules": gateway},
+        {"name": "llmtraffic-vllm.rules", "rules": vllm},
+        {"name": "llmtraffic-balancer.rules", "rules": balancer},
+    ]
+
+
+def _alert(name: str, expr: str, for_: str, severity: str, summary: str,
+           description: str) -> dict[str, Any]:
+    return {"alert": name, "expr": expr, "for": for_, "labels": {"severity": severity},
+            "annotations": {"summary": summary, "description": description}}
+
+
+def alert_groups() -> list[dict[str, Any]]:
+    pod_up = q.gauge(m.POD_UP)
+    ready = q.gauge(m.POOL_READY_PODS)
+    errors = q.rate_sum(q.counter(m.PARSE_ERRORS), "", W, "job, instance")
+    lines = q.rate_sum(q.counter(m.LINES_READ), "", W, "job, instance")
+    alerts = [
+        _alert("LLMKVCacheSaturated", f"{KV_AVG_BY_POOL} > {KV_SATURATED_RATIO}", "10m",
+               "warning",
+               "KV cache of pool {{ $labels.pool }} is {{ $value | humanizePercentage }} full",
+               f"Mean KV-cache usage over the pool's vLLM pods has stayed above "
+               f"{KV_SATURATED_RATIO:.0%} for 10 minutes. New requests queue and running ones "
+               "get preempted; add replicas or lower max_num_seqs/max_model_len."),
+        _alert("LLMQueueGrowing",
+               f"{WAITING_BY_POOL} > {QUEUE_GROWING_MIN_WAITING} and "
+               f"deriv({WAITING_BY_POOL}[10m]) > 0", "10m", "warning",
+               "Request queue of pool {{ $labels.pool }} keeps growing ({{ $value }} waiting)",
+               f"More than {QUEUE_GROWING_MIN_WAITING} requests wait in the pool's vLLM queues "
+               "and the number has been rising for 10 minutes: arrivals exceed what the pool "
+               "serves. Scale the pool out or shed Sheddable traffic."),
+        _alert("LLMTTFTHighP90", f'{TTFT_BY_POOL}{{quantile="0.9"}} > {TTFT_P90_SLO_SECONDS:g}',
+               "10m", "warning",
+               "p90 time to first token of pool {{ $labels.pool }} is {{ $value | "
+               "humanizeDuration }}",
+               f"The pool's p90 TTFT (5-minute window, from vLLM's own histogram) has been "
+               f"over the {TTFT_P90_SLO_SECONDS:g} s SLO for 10 minutes. Check queue time and "
+               "KV-cache usage on the overview dashboard; the SLO is a default, tune it to "
+               "your models."),
+        _alert("LLMScrapeTargetDown", 'up{job=~"vllm|llmtraffic"} == 0', "5m", "warning",
+               "Prometheus cannot scrape {{ $labels.job }} target {{ $labels.instance }}",
+               "The target has failed every scrape for 5 minutes: the pod is down, the "
+               "prometheus.io/port annotation (vLLM) or the `metrics` port (llmtraffic) is "
+               "wrong, or a NetworkPolicy blocks Prometheus."),
+        _alert("LLMPodMetricsStale", f"{pod_up} == 0", "2m", "warning",
+               "llmtraffic has no fresh metrics from pod {{ $labels.pod }} "
+               "(pool {{ $labels.pool }})",
+               "The exporter/balancer scraper could not read the pod's /metrics recently, "
+               "so the balancer routes to it without knowing its queue and KV-cache state. "
+               f"See {q.counter(m.SCRAPES)}{{outcome!=\"ok\"}} for the reason."),
+        _alert("LLMPoolNoReadyPods", f"{ready} == 0", "1m", "critical",
+               "Pool {{ $labels.pool }} has no pod with fresh metrics",
+               "No pod of the pool has answered a metrics scrape recently; the balancer "
+               "answers 503 for the pool's models. Check the vLLM pods and their readiness."),
+        _alert("LLMVllmMetricsAbsent",
+               "absent(" + q.sel(q.gauge(v.NUM_REQUESTS_RUNNING), 'job="vllm"') + ")",
+               "10m", "warning", "Prometheus receives no vLLM metrics",
+               "The `vllm` scrape job returns no vllm:* series: no pod carries the "
+               "prometheus.io/scrape annotation and an `app` label, or the annotated port is "
+               "not vLLM's /metrics."),
+        _alert("LLMExporterParseErrors", f"({errors}) / ({lines}) > {PARSE_ERROR_RATIO}",
+               "10m", "warning",
+               "Exporter {{ $labels.instance }} skips {{ $value | humanizePercentage }} of "
+               "access-log lines",
+               f"More than {PARSE_ERROR_RATIO:.0%} of the access-log lines read could not be "
+               "parsed for 10 minutes, so token counters under-count. The access-log format "
+               f"probably changed: compare {q.counter(m.PARSE_ERRORS)} by reason with the "
+               "configured format."),
+        _alert("LLMBalancerShedding",
+               f"{BALANCER_SHED_BY_POOL} / {BALANCER_REQUESTS_BY_POOL} > {SHED_RATIO}", "5m",
+               "warning",
+               "Balancer sheds {{ $value | humanizePercentage }} of pool {{ $labels.pool }}'s "
+               "requests",
+               f"For 5 minutes the balancer has refused more than {SHED_RATIO:.0%} of the "
+               "pool's requests (429 for Sheddable traffic on a saturated pool, 503 with no "
+               f"endpoint). Scale the pool out; see {q.counter(m.BALANCER_SHED)} by reason."),
+    ]
+    return [{"name": "llmtraffic.alerts", "rules": alerts}]
+
+
+def render(groups: list[dict[str, Any]]) -> str:
+    body = yaml.safe_dump({"groups": groups}, sort_keys=False, width=1 << 16,
+                     allow_unicode=True, default_flow_style=False)
+    return HEADER + body
+
+
+def rule_files() -> dict[str, str]:
+    """File name -> YAML text for prometheus/rules/."""
+    return {"llmtraffic-recording.yml": render(recording_groups()),
+            "llmtraffic-alerts.yml": render(alert_groups())}
