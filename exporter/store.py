@@ -56,6 +56,7 @@ class PodMetrics:
     num_gpu_blocks: int = 0
     models: tuple[str, ...] = ()  # model_name label values seen
     legacy: bool = False  # True when the page used V0 names
+    bad_lines: int = 0  # malformed lines of the families read, skipped by the parser
 
 
 @dataclass(slots=True)

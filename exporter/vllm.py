@@ -3,6 +3,11 @@ a pod's /metrics page into `PodMetrics`. The simulator exposes these same names.
 
 from __future__ import annotations
 
+import math
+import re
+
+from exporter.store import Histogram, PodMetrics
+
 # ---- V1 engine names (vLLM >= 0.12). Counters are declared without `_total`. ------------
 NUM_REQUESTS_RUNNING = "vllm:num_requests_running"
 NUM_REQUESTS_WAITING = "vllm:num_requests_waiting"
@@ -61,3 +66,448 @@ def build_1_2_5_buckets(max_value: int) -> list[int]:
                 return out
             out.append(v)
         exponent += 1
+
+
+# ---- the parser ----------------------------------------------------------------------------
+# The page is scanned once. A line is skipped after one slice and one set lookup unless its
+# first characters are those of a sample name we read; only the ~60 lines we need per engine
+# get their labels and value parsed. Label separators ('",le="') and `le` values repeat on
+# every page, so their validated forms are cached.
+
+
+class VllmParseError(ValueError):
+    """A /metrics page has no usable vLLM family at all, or is not text."""
+
+
+# scalar slots: gauges and counters summed over engines (KV usage is averaged)
+_RUNNING, _WAITING, _SWAPPED, _KV, _KV_LEGACY = range(5)
+_PREFIX_Q, _PREFIX_H, _PREFIX_Q_LEGACY, _PREFIX_H_LEGACY = range(5, 9)
+_PROMPT, _GENERATION, _PREEMPTIONS = range(9, 12)
+_N_SCALARS = 12
+# histogram slots
+_H_TTFT, _H_QUEUE, _H_QUEUE_LEGACY = range(3)
+# what a sample name means: (kind, slot)
+_K_SCALAR, _K_LORA, _K_CACHE, _K_BUCKET, _K_SUM, _K_COUNT, _K_MARK_V1, _K_MARK_LEGACY = range(8)
+
+#: Families whose presence alone marks the page as V1 / legacy (V0) naming. (Histograms such
+#: as inter_token_latency would also tell, but would cost a look at each of their buckets.)
+V1_ONLY_NAMES = (KV_CACHE_USAGE, PREFIX_CACHE_QUERIES, PREFIX_CACHE_HITS)
+LEGACY_ONLY_NAMES = (LEGACY_GPU_CACHE_USAGE, LEGACY_CPU_CACHE_USAGE, LEGACY_NUM_REQUESTS_SWAPPED,
+                     LEGACY_PREFIX_CACHE_QUERIES, LEGACY_PREFIX_CACHE_HITS, LEGACY_TIME_IN_QUEUE,
+                     LEGACY_AVG_PROMPT_THROUGHPUT, LEGACY_AVG_GENERATION_THROUGHPUT)
+#: Declared names of the families `parse_metrics` reads.
+READ_GAUGES = {NUM_REQUESTS_RUNNING: _RUNNING, NUM_REQUESTS_WAITING: _WAITING,
+               LEGACY_NUM_REQUESTS_SWAPPED: _SWAPPED, KV_CACHE_USAGE: _KV,
+               LEGACY_GPU_CACHE_USAGE: _KV_LEGACY}
+READ_COUNTERS = {PREFIX_CACHE_QUERIES: _PREFIX_Q, PREFIX_CACHE_HITS: _PREFIX_H,
+                 LEGACY_PREFIX_CACHE_QUERIES: _PREFIX_Q_LEGACY,
+                 LEGACY_PREFIX_CACHE_HITS: _PREFIX_H_LEGACY, PROMPT_TOKENS: _PROMPT,
+                 GENERATION_TOKENS: _GENERATION, NUM_PREEMPTIONS: _PREEMPTIONS}
+READ_HISTOGRAMS = {TTFT: _H_TTFT, QUEUE_TIME: _H_QUEUE, LEGACY_TIME_IN_QUEUE: _H_QUEUE_LEGACY}
+
+
+def _sample_table() -> dict[str, tuple[int, int]]:
+    """Exposed sample name -> (kind, slot)."""
+    table: dict[str, tuple[int, int]] = {}
+    # markers first, so that the families we read overwrite them below
+    for names, kind in ((V1_ONLY_NAMES, _K_MARK_V1), (LEGACY_ONLY_NAMES, _K_MARK_LEGACY)):
+        for name in names:
+            for suffix in ("", "_total"):
+                table[name + suffix] = (kind, 0)
+    for name, slot in READ_GAUGES.items():
+        table[name] = (_K_SCALAR, slot)
+    for name, slot in READ_COUNTERS.items():
+        table[name + "_total"] = (_K_SCALAR, slot)  # how prometheus_client exposes a counter
+        table[name] = (_K_SCALAR, slot)  # an untyped exposition without the suffix
+    for name, slot in READ_HISTOGRAMS.items():
+        table[name + "_bucket"] = (_K_BUCKET, slot)
+        table[name + "_sum"] = (_K_SUM, slot)
+        table[name + "_count"] = (_K_COUNT, slot)
+    table[LORA_REQUESTS_INFO] = (_K_LORA, 0)
+    table[CACHE_CONFIG_INFO] = (_K_CACHE, 0)
+    return table
+
+
+_SAMPLES = _sample_table()
+_PREFIX_LEN = min(map(len, _SAMPLES))  # every name we read is at least this long
+_PREFIXES = frozenset(name[:_PREFIX_LEN] for name in _SAMPLES)
+_V1_SLOTS = (_KV, _PREFIX_Q, _PREFIX_H)
+_LEGACY_SLOTS = (_SWAPPED, _KV_LEGACY, _PREFIX_Q_LEGACY, _PREFIX_H_LEGACY)
+_ESCAPE = re.compile(r'\\[\\n"]')
+_UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
+_NO_LABELS: dict[str, str] = {}
+_BLANKS = frozenset(" \t")
+_CACHE_MAX = 4096  # bound on the separator / le caches (garbage pages must not grow them)
+_KEYS: dict[str, str] = {}  # raw separator ',le=' -> label name 'le' ('' = invalid)
+_BOUNDS: dict[str, float] = {}  # le label value -> float (NaN = invalid)
+
+
+def _unescape(raw: str) -> str:
+    return _ESCAPE.sub(lambda m: _UNESCAPED[m.group(0)], raw)
+
+
+def _label_name_ok(name: str) -> bool:
+    return name.isidentifier() and name.isascii()
+
+
+def _learn_key(raw: str) -> str:
+    """The label name in a separator such as ',le=' ('' when malformed), cached."""
+    key = raw.strip()
+    if key[:1] == "," and key[-1:] == "=":
+        key = key[1:-1].strip()
+        if not _label_name_ok(key):
+            key = ""
+    else:
+        key = ""
+    if len(_KEYS) < _CACHE_MAX:
+        _KEYS[raw] = key
+    return key
+
+
+def _bound(le: str) -> float:
+    """A bucket's upper bound; NaN when malformed."""
+    try:
+        bound = float(le) if "_" not in le else math.nan
+    except ValueError:
+        bound = math.nan
+    if len(_BOUNDS) < _CACHE_MAX:
+        _BOUNDS[le] = bound
+    return bound
+
+
+def _labels_fast(rest: str) -> tuple[dict[str, str], str] | None:
+    """Labels of `rest` (the text after "{") when it holds no backslash: split on the quote
+    character, parts alternate ',key=' separators and values. Returns (labels, text after
+    "}") or None when malformed."""
+    parts = ("," + rest).split('"')
+    last = len(parts) - 1
+    if last & 1:  # an odd number of quotes
+        return None
+    if last:
+        raw = parts[0:last:2]
+        keys = list(map(_KEYS.get, raw))
+        if None in keys:
+            keys = [_KEYS.get(r) or _learn_key(r) for r in raw]
+        if "" in keys:
+            return None
+        labels = dict(zip(keys, parts[1:last:2]))
+        if len(labels) != len(keys):  # a label given twice
+            return None
+    else:
+        labels = {}
+    tail = parts[last]
+    if tail[:1] != "}":
+        tail = tail.lstrip()
+        if tail[:1] == ",":  # a trailing comma (or the one we prepended to "{}")
+            tail = tail[1:].lstrip()
+        if tail[:1] != "}":
+            return None
+    return labels, tail[1:]
+
+
+def _labels_slow(rest: str) -> tuple[dict[str, str], str] | None:
+    """Like `_labels_fast` for label values with escapes (\\" \\\\ \\n)."""
+    labels: dict[str, str] = {}
+    n = len(rest)
+    i = 0
+    while True:
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == "}":
+            return labels, rest[i + 1:]
+        eq = rest.find("=", i)
+        if eq < 0:
+            return None
+        key = rest[i:eq].strip()
+        if not _label_name_ok(key) or key in labels:
+            return None
+        j = eq + 1
+        while j < n and rest[j] in " \t":
+            j += 1
+        if j >= n or rest[j] != '"':
+            return None
+        j += 1
+        start = j
+        while j < n:
+            c = rest[j]
+            if c == "\\":
+                j += 2
+            elif c == '"':
+                break
+            else:
+                j += 1
+        if j >= n:
+            return None
+        labels[key] = _unescape(rest[start:j])
+        i = j + 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == ",":
+            i += 1
+        elif i >= n or rest[i] != "}":
+            return None
+
+
+def _value(text: str) -> float | None:
+    """The sample value of `text` ("<value> [timestamp] [# exemplar]"), None if malformed."""
+    fields = text.split()
+    if not fields or "_" in fields[0]:
+        return None
+    try:
+        value = float(fields[0])
+        if len(fields) > 1 and fields[1] != "#":
+            float(fields[1])  # a timestamp: must be a number, otherwise ignored
+            if len(fields) > 2 and fields[2] != "#":
+                return None
+    except ValueError:
+        return None
+    return value
+
+
+def _name_end(line: str, brace: int) -> int:
+    """Index of the space or tab ending the sample name (before `brace` if any), or -1."""
+    stop = brace if brace >= 0 else len(line)
+    space = line.find(" ", 0, stop)
+    tab = line.find("\t", 0, stop)
+    if tab >= 0 and (space < 0 or tab < space):
+        return tab
+    return space
+
+
+def _to_int(text: str | None) -> int:
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            return 0
+        return int(number) if math.isfinite(number) else 0
+
+
+def _adapters(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    return tuple(a for a in (s.strip() for s in text.split(",")) if a)
+
+
+class _Hist:
+    __slots__ = ("buckets", "sum", "count", "has_count")
+
+    def __init__(self) -> None:
+        self.buckets: dict[float, float] = {}
+        self.sum = 0.0
+        self.count = 0.0
+        self.has_count = False
+
+    def build(self) -> Histogram:
+        bounds = sorted(self.buckets)
+        counts = [self.buckets[b] for b in bounds]
+        if (not bounds or bounds[-1] != math.inf) and self.has_count:
+            bounds.append(math.inf)
+            counts.append(self.count)
+        return Histogram(tuple(bounds), tuple(counts), self.sum, self.count)
+
+
+def _decode(page: bytes | bytearray | memoryview | str) -> tuple[str, bool]:
+    """(text, is_clean_utf8). Undecodable bytes become U+FFFD so one bad byte costs one line."""
+    if isinstance(page, str):
+        return page, True
+    if not isinstance(page, (bytes, bytearray, memoryview)):
+        raise VllmParseError(
+            f"expected the bytes or str of a /metrics page, got {type(page).__name__}")
+    raw = bytes(page)
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), False
+
+
+def parse_metrics(page: bytes | str) -> PodMetrics:
+    """Parse a vLLM /metrics page (Prometheus text format 0.0.4 or OpenMetrics) into
+    `PodMetrics`, reading only the families the store needs, V1 or legacy names.
+
+    With several engines (data parallel, label `engine`) gauges and counters are summed and
+    KV usage is averaged; histograms are summed bucket by bucket; `cache_config_info`'s
+    `num_gpu_blocks` is summed. V1 names win over legacy ones when a page has both.
+    `vllm:lora_requests_info` contributes the series with the largest value (its update
+    time). A malformed line of a family we read is skipped and counted in `bad_lines`.
+    Raises VllmParseError when the page is not text or holds no family we read."""
+    text, clean = _decode(page)
+    table, prefixes, plen = _SAMPLES, _PREFIXES, _PREFIX_LEN
+    keys_get, bounds_get = _KEYS.get, _BOUNDS.get
+    sums = [0.0] * _N_SCALARS
+    seen = [0] * _N_SCALARS
+    hists: list[_Hist | None] = [None, None, None]
+    models: set[str] = set()
+    lora: dict[str, str] | None = None
+    lora_stamp = 0.0
+    block_size = num_gpu_blocks = 0
+    marks_v1 = marks_legacy = False
+    usable = bad = 0
+
+    for line in text.split("\n"):
+        if line[:plen] not in prefixes:
+            if line[:1] not in _BLANKS:
+                continue
+            line = line.strip()  # an indented line, as the Go and Python parsers allow
+            if line[:plen] not in prefixes:
+                continue
+        # -- the sample name: up to "{" (usual case), or a space / tab
+        brace = line.find("{")
+        entry = table.get(line[:brace]) if brace > 0 else None
+        if entry is not None:
+            rest = line[brace + 1:]
+            with_labels = True
+        else:
+            end = _name_end(line, brace)
+            if end < 0:  # no separator at all: a bare name or a truncated line
+                entry = table.get(line if brace < 0 else line[:brace])
+                bad += entry is not None and entry[0] < _K_MARK_V1
+                continue
+            entry = table.get(line[:end])
+            if entry is None:
+                continue
+            rest = line[end:].lstrip()
+            with_labels = rest[:1] == "{"  # "name {labels} value" is allowed
+            if with_labels:
+                rest = rest[1:]
+        kind, slot = entry
+        if kind >= _K_MARK_V1:
+            if kind == _K_MARK_V1:
+                marks_v1 = True
+            else:
+                marks_legacy = True
+            continue
+        # -- labels (inlined `_labels_fast` for the common case) and value
+        if not with_labels:
+            labels = _NO_LABELS
+        elif "\\" in rest:
+            parsed = _labels_slow(rest)
+            if parsed is None:
+                bad += 1
+                continue
+            labels, rest = parsed
+        else:
+            parts = ("," + rest).split('"')
+            last = len(parts) - 1
+            if last & 1 or not last:
+                parsed = _labels_fast(rest)
+                if parsed is None:
+                    bad += 1
+                    continue
+                labels, rest = parsed
+            else:
+                raw = parts[0:last:2]
+                names = list(map(keys_get, raw))
+                if None in names:
+                    names = [keys_get(r) or _learn_key(r) for r in raw]
+                labels = dict(zip(names, parts[1:last:2]))
+                rest = parts[last]
+                if "" in labels or len(labels) != len(names) or rest[:1] != "}":
+                    parsed = _labels_fast(parts[0][1:] + '"' + '"'.join(parts[1:]))
+                    if parsed is None:
+                        bad += 1
+                        continue
+                    labels, rest = parsed
+                else:
+                    rest = rest[1:]
+        if "_" in rest:
+            value = None
+        else:
+            try:
+                value = float(rest)
+            except ValueError:
+                value = _value(rest)  # a timestamp or an exemplar follows, or garbage
+        if value is None:
+            bad += 1
+            continue
+
+        # -- accumulate
+        if kind == _K_SCALAR:
+            sums[slot] += value
+            seen[slot] += 1
+        elif kind == _K_BUCKET:
+            le = labels.get("le")
+            bound = bounds_get(le) if le is not None else math.nan
+            if bound is None:
+                bound = _bound(le)  # type: ignore[arg-type]
+            if bound != bound:  # no or malformed le
+                bad += 1
+                continue
+            h = hists[slot]
+            if h is None:
+                h = hists[slot] = _Hist()
+            h.buckets[bound] = h.buckets.get(bound, 0.0) + value
+        elif kind == _K_SUM or kind == _K_COUNT:
+            h = hists[slot]
+            if h is None:
+                h = hists[slot] = _Hist()
+            if kind == _K_SUM:
+                h.sum += value
+            else:
+                h.count += value
+                h.has_count = True
+        elif kind == _K_LORA:
+            if lora is None or value > lora_stamp or lora_stamp != lora_stamp:
+                lora = labels
+                lora_stamp = value
+        else:  # _K_CACHE
+            block_size = _to_int(labels.get("block_size")) or block_size
+            num_gpu_blocks += _to_int(labels.get("num_gpu_blocks"))
+        usable += 1
+        model = labels.get("model_name")
+        if model is not None:
+            models.add(model)
+
+    if not usable:
+        raise VllmParseError(_nothing_usable(text, clean))
+    return _build(sums, seen, hists, lora or _NO_LABELS, block_size, num_gpu_blocks, models,
+                  marks_v1, marks_legacy, bad)
+
+
+def _nothing_usable(text: str, clean: bool) -> str:
+    if not clean or "\x00" in text:
+        return ("the /metrics page is not text (not UTF-8, or binary); expected the "
+                "Prometheus text format")
+    first = next((ln.strip() for ln in text.split("\n", 50) if ln.strip()), "")
+    return (f"no vLLM metric family in the /metrics page (looked for {NUM_REQUESTS_RUNNING}, "
+            f"{KV_CACHE_USAGE}, {LEGACY_GPU_CACHE_USAGE}, {TTFT} and more); is the target a "
+            f"vLLM server? first line: {first[:120]!r}")
+
+
+def _build(sums: list[float], seen: list[int], hists: list[_Hist | None],
+           lora: dict[str, str], block_size: int, num_gpu_blocks: int, models: set[str],
+           marks_v1: bool, marks_legacy: bool, bad: int) -> PodMetrics:
+    """Fold the accumulated samples into PodMetrics: V1 names win over legacy ones."""
+    kv = _KV if seen[_KV] else _KV_LEGACY
+    prefix_q, prefix_h = ((_PREFIX_Q, _PREFIX_H) if seen[_PREFIX_Q] or seen[_PREFIX_H]
+                          else (_PREFIX_Q_LEGACY, _PREFIX_H_LEGACY))
+    ttft = hists[_H_TTFT]
+    queue = hists[_H_QUEUE] or hists[_H_QUEUE_LEGACY]
+    marks_v1 = marks_v1 or any(seen[s] for s in _V1_SLOTS)
+    marks_legacy = (marks_legacy or any(seen[s] for s in _LEGACY_SLOTS)
+                    or hists[_H_QUEUE_LEGACY] is not None)
+    return PodMetrics(
+        running=sums[_RUNNING],
+        waiting=sums[_WAITING],
+        swapped=sums[_SWAPPED],
+        kv_usage=sums[kv] / seen[kv] if seen[kv] else 0.0,
+        running_adapters=_adapters(lora.get("running_lora_adapters")),
+        waiting_adapters=_adapters(lora.get("waiting_lora_adapters")),
+        max_lora=_to_int(lora.get("max_lora")),
+        prefix_queries=sums[prefix_q],
+        prefix_hits=sums[prefix_h],
+        prompt_tokens=sums[_PROMPT],
+        generation_tokens=sums[_GENERATION],
+        preemptions=sums[_PREEMPTIONS],
+        ttft=ttft.build() if ttft is not None else None,
+        queue_time=queue.build() if queue is not None else None,
+        block_size=block_size,
+        num_gpu_blocks=num_gpu_blocks,
+        models=tuple(sorted(models)),
+        legacy=marks_legacy and not marks_v1,
+        bad_lines=bad,
+    )
