@@ -405,15 +405,15 @@ def parse_metrics(page: bytes | str) -> PodMetrics:
                 if None in names:
                     names = [keys_get(r) or _learn_key(r) for r in raw]
                 labels = dict(zip(names, parts[1:last:2]))
-                rest = parts[last]
-                if "" in labels or len(labels) != len(names) or rest[:1] != "}":
-                    parsed = _labels_fast(parts[0][1:] + '"' + '"'.join(parts[1:]))
+                tail = parts[last]
+                if tail[:1] == "}" and len(labels) == len(names) and "" not in labels:
+                    rest = tail[1:]
+                else:  # a bad or duplicate label name, or text before "}": the careful way
+                    parsed = _labels_fast(rest)
                     if parsed is None:
                         bad += 1
                         continue
                     labels, rest = parsed
-                else:
-                    rest = rest[1:]
         if "_" in rest:
             value = None
         else:
