@@ -47,13 +47,13 @@ def headline() -> list[Any]:
     queue = q.queue_time_mean("pool=~\"$pool_a|$pool_b\"", rng, "pool")
     note = " over the whole time range, per lb_policy."
     return [
-        stat_panel("TTFT p90 by policy", "p90 time to first token at the balancer" + note,
+        stat_panel("TTFT p90 over the range", "p90 time to first token at the balancer" + note,
                    [Target(ttft, "{{lb_policy}}", instant=True)], SECONDS),
-        stat_panel("Completion tokens/s by policy", "Completion token throughput" + note,
+        stat_panel("Completion tokens/s over the range", "Completion token throughput" + note,
                    [Target(tokens, "{{lb_policy}}", instant=True)], TOKENS_PER_SECOND),
-        stat_panel("Requests/s by policy", "Requests handled by the balancer" + note,
+        stat_panel("Requests/s over the range", "Requests handled by the balancer" + note,
                    [Target(requests, "{{lb_policy}}", instant=True)], REQUESTS_PER_SECOND),
-        stat_panel("Queue time (mean): A vs B",
+        stat_panel("Queue time (mean) over the range",
                    "Mean vLLM queue time of pool A and pool B over the whole time range.",
                    [Target(queue, "{{pool}}", instant=True)], SECONDS),
     ]

@@ -144,8 +144,8 @@ def cache_and_lora() -> list[Any]:
             [Target(q.prefix_hit_ratio(F, R, "pool"), "{{pool}}")], RATIO, width=12, max_=1),
         table_panel(
             "LoRA adapters per pod",
-            "Latest vllm:lora_requests_info per pod: adapters in the running batch, adapters "
-            "waiting for a slot, and the max_loras slot count.",
+            f"Latest {lora} per pod: adapters in the running batch, adapters waiting for a "
+            "slot, and the max_loras slot count.",
             [Target(f"topk by (pod) (1, {q.sel(lora, F)})")],
             hide=["Time", "Value", "__name__", "instance", "job", "namespace", "pool"],
             rename={"pod": "Pod", "running_lora_adapters": "Running adapters",

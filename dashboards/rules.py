@@ -38,30 +38,37 @@ def _quantiles(record: str, bucket_sample: str, grp: str) -> list[dict[str, Any]
             for x in QUANTILES]
 
 
+def record_name(level: str, metric: m.Series | str, operations: str) -> str:
+    """`level:metric:operations` from a declared series (ours or vLLM's; `vllm:x` becomes
+    `vllm_x` so the name keeps exactly two colons)."""
+    base = metric.name if isinstance(metric, m.Series) else metric.replace(":", "_")
+    return f"{level}:{base}:{operations}"
+
+
 # Recording-rule names, used by the alerts below and checked by the tests.
-TTFT_BY_MODEL = "model_name_quantile:vllm_time_to_first_token_seconds:histogram_quantile_rate5m"
-TTFT_BY_POOL = "pool_quantile:vllm_time_to_first_token_seconds:histogram_quantile_rate5m"
-QUEUE_TIME_BY_POOL = "pool:vllm_request_queue_time_seconds:mean5m"
-KV_AVG_BY_POOL = "pool:vllm_kv_cache_usage_perc:avg"
-KV_MAX_BY_POOL = "pool:vllm_kv_cache_usage_perc:max"
-WAITING_BY_POOL = "pool:vllm_num_requests_waiting:sum"
-RUNNING_BY_POOL = "pool:vllm_num_requests_running:sum"
-PREFIX_HIT_BY_POOL = "pool:vllm_prefix_cache_hits_per_queries:ratio_rate5m"
-BALANCER_TTFT_BY_POLICY = ("lb_policy_quantile:llmtraffic_balancer_time_to_first_token_seconds"
-                           ":histogram_quantile_rate5m")
-BALANCER_REQUESTS_BY_POOL = "pool:llmtraffic_balancer_requests:rate5m"
-BALANCER_SHED_BY_POOL = "pool:llmtraffic_balancer_shed:rate5m"
+HQ = "histogram_quantile_rate5m"
+TTFT_BY_MODEL = record_name("model_name_quantile", v.TTFT, HQ)
+TTFT_BY_POOL = record_name("pool_quantile", v.TTFT, HQ)
+QUEUE_TIME_BY_POOL = record_name("pool", v.QUEUE_TIME, "mean5m")
+KV_AVG_BY_POOL = record_name("pool", v.KV_CACHE_USAGE, "avg")
+KV_MAX_BY_POOL = record_name("pool", v.KV_CACHE_USAGE, "max")
+WAITING_BY_POOL = record_name("pool", v.NUM_REQUESTS_WAITING, "sum")
+RUNNING_BY_POOL = record_name("pool", v.NUM_REQUESTS_RUNNING, "sum")
+PREFIX_HIT_BY_POOL = record_name("pool", v.PREFIX_CACHE_HITS + "_per_queries", "ratio_rate5m")
+BALANCER_TTFT_BY_POLICY = record_name("lb_policy_quantile", m.BALANCER_TTFT, HQ)
+BALANCER_REQUESTS_BY_POOL = record_name("pool", m.BALANCER_REQUESTS, "rate5m")
+BALANCER_SHED_BY_POOL = record_name("pool", m.BALANCER_SHED, "rate5m")
+
+
+def _rate(level: str, metric: m.Series | str) -> dict[str, Any]:
+    """`level:metric:rate5m` = per-second rate of the counter summed by `level`."""
+    return _rec(record_name(level, metric, "rate5m"),
+                q.rate_sum(q.counter(metric), "", W, level))
 
 
 def recording_groups() -> list[dict[str, Any]]:
-    gateway = [
-        _rec("model:asm_llm_proxy_prompt_tokens:rate5m",
-             q.rate_sum(q.counter(m.PROMPT_TOKENS), "", W, "model")),
-        _rec("model:asm_llm_proxy_completion_tokens:rate5m",
-             q.rate_sum(q.counter(m.COMPLETION_TOKENS), "", W, "model")),
-        _rec("model:asm_llm_proxy_requests:rate5m",
-             q.rate_sum(q.counter(m.REQUESTS), "", W, "model")),
-    ]
+    gateway = [_rate("model", m.PROMPT_TOKENS), _rate("model", m.COMPLETION_TOKENS),
+               _rate("model", m.REQUESTS)]
     vllm = [
         *_quantiles(TTFT_BY_MODEL, q.bucket(v.TTFT), "model_name"),
         *_quantiles(TTFT_BY_POOL, q.bucket(v.TTFT), "pool"),
@@ -71,22 +78,16 @@ def recording_groups() -> list[dict[str, Any]]:
         _rec(WAITING_BY_POOL, f"sum by (pool) ({q.gauge(v.NUM_REQUESTS_WAITING)})"),
         _rec(RUNNING_BY_POOL, f"sum by (pool) ({q.gauge(v.NUM_REQUESTS_RUNNING)})"),
         _rec(PREFIX_HIT_BY_POOL, q.prefix_hit_ratio("", W, "pool")),
-        _rec("pool:vllm_prompt_tokens:rate5m",
-             q.rate_sum(q.counter(v.PROMPT_TOKENS), "", W, "pool")),
-        _rec("pool:vllm_generation_tokens:rate5m",
-             q.rate_sum(q.counter(v.GENERATION_TOKENS), "", W, "pool")),
+        _rate("pool", v.PROMPT_TOKENS),
+        _rate("pool", v.GENERATION_TOKENS),
     ]
     balancer = [
-        _rec("lb_policy:llmtraffic_balancer_requests:rate5m",
-             q.rate_sum(q.counter(m.BALANCER_REQUESTS), "", W, "lb_policy")),
-        _rec("lb_policy:llmtraffic_balancer_prompt_tokens:rate5m",
-             q.rate_sum(q.counter(m.BALANCER_PROMPT_TOKENS), "", W, "lb_policy")),
-        _rec("lb_policy:llmtraffic_balancer_completion_tokens:rate5m",
-             q.rate_sum(q.counter(m.BALANCER_COMPLETION_TOKENS), "", W, "lb_policy")),
+        _rate("lb_policy", m.BALANCER_REQUESTS),
+        _rate("lb_policy", m.BALANCER_PROMPT_TOKENS),
+        _rate("lb_policy", m.BALANCER_COMPLETION_TOKENS),
         *_quantiles(BALANCER_TTFT_BY_POLICY, q.bucket(m.BALANCER_TTFT), "lb_policy"),
-        _rec(BALANCER_REQUESTS_BY_POOL,
-             q.rate_sum(q.counter(m.BALANCER_REQUESTS), "", W, "pool")),
-        _rec(BALANCER_SHED_BY_POOL, q.rate_sum(q.counter(m.BALANCER_SHED), "", W, "pool")),
+        _rate("pool", m.BALANCER_REQUESTS),
+        _rate("pool", m.BALANCER_SHED),
     ]
     return [
         {"name": "llmtraffic-gateway.rules", "rules": gateway},
@@ -146,7 +147,7 @@ def alert_groups() -> list[dict[str, Any]]:
         _alert("LLMVllmMetricsAbsent",
                "absent(" + q.sel(q.gauge(v.NUM_REQUESTS_RUNNING), 'job="vllm"') + ")",
                "10m", "warning", "Prometheus receives no vLLM metrics",
-               "The `vllm` scrape job returns no vllm:* series: no pod carries the "
+               "The `vllm` scrape job returns no vLLM series: no pod carries the "
                "prometheus.io/scrape annotation and an `app` label, or the annotated port is "
                "not vLLM's /metrics."),
         _alert("LLMExporterParseErrors", f"({errors}) / ({lines}) > {PARSE_ERROR_RATIO}",
