@@ -136,7 +136,7 @@ _LEGACY_SLOTS = (_SWAPPED, _KV_LEGACY, _PREFIX_Q_LEGACY, _PREFIX_H_LEGACY)
 _ESCAPE = re.compile(r'\\[\\n"]')
 _UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 _NO_LABELS: dict[str, str] = {}
-_BLANKS = frozenset(" \t")
+_BLANKS = frozenset(c for c in map(chr, range(0x3001)) if c.isspace())  # what str.strip strips
 _CACHE_MAX = 4096  # bound on the separator / le caches (garbage pages must not grow them)
 _KEYS: dict[str, str] = {}  # raw separator ',le=' -> label name 'le' ('' = invalid)
 _BOUNDS: dict[str, float] = {}  # le label value -> float (NaN = invalid)

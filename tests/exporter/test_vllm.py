@@ -23,8 +23,14 @@ from exporter.vllm import VllmParseError, parse_metrics
 
 
 def _to_int(text: str | None) -> int:
+    if not text:
+        return 0
     try:
-        return int(float(text or "0"))
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return int(float(text))
     except (ValueError, OverflowError):
         return 0
 
