@@ -177,32 +177,30 @@ def _bound(le: str) -> float:
 
 def _labels_fast(rest: str) -> tuple[dict[str, str], str] | None:
     """Labels of `rest` (the text after "{") when it holds no backslash: split on the quote
-    character, parts alternate ',key=' separators and values. Returns (labels, text after
+    character, parts alternate ',key=' separators and values until a separator holding the
+    closing "}" (an exemplar after it may hold more quotes). Returns (labels, text after
     "}") or None when malformed."""
     parts = ("," + rest).split('"')
     last = len(parts) - 1
-    if last & 1:  # an odd number of quotes
-        return None
-    if last:
-        raw = parts[0:last:2]
-        keys = list(map(_KEYS.get, raw))
-        if None in keys:
-            keys = [_KEYS.get(r) or _learn_key(r) for r in raw]
-        if "" in keys:
+    labels: dict[str, str] = {}
+    i = 0
+    while True:
+        sep = parts[i]
+        closing = sep.lstrip()
+        if closing[:1] == ",":  # a trailing comma, or the one prepended
+            closing = closing[1:].lstrip()
+        if closing[:1] == "}":
+            tail = '"'.join(parts[i:])
+            return labels, tail[tail.index("}") + 1:]
+        key = _KEYS.get(sep)
+        if key is None:
+            key = _learn_key(sep)
+        if not key or key in labels or i == last:
             return None
-        labels = dict(zip(keys, parts[1:last:2]))
-        if len(labels) != len(keys):  # a label given twice
+        labels[key] = parts[i + 1]
+        i += 2
+        if i > last:
             return None
-    else:
-        labels = {}
-    tail = parts[last]
-    if tail[:1] != "}":
-        tail = tail.lstrip()
-        if tail[:1] == ",":  # a trailing comma (or the one we prepended to "{}")
-            tail = tail[1:].lstrip()
-        if tail[:1] != "}":
-            return None
-    return labels, tail[1:]
 
 
 def _labels_slow(rest: str) -> tuple[dict[str, str], str] | None:
@@ -414,13 +412,10 @@ def parse_metrics(page: bytes | str) -> PodMetrics:
                         bad += 1
                         continue
                     labels, rest = parsed
-        if "_" in rest:
-            value = None
-        else:
-            try:
-                value = float(rest)
-            except ValueError:
-                value = _value(rest)  # a timestamp or an exemplar follows, or garbage
+        try:  # float() also reads "1_000": leave anything with "_" to _value
+            value = float(rest) if "_" not in rest else _value(rest)
+        except ValueError:
+            value = _value(rest)  # a timestamp or an exemplar follows, or garbage
         if value is None:
             bad += 1
             continue

@@ -260,6 +260,7 @@ def test_hand_written_page_go_style() -> None:
         "vllm:num_requests_waiting_by_reason{reason=\"capacity\"} 100",
         "vllm:prompt_tokens 10",
         "vllm:generation_tokens_total{model_name=\"m\"} 7 1700000000000",
+        "vllm:num_preemptions_total{model_name=\"m\"} 2 # {trace_id=\"a_b\"} 1.0 1700000000",
         "vllm:kv_cache_usage_perc{engine=\"0\"} 0.25",
         "vllm:kv_cache_usage_perc{engine=\"1\"} 0.75",
         "vllm:time_to_first_token_seconds_bucket{le=\"0.1\"} 1",
@@ -270,6 +271,7 @@ def test_hand_written_page_go_style() -> None:
     ])
     got = check(text)
     assert (got.running, got.waiting, got.prompt_tokens, got.generation_tokens) == (5, 5, 10, 7)
+    assert got.preemptions == 2
     assert got.kv_usage == 0.5
     assert got.ttft == Histogram((0.1, math.inf), (1.0, 3.0), 0.9, 3.0)
     assert got.models == ("m",)

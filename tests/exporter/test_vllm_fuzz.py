@@ -22,7 +22,8 @@ _EXAMPLES = int(os.environ.get("LLMTRAFFIC_FUZZ_EXAMPLES", "200"))
 _PAGES = [p.encode() for p in pages_for_tests()]
 _TOKENS = [b'"', b"{", b"}", b"\\", b"\n", b"=", b",", b" ", b"\t", b"#", b'le="', b"NaN",
            b"+Inf", b"-Inf", b"\xff", b"\xc3", b"vllm:", b"_total", b"_bucket", b"1e308",
-           b"# EOF\n", b"\r\n", b"\x00", b'model_name="', b"\\n", b'\\"', b"1_0", b"\x0c"]
+           b"# EOF\n", b"\r\n", b"\x00", b'model_name="', b"\\n", b'\\"', b"1_0", b"\x0c",
+           b' # {trace_id="a_b"} 1.5']
 _FAMILIES = sorted({*vllm.READ_GAUGES, *vllm.READ_COUNTERS, *vllm.READ_HISTOGRAMS,
                     vllm.LORA_REQUESTS_INFO, vllm.CACHE_CONFIG_INFO})
 
