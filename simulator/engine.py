@@ -1,0 +1,485 @@
+"""A pure, clock-agnostic model of one vLLM V1 engine: continuous batching under
+`max_num_seqs` / `max_num_batched_tokens` (chunked prefill), paged KV blocks with automatic
+prefix caching and LRU eviction, preemption by recompute, LoRA slots, and a step-time model.
+
+`now` is always passed in; `step(now)` runs one iteration and stamps its tokens at
+`now + duration`. The real-time server and the virtual-time cluster drive the same code."""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from simulator.profile import Profile
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """vLLM-named engine knobs."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    num_gpu_blocks: int
+    max_model_len: int
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    max_loras: int = 4
+    max_cpu_loras: int = 12
+
+    @classmethod
+    def from_profile(cls, profile: Profile, *, gpu_memory_utilization: float | None = None,
+                     max_num_seqs: int | None = None, max_loras: int | None = None,
+                     max_cpu_loras: int | None = None,
+                     max_num_batched_tokens: int | None = None,
+                     max_model_len: int | None = None, num_gpu_blocks: int | None = None,
+                     enable_prefix_caching: bool = True) -> "EngineConfig":
+        cfg = cls(
+            max_num_seqs=max_num_seqs or profile.max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens or profile.max_num_batched_tokens,
+            num_gpu_blocks=num_gpu_blocks or profile.num_gpu_blocks(gpu_memory_utilization),
+            max_model_len=max_model_len or profile.max_model_len,
+            block_size=profile.block_size,
+            enable_prefix_caching=enable_prefix_caching,
+            max_loras=profile.max_loras if max_loras is None else max_loras,
+            max_cpu_loras=profile.max_cpu_loras if max_cpu_loras is None else max_cpu_loras)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "num_gpu_blocks",
+                     "max_model_len", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_loras < 0 or self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"need 0 <= max_loras ({self.max_loras}) <= max_cpu_loras "
+                             f"({self.max_cpu_loras})")
+
+
+@dataclass(slots=True)
+class SimRequest:
+    """One request and its timeline (filled by the engine)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    arrival: float
+    adapter: str | None = None
+    output_len: int | None = None  # tokens before EOS; None => generate max_tokens
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    finished_at: float | None = None
+    finish_reason: str | None = None
+    num_generated: int = 0
+    num_cached_tokens: int = 0
+    preemptions: int = 0
+    # engine-internal state
+    num_computed: int = 0  # tokens whose KV is in `blocks`
+    blocks: list[int] = field(default_factory=list)
+    num_hashed: int = 0  # leading blocks registered in the prefix cache
+    _hashes: list[int] | None = None  # chained hashes of the prompt's full blocks
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def target_len(self) -> int:
+        """Tokens to generate before the request finishes."""
+        n = self.max_tokens if self.output_len is None else min(self.output_len, self.max_tokens)
+        return max(1, n)
+
+
+@dataclass(slots=True)
+class TokenOutput:
+    request: SimRequest
+    new_tokens: int
+    finished: bool
+
+
+@dataclass(slots=True)
+class StepResult:
+    start: float
+    duration: float
+    outputs: list[TokenOutput]
+    num_prefill_tokens: int
+    num_decode_seqs: int
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_usage: float
+    running_adapters: tuple[str, ...]
+    waiting_adapters: tuple[str, ...]
+    max_loras: int
+    prompt_tokens: int
+    generation_tokens: int
+    prefix_queries: int
+    prefix_hits: int
+    preemptions: int
+    finished: dict[str, int]
+
+
+class BlockPool:
+    """Paged KV blocks with refcounts; freed blocks that hold a hashed (full) block stay
+    reusable through `cached` until evicted, least recently freed first."""
+
+    def __init__(self, num_blocks: int, caching: bool) -> None:
+        self.num_blocks = num_blocks
+        self.caching = caching
+        self.refcount = [0] * num_blocks
+        self.block_hash: list[int | None] = [None] * num_blocks
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.used = 0
+
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def allocate(self, n: int) -> list[int] | None:
+        if n > len(self.free):
+            return None
+        out = []
+        for _ in range(n):
+            b, _ = self.free.popitem(last=False)  # LRU eviction
+            h = self.block_hash[b]
+            if h is not None:
+                if self.cached.get(h) == b:
+                    del self.cached[h]
+                self.block_hash[b] = None
+            self.refcount[b] = 1
+            out.append(b)
+        self.used += n
+        return out
+
+    def touch(self, b: int) -> None:
+        """Take a reference on a cached block (a prefix hit)."""
+        if self.refcount[b] == 0:
+            del self.free[b]
+            self.used += 1
+        self.refcount[b] += 1
+
+    def release(self, blocks: list[int]) -> None:
+        # free in reverse so a request's tail blocks are evicted before its prefix
+        for b in reversed(blocks):
+            self.refcount[b] -= 1
+            if self.refcount[b] == 0:
+                self.free[b] = None
+                self.used -= 1
+                if not self.caching or self.block_hash[b] is None:
+                    self.free.move_to_end(b, last=False)  # plain blocks go first
+
+    def register(self, b: int, h: int) -> None:
+        if self.caching and h not in self.cached:
+            self.block_hash[b] = h
+            self.cached[h] = b
+
+
+def _adapter_salt(adapter: str | None) -> int:
+    return 0 if adapter is None else zlib.crc32(adapter.encode()) + 1
+
+
+class Engine:
+    """One vLLM V1 engine (one data-parallel rank)."""
+
+    def __init__(self, config: EngineConfig, profile: Profile, seed: int = 0) -> None:
+        config.validate()
+        self.config = config
+        self.profile = profile
+        self.seed = seed
+        self.pool = BlockPool(config.num_gpu_blocks, config.enable_prefix_caching)
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self._by_id: dict[str, SimRequest] = {}
+        self.warm_loras: OrderedDict[str, None] = OrderedDict()  # host-memory LRU
+        self.gpu_loras: set[str] = set()  # adapters loaded in GPU slots
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.preemptions = 0
+        self.finished: dict[str, int] = {}
+        self.last_step_duration = profile.step_time(0, 1, 0)
+
+    # ---- requests ----------------------------------------------------------------------
+    def add_request(self, req: SimRequest, now: float) -> None:
+        if req.request_id in self._by_id:
+            raise ValueError(f"duplicate request id {req.request_id!r}")
+        if not req.prompt_ids:
+            raise ValueError("a request needs at least one prompt token")
+        if req.num_prompt >= self.config.max_model_len:
+            raise ValueError(f"prompt of {req.num_prompt} tokens does not fit "
+                             f"max_model_len {self.config.max_model_len}")
+        self._by_id[req.request_id] = req
+        self.waiting.append(req)
+
+    def abort(self, request_id: str, now: float) -> SimRequest | None:
+        req = self._by_id.get(request_id)
+        if req is None:
+            return None
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+        self._finish(req, "abort", now)
+        return req
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # ---- one iteration -----------------------------------------------------------------
+    def step(self, now: float) -> StepResult:
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        scheduled: list[tuple[SimRequest, int]] = []
+        preempted = False
+        # 1. running requests first (decode tokens and remaining prefill chunks)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            need = min(req.num_prompt + req.num_generated - req.num_computed, budget)
+            if need <= 0:
+                i += 1
+                continue
+            while not self._grow(req, req.num_computed + need):
+                victim = self.running.pop()  # the most recently scheduled loses
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    break
+            else:
+                scheduled.append((req, need))
+                budget -= need
+                i += 1
+                continue
+            break  # `req` itself was preempted
+        # 2. admit waiting requests (not in a step that had to preempt, as vLLM V1)
+        cold_loads = 0
+        warm_loads = 0
+        if not preempted:
+            active = {r.adapter for r in self.running if r.adapter is not None}
+            skipped: list[SimRequest] = []
+            while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+                req = self.waiting[0]
+                ad = req.adapter
+                if ad is not None and ad not in active and len(active) >= cfg.max_loras:
+                    skipped.append(self.waiting.popleft())  # no LoRA slot: wait, keep order
+                    continue
+                if not self._admit(req, budget):
+                    break
+                self.waiting.popleft()
+                need = min(req.num_prompt + req.num_generated - req.num_computed, budget)
+                self.running.append(req)
+                scheduled.append((req, need))
+                budget -= need
+                if req.first_scheduled is None:
+                    req.first_scheduled = now
+                if ad is not None and ad not in active:
+                    active.add(ad)
+                    if ad not in self.gpu_loras:
+                        if ad in self.warm_loras:
+                            warm_loads += 1
+                        else:
+                            cold_loads += 1
+                        self._load_lora(ad)
+            self.waiting.extendleft(reversed(skipped))
+        # 3. cost of the iteration
+        prefill = decode = context = 0
+        for req, n in scheduled:
+            if n == 1 and req.num_computed >= req.num_prompt:
+                decode += 1
+            else:
+                prefill += n  # prompt chunks and recompute after preemption
+            context += req.num_computed + n
+        adapters = len({r.adapter for r, _ in scheduled if r.adapter is not None})
+        duration = 0.0
+        if scheduled:
+            duration = (self.profile.step_time(prefill, decode, context, adapters)
+                        + cold_loads * self.profile.lora_load_cold_s
+                        + warm_loads * self.profile.lora_load_warm_s)
+            self.last_step_duration = duration
+        end = now + duration
+        # 4. advance sequences and sample tokens
+        outputs: list[TokenOutput] = []
+        for req, n in scheduled:
+            req.num_computed += n
+            self._register_full_blocks(req)
+            if req.num_computed < req.num_prompt + req.num_generated:
+                continue  # a prefill chunk, no token yet
+            req.num_generated += 1
+            self.generation_tokens += 1
+            req.token_times.append(end)
+            if req.first_token is None:
+                req.first_token = end
+            finished = self._check_finished(req)
+            if finished:
+                self._finish(req, finished, end)
+            outputs.append(TokenOutput(req, 1, finished is not None))
+        if any(o.finished for o in outputs):
+            self.running = [r for r in self.running if r.finished_at is None]
+        return StepResult(now, duration, outputs, prefill, decode)
+
+    # ---- KV blocks -----------------------------------------------------------------------
+    def _grow(self, req: SimRequest, tokens: int) -> bool:
+        need = -(-tokens // self.config.block_size) - len(req.blocks)
+        if need <= 0:
+            return True
+        got = self.pool.allocate(need)
+        if got is None:
+            return False
+        req.blocks.extend(got)
+        return True
+
+    def _prompt_hashes(self, req: SimRequest) -> list[int]:
+        if req._hashes is None:
+            bs = self.config.block_size
+            ids = req.prompt_ids
+            h = _adapter_salt(req.adapter)
+            out = []
+            for start in range(0, len(ids) - bs + 1, bs):
+                h = hash((h, tuple(ids[start:start + bs])))
+                out.append(h)
+            req._hashes = out
+        return req._hashes
+
+    def _admit(self, req: SimRequest, budget: int) -> bool:
+        """Take cached prefix blocks and allocate the first chunk; False if KV is short."""
+        bs = self.config.block_size
+        hits: list[int] = []
+        if self.config.enable_prefix_caching:
+            # never hit the whole prompt: its last token is always computed (as vLLM)
+            limit = (req.num_prompt - 1) // bs
+            cached = self.pool.cached
+            for h in self._prompt_hashes(req)[:limit]:
+                b = cached.get(h)
+                if b is None:
+                    break
+                hits.append(b)
+        total = req.num_prompt + req.num_generated
+        need_tokens = len(hits) * bs + min(total - len(hits) * bs, budget)
+        need_blocks = -(-need_tokens // bs) - len(hits)
+        # cached blocks we are about to touch may sit in the free pool: they do not count
+        free_usable = self.pool.num_free() - sum(1 for b in hits if self.pool.refcount[b] == 0)
+        if need_blocks > free_usable:
+            return False
+        for b in hits:
+            self.pool.touch(b)
+        req.blocks = hits
+        req.num_computed = len(hits) * bs
+        req.num_hashed = len(hits)
+        if req.num_cached_tokens == 0 and req.preemptions == 0:
+            self.prompt_tokens += req.num_prompt
+            self.prefix_queries += req.num_prompt
+            self.prefix_hits += req.num_computed
+            req.num_cached_tokens = req.num_computed
+        return self._grow(req, need_tokens)
+
+    def _register_full_blocks(self, req: SimRequest) -> None:
+        if not self.config.enable_prefix_caching:
+            return
+        full = min(req.num_computed, req.num_prompt) // self.config.block_size
+        if full > req.num_hashed:
+            hashes = self._prompt_hashes(req)
+            for k in range(req.num_hashed, full):
+                self.pool.register(req.blocks[k], hashes[k])
+            req.num_hashed = full
+
+    def _preempt(self, req: SimRequest) -> None:
+        self.pool.release(req.blocks)
+        req.blocks = []
+        req.num_computed = 0
+        req.num_hashed = 0
+        req.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(req)
+
+    # ---- LoRA --------------------------------------------------------------------------
+    def _load_lora(self, adapter: str) -> None:
+        self.warm_loras[adapter] = None
+        self.warm_loras.move_to_end(adapter)
+        while len(self.warm_loras) > self.config.max_cpu_loras:
+            self.warm_loras.popitem(last=False)
+        self.gpu_loras.add(adapter)
+        if len(self.gpu_loras) > self.config.max_loras:
+            running = {r.adapter for r in self.running}
+            for a in list(self.gpu_loras):
+                if a not in running and len(self.gpu_loras) > self.config.max_loras:
+                    self.gpu_loras.discard(a)
+
+    # ---- finishing -----------------------------------------------------------------------
+    def _check_finished(self, req: SimRequest) -> str | None:
+        if req.output_len is not None and req.num_generated >= req.output_len \
+                and req.output_len < req.max_tokens:
+            return "stop"
+        if req.num_generated >= req.max_tokens:
+            return "length"
+        if req.num_prompt + req.num_generated >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, req: SimRequest, reason: str, now: float) -> None:
+        self.pool.release(req.blocks)
+        req.blocks = []
+        req.finish_reason = reason
+        req.finished_at = now
+        self.finished[reason] = self.finished.get(reason, 0) + 1
+        self._by_id.pop(req.request_id, None)
+
+    # ---- views ---------------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.running), num_waiting=len(self.waiting),
+            kv_usage=self.pool.used / self.config.num_gpu_blocks,
+            running_adapters=tuple(sorted({r.adapter for r in self.running if r.adapter})),
+            waiting_adapters=tuple(sorted({r.adapter for r in self.waiting if r.adapter})),
+            max_loras=self.config.max_loras, prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens, prefix_queries=self.prefix_queries,
+            prefix_hits=self.prefix_hits, preemptions=self.preemptions,
+            finished=dict(self.finished))
+
+    def predict_ttft(self, prompt_ids: list[int], adapter: str | None, now: float) -> float:
+        """Estimated TTFT of a request arriving now: the prefill work queued ahead of it
+        plus its own uncached prefill, at the chunked-prefill rate, while the running batch
+        keeps decoding; plus a wait for KV/seat room and a LoRA load when needed."""
+        cfg, prof = self.config, self.profile
+        bs = cfg.block_size
+        cached = 0
+        if cfg.enable_prefix_caching:
+            probe = SimRequest("?", prompt_ids, 1, now, adapter)
+            for h in self._prompt_hashes(probe)[:(len(prompt_ids) - 1) // bs]:
+                if h not in self.pool.cached:
+                    break
+                cached += bs
+        ahead = sum(r.num_prompt + r.num_generated - r.num_computed for r in self.waiting)
+        ahead += sum(max(0, r.num_prompt - r.num_computed) for r in self.running)
+        own = len(prompt_ids) - cached
+        decode = len(self.running)
+        context = sum(r.num_computed for r in self.running)
+        chunk = max(1, cfg.max_num_batched_tokens - decode)
+        steps = -(-(ahead + own) // chunk)
+        t = steps * prof.step_time(min(chunk, ahead + own), decode, context + chunk)
+        # room: blocks needed by everything waiting plus us, against what is free
+        demand = -(-(ahead + own) // bs)
+        short = demand - self.pool.num_free()
+        seats_short = len(self.waiting) + 1 - (cfg.max_num_seqs - len(self.running))
+        if (short > 0 or seats_short > 0) and self.running:
+            remaining = sorted(r.target_len - r.num_generated for r in self.running)
+            per_block = max(1, sum(len(r.blocks) for r in self.running) // len(self.running))
+            k = max(1 if seats_short > 0 else 0, -(-short // per_block) if short > 0 else 0)
+            k = min(k, len(remaining))
+            t += remaining[k - 1] * self.last_step_duration if k else 0.0
+        if adapter is not None:
+            active = {r.adapter for r in self.running if r.adapter}
+            if adapter not in active and len(active) >= cfg.max_loras:
+                t += min((r.target_len - r.num_generated) for r in self.running
+                         if r.adapter) * self.last_step_duration
+            if adapter not in self.gpu_loras:
+                t += prof.lora_load_warm_s if adapter in self.warm_loras \
+                    else prof.lora_load_cold_s
+        return t

@@ -1,0 +1,116 @@
+"""Engine profiles: model × GPU, with the KV-cache size and a roofline step-time model
+derived from first principles. Every constant says where it comes from."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One model on one GPU, as vLLM would run it.
+
+    Step time (one engine iteration) is a roofline: an iteration reads all weights once
+    and the KV of every scheduled token's context (memory time), and does
+    `flops_per_token` of matmul work per scheduled token (compute time); it takes the
+    larger of the two plus a fixed scheduler/launch overhead."""
+
+    name: str
+    model: str  # served model name
+    gpu: str
+    gpu_memory_bytes: float
+    weights_bytes: float
+    kv_bytes_per_token: int
+    activation_reserve_bytes: float  # activations, CUDA graphs, allocator slack
+    mem_bandwidth: float  # bytes/s, spec sheet
+    mem_efficiency: float  # achieved fraction of peak bandwidth in decode
+    peak_flops: float  # dense fp16/bf16 tensor FLOP/s, spec sheet
+    mfu: float  # achieved fraction of peak in prefill
+    flops_per_token: float  # ≈ 2 × parameters
+    step_overhead_s: float  # scheduler + kernel launch per iteration
+    gpu_memory_utilization: float = 0.9  # vLLM's default
+    block_size: int = 16
+    max_num_seqs: int = 256  # vLLM default
+    max_num_batched_tokens: int = 2048  # vLLM V1 chunked-prefill budget (online serving)
+    max_model_len: int = 4096
+    max_loras: int = 4
+    max_cpu_loras: int = 12
+    lora_load_cold_s: float = 0.05  # disk → host → GPU for a rank-16 7B adapter (~40 MB)
+    lora_load_warm_s: float = 0.004  # host → GPU over PCIe (~40 MB at ~12 GB/s)
+    lora_step_overhead_s: float = 0.0008  # per distinct adapter in a batch (punica SGMV)
+
+    def num_gpu_blocks(self, gpu_memory_utilization: float | None = None) -> int:
+        util = self.gpu_memory_utilization if gpu_memory_utilization is None \
+            else gpu_memory_utilization
+        if not 0 < util <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+        free = self.gpu_memory_bytes * util - self.weights_bytes - self.activation_reserve_bytes
+        blocks = int(free // (self.kv_bytes_per_token * self.block_size))
+        if blocks <= 0:
+            raise ValueError(
+                f"profile {self.name}: gpu_memory_utilization {util} leaves no room for the "
+                f"KV cache after {self.weights_bytes / GB:.1f} GB of weights; raise it")
+        return blocks
+
+    def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: int,
+                  adapters: int = 0) -> float:
+        """Seconds for one iteration computing `prefill_tokens` prompt tokens and one token
+        for each of `decode_seqs` sequences, reading `context_tokens` tokens of KV."""
+        memory = (self.weights_bytes + context_tokens * self.kv_bytes_per_token) / (
+            self.mem_bandwidth * self.mem_efficiency)
+        compute = (prefill_tokens + decode_seqs) * self.flops_per_token / (
+            self.peak_flops * self.mfu)
+        return self.step_overhead_s + max(memory, compute) + adapters * self.lora_step_overhead_s
+
+
+# Llama-2-7B fp16 on one NVIDIA A10 (24 GB GDDR6, 600 GB/s, 125 TFLOPS dense fp16 tensor)
+# as the seed deploys it (--gpu-memory-utilization 0.8, --max-loras 4, --max-cpu-loras 12).
+#  * weights: 6.74e9 params × 2 bytes = 13.5 GB (FACTS.md);
+#  * KV per token: 32 layers × 4096 hidden × 2 (K,V) × 2 bytes = 512 KiB (FACTS.md);
+#  * KV blocks: (24 GB × 0.8 − 13.5 GB − 1.0 GB reserve) / (16 × 512 KiB) ≈ 560 blocks
+#    ≈ 9,000 tokens ("a few hundred blocks", FACTS.md);
+#  * decode floor: 13.5 GB / (600 GB/s × 0.8 achieved) ≈ 28 ms + 2 ms overhead ≈ 30 ms
+#    per step, in the 25–35 ms ITL range reported for 7B models on A10 at low batch;
+#  * prefill: 2 × 6.74e9 ≈ 13.5 GFLOP per token (FACTS.md: ≈ 14) at 50% MFU of 125 TFLOPS
+#    → ≈ 0.22 ms per token, i.e. ≈ 0.22 s for a 1,000-token prompt.
+LLAMA2_7B_A10 = Profile(
+    name="llama2-7b-a10", model="meta-llama/Llama-2-7b-hf", gpu="NVIDIA A10 24GB",
+    gpu_memory_bytes=24 * GB, weights_bytes=13.5 * GB, kv_bytes_per_token=32 * 4096 * 2 * 2,
+    activation_reserve_bytes=1.0 * GB, mem_bandwidth=600 * GB, mem_efficiency=0.8,
+    peak_flops=125e12, mfu=0.5, flops_per_token=13.5e9, step_overhead_s=0.002,
+    gpu_memory_utilization=0.8, max_num_seqs=256, max_num_batched_tokens=2048,
+    max_model_len=4096, max_loras=4, max_cpu_loras=12)
+
+# Llama-3-8B bf16 on one H100 SXM (80 GB HBM3, 3.35 TB/s, 989 TFLOPS dense bf16).
+#  * weights: 8.03e9 params × 2 bytes = 16.1 GB;
+#  * KV per token (GQA, 8 KV heads × 128 dims): 32 layers × 1024 × 2 × 2 bytes = 128 KiB;
+#  * KV blocks: (80 GB × 0.9 − 16.1 GB − 3 GB reserve) / (16 × 128 KiB) ≈ 25,000 blocks;
+#  * decode floor: 16.1 GB / (3.35 TB/s × 0.75) ≈ 6.4 ms + 1.5 ms overhead ≈ 8 ms per step
+#    (public vLLM runs report 7–12 ms ITL at low batch);
+#  * prefill: 16 GFLOP per token at 45% MFU of 989 TFLOPS → ≈ 36 µs per token.
+LLAMA3_8B_H100 = Profile(
+    name="llama3-8b-h100", model="meta-llama/Meta-Llama-3-8B-Instruct", gpu="NVIDIA H100 SXM",
+    gpu_memory_bytes=80 * GB, weights_bytes=16.1 * GB, kv_bytes_per_token=32 * 1024 * 2 * 2,
+    activation_reserve_bytes=3.0 * GB, mem_bandwidth=3350 * GB, mem_efficiency=0.75,
+    peak_flops=989e12, mfu=0.45, flops_per_token=16.06e9, step_overhead_s=0.0015,
+    gpu_memory_utilization=0.9, max_num_seqs=256, max_num_batched_tokens=8192,
+    max_model_len=8192, max_loras=4, max_cpu_loras=12,
+    lora_load_cold_s=0.03, lora_load_warm_s=0.002, lora_step_overhead_s=0.0003)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (LLAMA2_7B_A10, LLAMA3_8B_H100)}
+DEFAULT_PROFILE = LLAMA2_7B_A10.name
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown engine profile {name!r}; known profiles: "
+                         f"{', '.join(sorted(PROFILES))}") from None
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return math.ceil(tokens / block_size)
