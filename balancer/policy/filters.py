@@ -1,0 +1,24 @@
+"""Filters: which pods may take a request at all, and when a pool counts as saturated."""
+
+from __future__ import annotations
+
+from exporter.store import PodState
+
+
+def ready(pods: tuple[PodState, ...]) -> list[PodState]:
+    return [p for p in pods if p.pod.ready]
+
+
+def healthy(pods: list[PodState]) -> list[PodState]:
+    """Pods whose last scrape did not fail; all pods when none qualifies (last resort).
+
+    Stale-but-not-failing pods stay: the balancer then judges them by in-flight counts."""
+    ok = [p for p in pods if p.last_error is None]
+    return ok or pods
+
+
+def saturated(pods: list[PodState], queue_threshold: float, kv_threshold: float) -> bool:
+    """GIE's rule: saturated when no pod has fresh metrics with queue <= threshold and KV
+    usage <= threshold."""
+    return not any(p.fresh and p.queue <= queue_threshold and p.kv_usage <= kv_threshold
+                   for p in pods)

@@ -1,0 +1,22 @@
+"""Least-request: fewest requests in flight from this balancer (Envoy's LEAST_REQUEST)."""
+
+from __future__ import annotations
+
+import random
+
+from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from exporter.store import Snapshot
+
+
+class LeastRequest:
+    name = "least-request"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+
+    def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
+        pods = [p for p in snapshot.pods if p.pod.ready]
+        if not pods:
+            return no_endpoint(snapshot)
+        ranked = sorted(pods, key=lambda p: (p.inflight, self._rng.random()))
+        return Pick(ranked[0].address, tuple(p.address for p in ranked[1:3]), "least-request")

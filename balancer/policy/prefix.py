@@ -1,0 +1,78 @@
+"""Approximate prefix-cache index (as GIE's prefix scorer): the prompt cut into 64-character
+blocks, chained xxhash64 with the target model mixed into block 0; hash -> pods, with a
+per-pod LRU. A pod's score is the fraction of the prompt's leading blocks it has seen."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import xxhash
+
+BLOCK_CHARS = 64
+MAX_BLOCKS = 256
+LRU_PER_POD = 31_250
+
+
+def block_hashes(model: str, prompt: str, block_chars: int = BLOCK_CHARS,
+                 max_blocks: int = MAX_BLOCKS) -> list[int]:
+    """Chained hashes of the prompt's full blocks; the model (or adapter) seeds block 0."""
+    h = xxhash.xxh64_intdigest(model.encode())
+    data = prompt.encode("utf-8", "surrogatepass")
+    n = min(len(data) // block_chars, max_blocks)
+    out = []
+    for i in range(n):
+        h = xxhash.xxh64_intdigest(data[i * block_chars:(i + 1) * block_chars], seed=h)
+        out.append(h)
+    return out
+
+
+class PrefixIndex:
+    """Which pods were recently sent which prompt blocks."""
+
+    def __init__(self, lru_per_pod: int = LRU_PER_POD) -> None:
+        self.lru_per_pod = lru_per_pod
+        self._pods_of: dict[int, set[str]] = {}
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+
+    def match(self, hashes: list[int]) -> dict[str, int]:
+        """Pod address -> number of leading blocks of `hashes` it holds (absent = 0)."""
+        matched: dict[str, int] = {}
+        alive: set[str] | None = None
+        for k, h in enumerate(hashes):
+            pods = self._pods_of.get(h)
+            if not pods:
+                break
+            alive = set(pods) if alive is None else alive & pods
+            if not alive:
+                break
+            for p in alive:
+                matched[p] = k + 1
+        return matched
+
+    def add(self, address: str, hashes: list[int]) -> None:
+        lru = self._lru.setdefault(address, OrderedDict())
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+                continue
+            lru[h] = None
+            self._pods_of.setdefault(h, set()).add(address)
+            if len(lru) > self.lru_per_pod:
+                old, _ = lru.popitem(last=False)
+                pods = self._pods_of.get(old)
+                if pods is not None:
+                    pods.discard(address)
+                    if not pods:
+                        del self._pods_of[old]
+
+    def forget(self, address: str) -> None:
+        """Drop a pod (it left the pool or restarted with an empty cache)."""
+        for h in self._lru.pop(address, ()):
+            pods = self._pods_of.get(h)
+            if pods is not None:
+                pods.discard(address)
+                if not pods:
+                    del self._pods_of[h]
+
+    def __len__(self) -> int:
+        return len(self._pods_of)

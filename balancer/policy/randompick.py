@@ -1,0 +1,22 @@
+"""Uniform random choice (seeded)."""
+
+from __future__ import annotations
+
+import random
+
+from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from exporter.store import Snapshot
+
+
+class RandomPick:
+    name = "random"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+
+    def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
+        pods = [p.address for p in snapshot.pods if p.pod.ready]
+        if not pods:
+            return no_endpoint(snapshot)
+        order = self._rng.sample(pods, min(3, len(pods)))
+        return Pick(order[0], tuple(order[1:]), "random")

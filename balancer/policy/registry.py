@@ -1,0 +1,24 @@
+"""`make_policy(name)`: the policies by name."""
+
+from __future__ import annotations
+
+from balancer.policy.leastrequest import LeastRequest
+from balancer.policy.llm import LLMPolicy, PolicyConfig
+from balancer.policy.randompick import RandomPick
+from balancer.policy.request import Policy
+from balancer.policy.roundrobin import RoundRobin
+
+POLICY_NAMES = ("llm", "round-robin", "random", "least-request")
+
+
+def make_policy(name: str, config: PolicyConfig | None = None,
+                seed: int | None = None) -> Policy:
+    if name == "llm":
+        return LLMPolicy(config, seed)
+    if name == "round-robin":
+        return RoundRobin(seed)
+    if name == "random":
+        return RandomPick(seed)
+    if name == "least-request":
+        return LeastRequest(seed)
+    raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}")

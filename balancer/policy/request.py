@@ -1,0 +1,45 @@
+"""What a policy sees of one request, and what it answers: `Pick` or `Shed`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from exporter.store import Snapshot
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    model: str  # the `model` the client asked for
+    target_model: str  # after the InferenceModel split (what the pod will see)
+    adapter: str | None  # LoRA adapter to run on, None for the base model
+    prompt: str
+    prompt_tokens: int  # estimate (about 4 characters per token)
+    criticality: str = "Standard"  # Critical | Standard | Sheddable
+    pool: str = ""
+
+
+@dataclass(slots=True)
+class Pick:
+    address: str  # "ip:port" of the chosen pod
+    fallbacks: tuple[str, ...]  # next best pods, for retries
+    reason: str  # short, loggable: which scorer decided
+
+
+@dataclass(slots=True)
+class Shed:
+    status: int  # 429 shed (saturated), 503 no endpoint
+    reason: str
+    retry_after: float | None = None
+
+
+class Policy(Protocol):
+    """A pure picker: no I/O, no clock reads except `snapshot.now`, seeded randomness."""
+
+    name: str
+
+    def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed: ...
+
+
+def no_endpoint(snapshot: Snapshot) -> Shed:
+    return Shed(503, "no ready pod in the pool" if not snapshot.pods else "no pod could serve")

@@ -1,0 +1,71 @@
+"""`llmtraffic bench routing|live`: the routing-quality benchmarks from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="compare routing policies and routers on the same work",
+                       description="Routing-quality benchmarks. `routing` runs in virtual time "
+                       "(fast, deterministic); `live` drives real-time simulated pods through "
+                       "real routers.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+
+    r = bsub.add_parser("routing", help="policies side by side in virtual time",
+                        description="Every policy on the same seeded arrivals, on a fresh "
+                        "virtual-time fleet of simulated vLLM engines.")
+    r.add_argument("--workload", default="seed-lora",
+                   help="seed-lora, shared-prefix or mixed; comma-separate several "
+                   "(default: %(default)s)")
+    r.add_argument("--pods", type=int, default=4, help="simulated pods (default: %(default)s)")
+    r.add_argument("--load", type=float, default=0.9,
+                   help="offered load as a fraction of the fleet's measured capacity "
+                   "(default: %(default)s)")
+    r.add_argument("--policies", type=_csv, default=["round-robin", "least-request", "llm",
+                                                     "oracle"],
+                   help="comma-separated: round-robin, random, least-request, llm, oracle "
+                   "(default: round-robin,least-request,llm,oracle)")
+    r.add_argument("--duration", type=float, default=600.0,
+                   help="simulated seconds of arrivals (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=1, help="workload and engine seed")
+    r.add_argument("--scrape-interval", type=float, default=0.1,
+                   help="seconds between metric refreshes seen by the balancer "
+                   "(default: %(default)s)")
+    r.add_argument("--replicas", type=int, default=1,
+                   help="balancer replicas sharing nothing (default: %(default)s)")
+    r.add_argument("--profile", default="llama2-7b-a10", help="engine profile")
+    r.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    r.add_argument("--plot", help="write a PNG of TTFT and throughput per policy here")
+    r.set_defaults(func=_routing)
+
+
+def _routing(args: argparse.Namespace) -> int:
+    from bench.routing import format_table, plot, run_routing, write_json
+
+    runs = []
+    for workload in _csv(args.workload):
+        try:
+            run = run_routing(workload, pods=args.pods, load=args.load, policies=args.policies,
+                              duration=args.duration, seed=args.seed,
+                              scrape_interval=args.scrape_interval, replicas=args.replicas,
+                              profile=args.profile)
+        except ValueError as e:
+            print(f"llmtraffic bench routing: {e}", file=sys.stderr)
+            return 2
+        print(format_table(run))
+        print()
+        runs.append(run)
+    if args.json_out:
+        write_json(runs, args.json_out)
+        print(f"wrote {args.json_out}")
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
