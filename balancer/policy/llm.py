@@ -20,9 +20,9 @@ class PolicyConfig(BaseModel):
     """Weights and thresholds of the `llm` policy (defaults tuned in virtual time with
     `llmtraffic bench routing`; GIE's defaults were the starting point)."""
 
-    queue_weight: float = Field(2.0, ge=0, description="queue-depth scorer weight")
+    queue_weight: float = Field(3.0, ge=0, description="queue-depth scorer weight")
     kv_weight: float = Field(1.0, ge=0, description="KV-cache scorer weight")
-    lora_weight: float = Field(1.5, ge=0, description="LoRA-affinity scorer weight")
+    lora_weight: float = Field(4.0, ge=0, description="LoRA-affinity scorer weight")
     prefix_weight: float = Field(3.0, ge=0, description="prefix-affinity scorer weight")
     prefix_queue_slack: float = Field(
         2.0, ge=0, description="prefix affinity counts only on pods whose queue is within "

@@ -1,0 +1,204 @@
+"""Pure policies on hand-built snapshots: each scorer's formula, affinity, in-flight
+accounting against herding, stale-metrics fallback, shedding by criticality."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from balancer.policy.filters import saturated
+from balancer.policy.kvcache import kv_scores
+from balancer.policy.llm import LLMPolicy, PolicyConfig
+from balancer.policy.lora import lora_score
+from balancer.policy.prefix import PrefixIndex, block_hashes
+from balancer.policy.queue import queue_scores
+from balancer.policy.registry import make_policy
+from balancer.policy.request import LLMRequest, Pick, Shed
+from exporter.store import MetricsStore, Pod, PodMetrics
+
+NOW = 100.0
+
+
+def store_with(*metrics: PodMetrics | None, stale: tuple[int, ...] = (),
+               errors: tuple[int, ...] = ()) -> MetricsStore:
+    store = MetricsStore(stale_after=2.0)
+    store.set_pods([Pod(f"p{i}", f"10.0.0.{i}:8000", {"app": "x"}, "pool")
+                    for i in range(len(metrics))])
+    for i, m in enumerate(metrics):
+        if m is not None:
+            store.update(f"10.0.0.{i}:8000", m, NOW - (10.0 if i in stale else 0.0))
+        if i in errors:
+            store.mark_error(f"10.0.0.{i}:8000", "timeout", NOW)
+    return store
+
+
+def req(adapter: str | None = None, prompt: str = "hello", crit: str = "Critical"):
+    return LLMRequest(model=adapter or "base", target_model=adapter or "base",
+                      adapter=adapter, prompt=prompt, prompt_tokens=len(prompt) // 4,
+                      criticality=crit, pool="pool")
+
+
+def idx(pick: Pick | Shed) -> int:
+    assert isinstance(pick, Pick), pick
+    return int(pick.address.split(".")[3].split(":")[0])
+
+
+# ---- scorer formulas -----------------------------------------------------------------------
+def test_queue_score_formula():
+    assert queue_scores([0, 5, 10]) == [1.0, 0.5, 0.0]
+    assert queue_scores([3, 3]) == [1.0, 1.0]
+
+
+def test_kv_score_formula():
+    s = store_with(PodMetrics(kv_usage=0.25), PodMetrics(kv_usage=0.9)).snapshot(NOW)
+    assert kv_scores(list(s.pods)) == pytest.approx([0.75, 0.1])
+
+
+def test_lora_score_order():
+    s = store_with(PodMetrics(running_adapters=("a",), max_lora=2),
+                   PodMetrics(running_adapters=("b",), max_lora=2),
+                   PodMetrics(running_adapters=("b", "c"), waiting_adapters=("a",), max_lora=2),
+                   PodMetrics(running_adapters=("b", "c"), max_lora=2)).snapshot(NOW)
+    assert [lora_score(p, "a") for p in s.pods] == [1.0, 0.8, 0.6, 0.0]
+    assert [lora_score(p, None) for p in s.pods] == [1.0] * 4
+
+
+def test_prefix_index_leading_match_and_lru():
+    h = block_hashes("m", "x" * 64 * 5)
+    assert len(h) == 5
+    assert block_hashes("other", "x" * 64 * 5)[0] != h[0]  # model mixed into block 0
+    index = PrefixIndex(lru_per_pod=8)
+    index.add("a", h[:3])
+    index.add("b", h)
+    assert index.match(h) == {"a": 3, "b": 5}
+    index.add("a", block_hashes("m", "y" * 64 * 8))  # pushes a's old entries out
+    assert index.match(h) == {"b": 5}
+    index.forget("b")
+    assert index.match(h) == {}
+
+
+# ---- the llm policy ------------------------------------------------------------------------
+def test_llm_prefers_pod_with_adapter_loaded_then_free_slot():
+    policy = LLMPolicy(seed=1)
+    s = store_with(PodMetrics(running_adapters=("x", "y"), max_lora=2),
+                   PodMetrics(running_adapters=("sql-lora",), max_lora=2),
+                   PodMetrics(running_adapters=("x",), max_lora=2)).snapshot(NOW)
+    assert idx(policy.pick(req("sql-lora"), s)) == 1
+    s2 = store_with(PodMetrics(running_adapters=("x", "y"), max_lora=2),
+                    PodMetrics(running_adapters=("x",), max_lora=2)).snapshot(NOW)
+    assert idx(policy.pick(req("sql-lora"), s2)) == 1
+
+
+def test_llm_prefers_shorter_queue():
+    policy = LLMPolicy(seed=1)
+    s = store_with(PodMetrics(waiting=8), PodMetrics(waiting=1), PodMetrics(waiting=5))
+    assert idx(policy.pick(req(), s.snapshot(NOW))) == 1
+
+
+def test_prefix_affinity_returns_to_same_pod_but_not_when_overloaded():
+    prompt = "system prompt shared by a group of requests. " * 40
+    store = store_with(PodMetrics(), PodMetrics(), PodMetrics())
+    policy = LLMPolicy(seed=3)
+    first = policy.pick(req(prompt=prompt + "q1"), store.snapshot(NOW))
+    again = [policy.pick(req(prompt=prompt + f"q{i}"), store.snapshot(NOW)) for i in range(5)]
+    assert {p.address for p in again} == {first.address}
+    assert all(p.reason == "llm:prefix" for p in again)
+    # now that pod has a long queue: the prefix no longer wins
+    i = idx(first)
+    busy = [PodMetrics(waiting=(20 if k == i else 0)) for k in range(3)]
+    for k, m in enumerate(busy):
+        store.update(f"10.0.0.{k}:8000", m, NOW)
+    assert idx(policy.pick(req(prompt=prompt + "q9"), store.snapshot(NOW))) != i
+
+
+def test_inflight_accounting_spreads_a_burst_on_a_stale_snapshot():
+    """100 picks between two scrapes: requests sent since the scrape count as queued, so
+    the burst spreads instead of herding onto the pod that looked emptiest."""
+    store = store_with(PodMetrics(waiting=0), PodMetrics(waiting=2), PodMetrics(waiting=2),
+                       PodMetrics(waiting=2))
+    policy = LLMPolicy(seed=4)
+    counts: Counter[int] = Counter()
+    for _ in range(100):
+        p = policy.pick(req(), store.snapshot(NOW))
+        store.acquire(p.address)
+        counts[idx(p)] += 1
+    assert max(counts.values()) <= 27
+    assert min(counts.values()) >= 23
+
+
+def test_stale_metrics_fall_back_to_inflight_counts():
+    store = store_with(PodMetrics(waiting=0), PodMetrics(waiting=0), stale=(0, 1))
+    snap = store.snapshot(NOW)
+    assert not any(p.fresh for p in snap.pods)
+    store.acquire("10.0.0.0:8000")
+    store.acquire("10.0.0.0:8000")
+    assert idx(LLMPolicy(seed=1).pick(req(), store.snapshot(NOW))) == 1
+
+
+def test_failing_pod_is_avoided_while_others_are_healthy():
+    store = store_with(PodMetrics(waiting=0), PodMetrics(waiting=9), errors=(0,))
+    assert idx(LLMPolicy(seed=1).pick(req(), store.snapshot(NOW))) == 1
+    alone = store_with(PodMetrics(), errors=(0,))
+    assert idx(LLMPolicy(seed=1).pick(req(), alone.snapshot(NOW))) == 0  # last resort
+
+
+def test_sheddable_is_shed_when_saturated_and_critical_never():
+    full = store_with(PodMetrics(waiting=9, kv_usage=0.95), PodMetrics(waiting=7, kv_usage=0.5))
+    policy = LLMPolicy(seed=1)
+    shed = policy.pick(req(crit="Sheddable"), full.snapshot(NOW))
+    assert isinstance(shed, Shed) and shed.status == 429 and shed.retry_after == 1.0
+    assert isinstance(policy.pick(req(crit="Critical"), full.snapshot(NOW)), Pick)
+    assert isinstance(policy.pick(req(crit="Standard"), full.snapshot(NOW)), Pick)
+    ok = store_with(PodMetrics(waiting=9), PodMetrics(waiting=3, kv_usage=0.5))
+    assert isinstance(policy.pick(req(crit="Sheddable"), ok.snapshot(NOW)), Pick)
+    stale = store_with(PodMetrics(waiting=0), stale=(0,))
+    assert saturated(list(stale.snapshot(NOW).pods), 5, 0.8)
+
+
+def test_no_pods_is_503():
+    empty = MetricsStore()
+    for name in ("llm", "round-robin", "random", "least-request"):
+        out = make_policy(name, seed=1).pick(req(), empty.snapshot(NOW))
+        assert isinstance(out, Shed) and out.status == 503
+
+
+def test_fallbacks_are_distinct_other_pods():
+    s = store_with(*(PodMetrics(waiting=i) for i in range(5))).snapshot(NOW)
+    for name in ("llm", "round-robin", "random", "least-request"):
+        p = make_policy(name, seed=2).pick(req(), s)
+        assert len(p.fallbacks) == 2
+        assert len({p.address, *p.fallbacks}) == 3
+
+
+# ---- the baselines -------------------------------------------------------------------------
+def test_round_robin_spreads_exactly_evenly():
+    s = store_with(*(PodMetrics(waiting=i * 10) for i in range(4))).snapshot(NOW)
+    rr = make_policy("round-robin")
+    counts = Counter(idx(rr.pick(req(), s)) for _ in range(400))
+    assert counts == {0: 100, 1: 100, 2: 100, 3: 100}
+
+
+def test_random_is_seeded():
+    s = store_with(*(PodMetrics() for _ in range(4))).snapshot(NOW)
+    r1, r2 = make_policy("random", seed=7), make_policy("random", seed=7)
+    assert [r1.pick(req(), s).address for _ in range(20)] == \
+        [r2.pick(req(), s).address for _ in range(20)]
+
+
+def test_least_request_uses_inflight():
+    store = store_with(PodMetrics(), PodMetrics(), PodMetrics())
+    for addr, n in (("10.0.0.0:8000", 3), ("10.0.0.1:8000", 1), ("10.0.0.2:8000", 2)):
+        for _ in range(n):
+            store.acquire(addr)
+    assert idx(make_policy("least-request", seed=1).pick(req(), store.snapshot(NOW))) == 1
+
+
+def test_unknown_policy_lists_names():
+    with pytest.raises(ValueError, match="round-robin"):
+        make_policy("fastest")
+
+
+def test_policy_config_validates():
+    with pytest.raises(Exception, match="kv_threshold"):
+        PolicyConfig(kv_threshold=2)
