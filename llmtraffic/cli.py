@@ -14,6 +14,8 @@ from llmtraffic import __version__
 #: sets `func(args) -> int`.
 COMMAND_MODULES = (
     "simulator.server",
+    "exporter.app",
+    "bench.cli",
     "dashboards.build",
 )
 

@@ -1,0 +1,423 @@
+"""Access-log lines <-> `LLMRecord`: Envoy/Istio JSON lines and Envoy TEXT lines (given
+their format string) parsed through a configurable key mapping, and the one writer whose
+JSON lines the balancer's proxy emits (and this parser reads back).
+
+Mapping: each canonical field lists the keys that may hold it; the first key present wins.
+Presets: `istio` (Istio JSON + ASM's request_model / request_prompt_tokens /
+request_completion_tokens), `llmtraffic` (our own balancer's lines), `ai-gateway` (Envoy
+AI Gateway `gen_ai.*` and APISIX `llm_*` names); the default accepts all of them. A YAML
+file can extend or override it:
+
+    preset: istio            # optional, default "all"
+    fields:
+      model: [x_model, request_model]
+      prompt_tokens: [x_in_tokens]
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import IO, Any, Callable, Protocol
+
+import orjson
+import yaml
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class LLMRecord:
+    """One request as a gateway logged it. Durations in milliseconds."""
+
+    start_time: str | None = None
+    method: str | None = None
+    path: str | None = None
+    protocol: str | None = None
+    response_code: int | None = None
+    response_flags: str | None = None
+    duration_ms: float | None = None
+    upstream_service_time_ms: float | None = None
+    x_forwarded_for: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    authority: str | None = None
+    upstream_host: str | None = None
+    upstream_cluster: str | None = None
+    bytes_received: int | None = None
+    bytes_sent: int | None = None
+    downstream_remote_address: str | None = None
+    route_name: str | None = None
+    model: str | None = None
+    target_model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    ttft_ms: float | None = None
+    stream: bool | None = None
+    pool: str | None = None
+    pod: str | None = None
+    lb_policy: str | None = None
+    pick_reason: str | None = None
+    criticality: str | None = None
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LLMRecord))
+INT_FIELDS = {"response_code", "bytes_received", "bytes_sent", "prompt_tokens",
+              "completion_tokens", "total_tokens"}
+FLOAT_FIELDS = {"duration_ms", "upstream_service_time_ms", "ttft_ms"}
+BOOL_FIELDS = {"stream"}
+
+#: Keys our own balancer writes (record_to_json) for each field.
+LLMTRAFFIC_KEYS: dict[str, str] = {
+    **{f: f for f in FIELD_NAMES},
+    "duration_ms": "duration", "upstream_service_time_ms": "upstream_service_time",
+}
+ISTIO: dict[str, list[str]] = {
+    **{f: [k] for f, k in LLMTRAFFIC_KEYS.items()},
+    "model": ["request_model", "model"],
+    "prompt_tokens": ["request_prompt_tokens", "prompt_tokens"],
+    "completion_tokens": ["request_completion_tokens", "completion_tokens"],
+    "total_tokens": ["request_total_tokens", "total_tokens"],
+}
+AI_GATEWAY: dict[str, list[str]] = {
+    "model": ["gen_ai.request.model", "llm_model"],
+    "target_model": ["gen_ai.response.model"],
+    "prompt_tokens": ["gen_ai.usage.input_tokens", "llm_prompt_tokens"],
+    "completion_tokens": ["gen_ai.usage.output_tokens", "llm_completion_tokens"],
+    "total_tokens": ["gen_ai.usage.total_tokens", "llm_total_tokens"],
+    "ttft_ms": ["llm_time_to_first_token", "gen_ai.server.time_to_first_token"],
+}
+PRESETS: dict[str, dict[str, list[str]]] = {
+    "istio": ISTIO,
+    "llmtraffic": {f: [k] for f, k in LLMTRAFFIC_KEYS.items()},
+    "ai-gateway": AI_GATEWAY,
+}
+
+
+def _merge(*maps: dict[str, list[str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in maps:
+        for f, keys in m.items():
+            out.setdefault(f, [])
+            out[f] += [k for k in keys if k not in out[f]]
+    return out
+
+
+PRESETS["all"] = _merge(ISTIO, PRESETS["llmtraffic"], AI_GATEWAY)
+
+
+class ParseError(ValueError):
+    """A line that cannot be read; `reason` is one of REASONS."""
+
+    REASONS = ("empty", "not_utf8", "too_long", "invalid_json", "not_object", "wrong_type",
+               "format_mismatch")
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """canonical field -> candidate keys, first present wins."""
+
+    keys: dict[str, list[str]]
+
+    @classmethod
+    def preset(cls, name: str = "all") -> "FieldMapping":
+        try:
+            return cls({f: list(k) for f, k in PRESETS[name].items()})
+        except KeyError:
+            raise ValueError(f"unknown mapping preset {name!r}; choose one of "
+                             f"{', '.join(sorted(PRESETS))}") from None
+
+    @classmethod
+    def load(cls, path: str) -> "FieldMapping":
+        """A YAML mapping file (see the module docstring)."""
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{path}: cannot read the field mapping: {e}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: a mapping file is a YAML object with `preset` and "
+                             "`fields`")
+        base = cls.preset(doc.get("preset", "all")).keys
+        for f, keys in (doc.get("fields") or {}).items():
+            if f not in FIELD_NAMES:
+                raise ValueError(f"{path}: fields.{f}: unknown field; known fields: "
+                                 f"{', '.join(FIELD_NAMES)}")
+            if isinstance(keys, str):
+                keys = [keys]
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ValueError(f"{path}: fields.{f}: give a key or a list of keys")
+            base[f] = keys
+        return cls(base)
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ParseError("wrong_type")
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, str):
+        try:
+            n = int(v)
+        except ValueError:
+            raise ParseError("wrong_type", f"not an integer: {v[:40]!r}") from None
+    elif isinstance(v, float) and v.is_integer():
+        n = int(v)
+    else:
+        raise ParseError("wrong_type", f"not an integer: {type(v).__name__}")
+    if n < 0:
+        raise ParseError("wrong_type", f"negative: {n}")
+    return n
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ParseError("wrong_type")
+    if isinstance(v, (int, float)):
+        x = float(v)
+    elif isinstance(v, str):
+        try:
+            x = float(v)
+        except ValueError:
+            raise ParseError("wrong_type", f"not a number: {v[:40]!r}") from None
+    else:
+        raise ParseError("wrong_type", f"not a number: {type(v).__name__}")
+    if x != x or x < 0 or x == float("inf"):
+        raise ParseError("wrong_type", f"not a duration: {x}")
+    return x
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v in ("true", "True", "1", 1):
+        return True
+    if v in ("false", "False", "0", 0):
+        return False
+    raise ParseError("wrong_type", f"not a boolean: {v!r}"[:60])
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise ParseError("wrong_type", f"not a string: {type(v).__name__}")
+
+
+def _converter(field: str) -> Callable[[Any], Any]:
+    if field in INT_FIELDS:
+        return _to_int
+    if field in FLOAT_FIELDS:
+        return _to_float
+    if field in BOOL_FIELDS:
+        return _to_bool
+    return _to_str
+
+
+class LineParser(Protocol):
+    def parse(self, line: bytes) -> LLMRecord: ...
+
+
+class _Plan:
+    """key -> (field, rank, converter) so a line costs one lookup per key it has."""
+
+    def __init__(self, mapping: FieldMapping) -> None:
+        self.by_key: dict[str, tuple[str, int, Callable[[Any], Any]]] = {}
+        for f, keys in mapping.keys.items():
+            conv = _converter(f)
+            for rank, k in enumerate(keys):
+                if k not in self.by_key:
+                    self.by_key[k] = (f, rank, conv)
+
+    def record(self, obj: dict[str, Any]) -> LLMRecord:
+        rec = LLMRecord()
+        ranks: dict[str, int] = {}
+        by_key = self.by_key
+        for k, v in obj.items():
+            hit = by_key.get(k)
+            if hit is None or v is None or v == "-":
+                continue
+            f, rank, conv = hit
+            if ranks.get(f, 99) <= rank:
+                continue
+            ranks[f] = rank
+            setattr(rec, f, conv(v))
+        return rec
+
+
+def _check(line: bytes, max_line_bytes: int) -> None:
+    if len(line) > max_line_bytes:
+        raise ParseError("too_long", f"{len(line)} bytes > {max_line_bytes}")
+    if not line.strip():
+        raise ParseError("empty")
+
+
+class JsonLineParser:
+    """Envoy/Istio JSON access-log lines."""
+
+    def __init__(self, mapping: FieldMapping | None = None,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self.plan = _Plan(mapping or FieldMapping.preset())
+        self.max_line_bytes = max_line_bytes
+
+    def parse(self, line: bytes) -> LLMRecord:
+        _check(line, self.max_line_bytes)
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ParseError("not_utf8") from None
+            raise ParseError("invalid_json", str(e)[:80]) from None
+        if not isinstance(obj, dict):
+            raise ParseError("not_object", type(obj).__name__)
+        return self.plan.record(obj)
+
+
+# ---- Envoy TEXT format ---------------------------------------------------------------------
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    '%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% '
+    '%CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    '%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% '
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" '
+    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+    '%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% '
+    '%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n')
+
+#: Envoy command -> the JSON key Istio's JSON format uses for it (our mapping reads those).
+COMMAND_KEYS = {
+    "START_TIME": "start_time", "REQ(:METHOD)": "method",
+    "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)": "path", "REQ(:PATH)": "path",
+    "PROTOCOL": "protocol", "RESPONSE_CODE": "response_code",
+    "RESPONSE_FLAGS": "response_flags", "BYTES_RECEIVED": "bytes_received",
+    "BYTES_SENT": "bytes_sent", "DURATION": "duration",
+    "RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)": "upstream_service_time",
+    "REQ(X-FORWARDED-FOR)": "x_forwarded_for", "REQ(USER-AGENT)": "user_agent",
+    "REQ(X-REQUEST-ID)": "request_id", "REQ(:AUTHORITY)": "authority",
+    "UPSTREAM_HOST": "upstream_host", "UPSTREAM_CLUSTER": "upstream_cluster",
+    "UPSTREAM_CLUSTER_RAW": "upstream_cluster",
+    "DOWNSTREAM_REMOTE_ADDRESS": "downstream_remote_address", "ROUTE_NAME": "route_name",
+}
+_COMMAND = re.compile(r"%([A-Z_]+(?:\([^)]*\))?)(?::\d+)?%")
+
+
+def _command_key(cmd: str) -> str:
+    """The JSON key a command's value is read under: Istio's name for well-known commands,
+    else the last segment of a FILTER_STATE/DYNAMIC_METADATA/REQ/RESP key, e.g.
+    %FILTER_STATE(wasm.asm.llmproxy.request_model:PLAIN)% -> request_model."""
+    if cmd in COMMAND_KEYS:
+        return COMMAND_KEYS[cmd]
+    m = re.match(r"(?:FILTER_STATE|DYNAMIC_METADATA|REQ|RESP|TRAILER)\((.*)\)$", cmd)
+    if not m:
+        return cmd.lower()
+    inner = m.group(1)
+    if inner.endswith((":PLAIN", ":TYPED")):
+        inner = inner.rsplit(":", 1)[0]
+    inner = inner.rsplit(":", 1)[-1]  # DYNAMIC_METADATA(ns:key) -> key
+    return inner.rsplit(".", 1)[-1] if cmd.startswith("FILTER_STATE") else inner
+
+
+class TextLineParser:
+    """Envoy TEXT access-log lines, given the format string they were written with."""
+
+    def __init__(self, fmt: str, mapping: FieldMapping | None = None,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self.plan = _Plan(mapping or FieldMapping.preset())
+        self.max_line_bytes = max_line_bytes
+        fmt = fmt.rstrip("\n")
+        pattern = ["^"]
+        self.keys: list[str] = []
+        pos = 0
+        matches = list(_COMMAND.finditer(fmt))
+        if not matches:
+            raise ValueError(f"format {fmt[:60]!r} has no %COMMAND%; give an Envoy format "
+                             "string such as '%START_TIME% %REQ(:METHOD)% ...'")
+        for i, m in enumerate(matches):
+            pattern.append(re.escape(fmt[pos:m.start()]))
+            nxt = fmt[m.end():matches[i + 1].start()] if i + 1 < len(matches) \
+                else fmt[m.end():]
+            stop = nxt[:1]
+            pattern.append(f"([^{re.escape(stop)}]*)" if stop else "(.*)")
+            self.keys.append(_command_key(m.group(1)))
+            pos = m.end()
+        pattern.append(re.escape(fmt[pos:]) + "$")
+        self.regex = re.compile("".join(pattern))
+
+    def parse(self, line: bytes) -> LLMRecord:
+        _check(line, self.max_line_bytes)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("not_utf8") from None
+        m = self.regex.match(text.rstrip("\r\n"))
+        if m is None:
+            raise ParseError("format_mismatch", text[:60])
+        return self.plan.record(dict(zip(self.keys, m.groups())))
+
+
+def make_parser(fmt: str = "json", mapping: FieldMapping | None = None,
+                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LineParser:
+    """`json`, `istio-text` (Istio's default text format) or `envoy:<FORMAT STRING>`."""
+    if fmt == "json":
+        return JsonLineParser(mapping, max_line_bytes)
+    if fmt == "istio-text":
+        return TextLineParser(ISTIO_TEXT_FORMAT, mapping, max_line_bytes)
+    if fmt.startswith("envoy:"):
+        return TextLineParser(fmt[len("envoy:"):], mapping, max_line_bytes)
+    raise ValueError(f"unknown access-log format {fmt!r}: use json, istio-text or "
+                     "envoy:'<Envoy format string>'")
+
+
+# ---- the writer ----------------------------------------------------------------------------
+def record_to_json(record: LLMRecord) -> bytes:
+    """One JSON line (no newline) with Istio-compatible keys plus our LLM fields; the
+    `llmtraffic` mapping reads it back exactly. There is no field for credentials."""
+    out = {}
+    for f in FIELD_NAMES:
+        v = getattr(record, f)
+        if v is not None:
+            out[LLMTRAFFIC_KEYS[f]] = v
+    return orjson.dumps(out)
+
+
+class AccessLogWriter:
+    """Appends one JSON line per record to a file (or stdout when path is None/'-')."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path in (None, "-") else path
+        self._lock = threading.Lock()
+        self._file: IO[bytes] = self._open()
+
+    def _open(self) -> IO[bytes]:
+        if self.path is None:
+            import sys
+            return sys.stdout.buffer
+        return open(self.path, "ab", buffering=0)
+
+    def write(self, record: LLMRecord) -> None:
+        line = record_to_json(record) + b"\n"
+        with self._lock:
+            self._file.write(line)
+            if self.path is None:
+                self._file.flush()
+
+    def reopen(self) -> None:
+        """After logrotate moved the file (SIGHUP)."""
+        with self._lock:
+            if self.path is not None:
+                self._file.close()
+                self._file = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.path is not None:
+                self._file.close()

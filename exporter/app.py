@@ -1,0 +1,286 @@
+"""The exporter process: tail access logs → token counters + enriched log, scrape vLLM pods
+→ store, serve /metrics; crash-safe through one atomic checkpoint (`--positions`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+import yaml
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.accesslog import FieldMapping, ParseError, make_parser
+from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
+from exporter.enrich import Enricher
+from exporter.scrape import Scraper
+from exporter.store import MetricsStore, Pod
+from exporter.tail import Tailer, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class ExporterOptions:
+    access_logs: list[str] = field(default_factory=list)
+    format: str = "json"
+    mapping: str | None = None
+    pods: list[str] = field(default_factory=list)  # URLs
+    pods_file: str | None = None
+    listen: str = "0.0.0.0:9100"
+    enriched_log: str | None = None
+    positions: str | None = None
+    from_beginning: bool = False
+    poll_interval: float = 0.2
+    checkpoint_interval: float = 1.0
+    scrape_interval: float = 0.25
+    scrape_timeout: float = 1.0
+    dimensions: tuple[str, ...] = ("model",)
+    max_label_values: int = 200
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen {listen!r}: give host:port, e.g. 0.0.0.0:9100")
+    return host or "0.0.0.0", int(port)
+
+
+def pods_from_urls(urls: list[str]) -> list[Pod]:
+    out = []
+    for u in urls:
+        addr = u.split("://", 1)[-1].rstrip("/")
+        out.append(Pod(name=addr, address=addr))
+    return out
+
+
+def pods_from_file(path: str) -> list[Pod]:
+    """The balancer's pods file: `pods: [{name, address, labels, pool?, namespace?}]`."""
+    try:
+        doc = yaml.safe_load(open(path)) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the pods file: {e}") from None
+    out = []
+    for i, p in enumerate(doc.get("pods") or []):
+        if not isinstance(p, dict) or "address" not in p:
+            raise ValueError(f"{path}: pods[{i}]: each pod needs an `address` (host:port)")
+        out.append(Pod(name=str(p.get("name", p["address"])), address=str(p["address"]),
+                       labels=dict(p.get("labels") or {}), pool=str(p.get("pool", "")),
+                       namespace=str(p.get("namespace", "default"))))
+    return out
+
+
+class ExporterApp:
+    """In-process exporter: `await app.start()`, `await app.stop()`."""
+
+    def __init__(self, options: ExporterOptions, store: MetricsStore | None = None) -> None:
+        self.options = options
+        self.stats = ExporterStats()
+        self.counters = TokenCounters(options.dimensions, options.max_label_values)
+        mapping = FieldMapping.load(options.mapping) if options.mapping else None
+        self.parser = make_parser(options.format, mapping)
+        self.store = store or MetricsStore()
+        pods = pods_from_urls(options.pods)
+        if options.pods_file:
+            pods += pods_from_file(options.pods_file)
+        if pods:
+            self.store.set_pods(pods)
+        self.tailer = Tailer(options.access_logs, from_beginning=options.from_beginning,
+                             stats=self.stats)
+        self.enricher = Enricher(self.store, options.enriched_log) \
+            if options.enriched_log else None
+        self.scraper = Scraper(self.store, interval=options.scrape_interval,
+                               timeout=options.scrape_timeout, stats=self.stats) \
+            if pods else None
+        self.registry = CollectorRegistry()
+        self.registry.register(ExporterCollector(self.counters, self.stats, self.store))
+        self._tasks: list[asyncio.Task] = []
+        self._runner: web.AppRunner | None = None
+        self._last_checkpoint = 0.0
+        self.port = 0
+
+    # ---- checkpoint --------------------------------------------------------------------
+    def _restore(self) -> None:
+        if not self.options.positions:
+            return
+        data = load_checkpoint(self.options.positions)
+        if data is None:
+            return
+        if data.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{self.options.positions}: checkpoint version "
+                             f"{data.get('version')} is not {CHECKPOINT_VERSION}")
+        self.counters.restore(data["counters"])
+        if self.enricher is not None and "enriched_offset" in data:
+            self.enricher.truncate_to(int(data["enriched_offset"]))
+        self.tailer.restore(data["positions"])
+        log.info("resumed from %s", self.options.positions)
+
+    def checkpoint(self) -> None:
+        if not self.options.positions:
+            return
+        if self.enricher is not None:
+            self.enricher.flush()
+        data = {"version": CHECKPOINT_VERSION, "positions": self.tailer.state(),
+                "counters": self.counters.state()}
+        if self.enricher is not None:
+            data["enriched_offset"] = self.enricher.tell()
+        save_checkpoint(self.options.positions, data)
+        self._last_checkpoint = time.monotonic()
+
+    # ---- the tail loop -----------------------------------------------------------------
+    def poll(self) -> int:
+        """Read and count whatever is new; returns lines handled."""
+        n = 0
+        parse = self.parser.parse
+        observe = self.counters.observe
+        enricher = self.enricher
+        for _path, lines in self.tailer.read():
+            for line in lines:
+                n += 1
+                try:
+                    rec = parse(line)
+                except ParseError as e:
+                    self.stats.parse_error(e.reason)
+                    continue
+                observe(rec)
+                if enricher is not None:
+                    enricher.write(rec)
+        return n
+
+    async def _tail_loop(self) -> None:
+        while True:
+            n = self.poll()
+            if self.options.positions and (
+                    n and time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval):
+                self.checkpoint()
+            await asyncio.sleep(0 if n else self.options.poll_interval)
+
+    # ---- HTTP --------------------------------------------------------------------------
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            content_type="text/plain", charset="utf-8")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def start(self) -> None:
+        self._restore()
+        if not self.tailer.files and self.options.access_logs:
+            log.warning("no file matches %s yet; will pick files up when they appear",
+                        ", ".join(self.options.access_logs))
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health)
+        host, port = parse_listen(self.options.listen)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.options.access_logs:
+            self._tasks.append(asyncio.create_task(self._tail_loop(), name="tail"))
+        if self.scraper is not None:
+            self._tasks.append(asyncio.create_task(self.scraper.run(), name="scrape"))
+        log.info("exporter listening on %s:%d; following %s; %d pods", host, self.port,
+                 ", ".join(self.options.access_logs) or "no logs", len(self.store.pods()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        if self.options.access_logs:
+            self.poll()
+            self.checkpoint()
+        if self.scraper is not None:
+            await self.scraper.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.enricher is not None:
+            self.enricher.close()
+        self.tailer.close()
+
+
+# ---- command line ------------------------------------------------------------------------
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "exporter", help="tail access logs and scrape vLLM pods into Prometheus series",
+        description="Follow Envoy/Istio access logs and expose asm_llm_proxy_prompt_tokens_"
+        "total / asm_llm_proxy_completion_tokens_total by model, scrape vLLM pods into "
+        "pod/pool gauges, and write an enriched JSON log.")
+    p.add_argument("--access-log", nargs="+", default=[], metavar="GLOB",
+                   help="access-log files or globs to follow")
+    p.add_argument("--format", default="json",
+                   help="json | istio-text | envoy:'<Envoy format string>' (default: json)")
+    p.add_argument("--mapping", help="YAML field mapping (see exporter/accesslog.py)")
+    p.add_argument("--pods", nargs="+", default=[], metavar="URL",
+                   help="vLLM pod base URLs to scrape, e.g. http://10.0.0.5:8000")
+    p.add_argument("--pods-file", help="YAML pods file (the balancer's format)")
+    p.add_argument("--listen", default="0.0.0.0:9100",
+                   help="host:port for /metrics and /health (default: %(default)s)")
+    p.add_argument("--enriched-log", metavar="PATH", help="write enriched JSON lines here "
+                   "('-' for stdout)")
+    p.add_argument("--positions", metavar="PATH", help="checkpoint file: positions, counter "
+                   "values and enriched-log offset, saved atomically; a restart resumes "
+                   "with nothing lost and nothing counted twice")
+    p.add_argument("--from-beginning", action="store_true",
+                   help="read files that exist at start from their beginning (default: end)")
+    p.add_argument("--scrape-interval", type=float, default=0.25,
+                   help="seconds between pod scrapes (default: %(default)s; 0.05 minimum)")
+    p.add_argument("--scrape-timeout", type=float, default=1.0,
+                   help="per-pod scrape timeout in seconds (default: %(default)s)")
+    p.add_argument("--dimensions", default="model",
+                   help="comma-separated record fields used as token-counter labels "
+                   "(default: model; e.g. model,target_model,pool,lb_policy,response_code)")
+    p.add_argument("--max-label-values", type=int, default=200,
+                   help="distinct values kept per label; the rest become 'other' "
+                   "(default: %(default)s)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.scrape_interval < 0.05:
+        print("llmtraffic exporter: --scrape-interval must be at least 0.05 s")
+        return 2
+    opts = ExporterOptions(
+        access_logs=args.access_log, format=args.format, mapping=args.mapping,
+        pods=args.pods, pods_file=args.pods_file, listen=args.listen,
+        enriched_log=args.enriched_log, positions=args.positions,
+        from_beginning=args.from_beginning, scrape_interval=args.scrape_interval,
+        scrape_timeout=args.scrape_timeout,
+        dimensions=tuple(d.strip() for d in args.dimensions.split(",") if d.strip()),
+        max_label_values=args.max_label_values)
+    try:
+        app = ExporterApp(opts)
+        parse_listen(opts.listen)
+    except ValueError as e:
+        print(f"llmtraffic exporter: {e}")
+        return 2
+    if not opts.access_logs and not app.store.pods():
+        print("llmtraffic exporter: nothing to do; give --access-log and/or --pods")
+        return 2
+    return asyncio.run(_serve(app))
+
+
+async def _serve(app: ExporterApp) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+    except (OSError, ValueError) as e:
+        print(f"llmtraffic exporter: {e}")
+        return 2
+    await stop.wait()
+    await app.stop()
+    return 0

@@ -1,0 +1,284 @@
+"""Rotation-safe following of access-log files (globs), with positions that survive
+restarts, and the atomic checkpoint file.
+
+A file is known by (device, inode) plus a fingerprint of its first bytes, so a reused inode,
+or a file truncated and regrown while we were down, is read again from 0 instead of from a
+stale offset. Rename-and-create rotation: the old handle is drained to its end before the
+new file is read (also when the rename happened while we were down: the old file is found
+by its inode in the same directory). Copytruncate: size < offset means the file was
+truncated; reading restarts at 0. Only complete lines are returned; a partial last line
+waits for its newline.
+
+Exactly-once: the exporter saves ONE checkpoint (positions + counter values + enriched-log
+offset) atomically; after a crash it restores all three together, so nothing read before
+the checkpoint is counted again and nothing after it is lost."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from exporter.collector import ExporterStats
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_BYTES = 256
+
+
+def _fingerprint(fh, length: int) -> str:
+    pos = fh.tell()
+    fh.seek(0)
+    data = fh.read(length)
+    fh.seek(pos)
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+@dataclass
+class _Followed:
+    path: str
+    fh: Any
+    dev: int
+    ino: int
+    offset: int = 0  # bytes consumed up to the end of the last complete line
+    partial: bytes = b""
+    fp: str = ""
+    fp_len: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        if self.fp_len < FINGERPRINT_BYTES:
+            self.refresh_fingerprint()
+        return {"dev": self.dev, "ino": self.ino, "offset": self.offset, "fp": self.fp,
+                "fp_len": self.fp_len}
+
+    def refresh_fingerprint(self) -> None:
+        size = os.fstat(self.fh.fileno()).st_size
+        n = min(size, FINGERPRINT_BYTES)
+        if n != self.fp_len:
+            self.fp, self.fp_len = _fingerprint(self.fh, n), n
+
+
+class Tailer:
+    """Follows every file matching `patterns`; `read()` returns new complete lines."""
+
+    def __init__(self, patterns: list[str], *, from_beginning: bool = False,
+                 chunk_size: int = 1 << 20, stats: ExporterStats | None = None) -> None:
+        self.patterns = list(patterns)
+        self.from_beginning = from_beginning
+        self.chunk_size = chunk_size
+        self.stats = stats or ExporterStats()
+        self.files: dict[str, _Followed] = {}
+        self._draining: list[_Followed] = []  # rotated-away handles still being read
+        self._started = False
+
+    # ---- discovery ---------------------------------------------------------------------
+    def _paths(self) -> list[str]:
+        out: list[str] = []
+        for p in self.patterns:
+            out += sorted(glob.glob(p)) if glob.has_magic(p) else \
+                ([p] if os.path.exists(p) else [])
+        return list(dict.fromkeys(out))
+
+    def _open(self, path: str, at_end: bool) -> _Followed | None:
+        try:
+            fh = open(path, "rb")
+        except OSError as e:
+            log.error("cannot open access log %s: %s (check the path and permissions)", path, e)
+            return None
+        st = os.fstat(fh.fileno())
+        f = _Followed(path, fh, st.st_dev, st.st_ino)
+        if at_end:
+            f.offset = st.st_size
+            fh.seek(f.offset)
+        f.refresh_fingerprint()
+        return f
+
+    def _discover(self) -> None:
+        first = not self._started
+        self._started = True
+        for path in self._paths():
+            if path not in self.files:
+                f = self._open(path, at_end=first and not self.from_beginning)
+                if f is not None:
+                    self.files[path] = f
+                    log.info("following %s from byte %d", path, f.offset)
+
+    # ---- reading -----------------------------------------------------------------------
+    def read(self) -> list[tuple[str, list[bytes]]]:
+        """New complete lines per file, newline stripped. Never blocks."""
+        self._discover()
+        out: list[tuple[str, list[bytes]]] = []
+        for f in self._draining:
+            lines = self._drain(f)
+            if lines:
+                out.append((f.path, lines))
+            f.fh.close()
+        self._draining.clear()
+        for path, f in list(self.files.items()):
+            self._check_rotation(path, f, out)
+            f = self.files.get(path)
+            if f is None:
+                continue
+            lines = self._drain(f)
+            if lines:
+                out.append((path, lines))
+            try:
+                self.stats.lag[path] = max(0, os.path.getsize(path) - f.offset)
+            except OSError:
+                pass
+        return out
+
+    def _check_rotation(self, path: str, f: _Followed, out: list) -> None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return  # renamed away, new file not created yet: keep reading the old handle
+        if (st.st_dev, st.st_ino) != (f.dev, f.ino):
+            lines = self._drain(f)  # rename-and-create: finish the old file first
+            if lines:
+                out.append((path, lines))
+            f.fh.close()
+            self.stats.rotation("rename")
+            log.info("%s was rotated (new inode); reading the new file from the start", path)
+            new = self._open(path, at_end=False)
+            if new is None:
+                del self.files[path]
+            else:
+                self.files[path] = new
+        elif st.st_size < f.offset or (f.fp_len and hashlib.blake2b(
+                os.pread(f.fh.fileno(), f.fp_len, 0), digest_size=8).hexdigest() != f.fp):
+            self.stats.rotation("truncate")
+            log.info("%s was truncated (%d < %d bytes); reading from the start", path,
+                     st.st_size, f.offset)
+            f.offset = 0
+            f.partial = b""
+            f.fh.seek(0)
+            f.fp, f.fp_len = "", 0
+
+    def _drain(self, f: _Followed) -> list[bytes]:
+        lines: list[bytes] = []
+        total = 0
+        while True:
+            data = f.fh.read(self.chunk_size)
+            if not data:
+                break
+            total += len(data)
+            buf = f.partial + data if f.partial else data
+            parts = buf.split(b"\n")
+            f.partial = parts.pop()
+            lines += parts
+        f.offset = f.fh.tell() - len(f.partial)
+        if total:
+            self.stats.bytes[f.path] = self.stats.bytes.get(f.path, 0) + total
+            self.stats.lines[f.path] = self.stats.lines.get(f.path, 0) + len(lines)
+            if f.fp_len < FINGERPRINT_BYTES:
+                f.refresh_fingerprint()
+        return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+    # ---- positions ---------------------------------------------------------------------
+    def state(self) -> dict:
+        """Positions to save (only complete lines count as read)."""
+        return {"files": {p: f.identity() for p, f in self.files.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Resume from saved positions; call before the first `read()`."""
+        self._started = True
+        for path, saved in (state.get("files") or {}).items():
+            self._restore_one(path, saved)
+        self._discover()
+
+    def _restore_one(self, path: str, saved: dict) -> None:
+        cur = self._open(path, at_end=False) if os.path.exists(path) else None
+        if cur is not None and (cur.dev, cur.ino) == (saved["dev"], saved["ino"]):
+            if self._same_content(cur, saved):
+                cur.offset = saved["offset"]
+                cur.fh.seek(cur.offset)
+            else:
+                self.stats.rotation("truncate")
+                log.warning("%s changed while we were down (fingerprint differs); reading "
+                            "it from the start", path)
+            self.files[path] = cur
+            return
+        # rotated while we were down: find the old file by inode and finish it first
+        old = self._find_by_inode(path, saved)
+        if old is not None:
+            self._draining.append(old)
+            self.stats.rotation("rename")
+            log.info("%s was rotated while we were down; finishing %s first", path, old.path)
+        if cur is not None:
+            self.files[path] = cur
+
+    def _same_content(self, f: _Followed, saved: dict) -> bool:
+        size = os.fstat(f.fh.fileno()).st_size
+        if size < saved["offset"] or size < saved["fp_len"]:
+            return False
+        return _fingerprint(f.fh, saved["fp_len"]) == saved["fp"]
+
+    def _find_by_inode(self, path: str, saved: dict) -> _Followed | None:
+        directory = os.path.dirname(path) or "."
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return None
+        for e in entries:
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"]) and e.is_file():
+                f = self._open(e.path, at_end=False)
+                if f is not None and self._same_content(f, saved):
+                    f.offset = saved["offset"]
+                    f.fh.seek(f.offset)
+                    f.path = path  # lines count toward the followed path
+                    return f
+                if f is not None:
+                    f.fh.close()
+        return None
+
+    def close(self) -> None:
+        for f in [*self.files.values(), *self._draining]:
+            f.fh.close()
+        self.files.clear()
+        self._draining.clear()
+
+
+def save_checkpoint(path: str, data: dict) -> None:
+    """Write `data` as JSON atomically: temp file, fsync, rename, fsync the directory."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str) -> dict | None:
+    """The saved checkpoint, or None when there is none. A corrupt file is an error that
+    says what to do (it is never silently ignored: that would count lines twice)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"{path}: the positions file is corrupt ({e}); move it away to "
+                         "start over (lines already read will be read again)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the positions file is not a JSON object")
+    return data
