@@ -26,6 +26,7 @@ import orjson
 import yaml
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
+MAX_INT = 2**53  # larger counts are corrupt data, not traffic
 
 
 @dataclass(slots=True)
@@ -171,8 +172,8 @@ def _to_int(v: Any) -> int:
         n = int(v)
     else:
         raise ParseError("wrong_type", f"not an integer: {type(v).__name__}")
-    if n < 0:
-        raise ParseError("wrong_type", f"negative: {n}")
+    if n < 0 or n > MAX_INT:
+        raise ParseError("wrong_type", f"out of range: {n}")
     return n
 
 
