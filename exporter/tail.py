@@ -75,6 +75,7 @@ class Tailer:
         self.files: dict[str, _Followed] = {}
         self._draining: list[_Followed] = []  # rotated-away handles still being read
         self._started = False
+        self._discover()  # files present now start at their end (or 0 with from_beginning)
 
     # ---- discovery ---------------------------------------------------------------------
     def _paths(self) -> list[str]:
@@ -186,9 +187,19 @@ class Tailer:
         return {"files": {p: f.identity() for p, f in self.files.items()}}
 
     def restore(self, state: dict) -> None:
-        """Resume from saved positions; call before the first `read()`."""
+        """Resume from saved positions; call before the first `read()`. Files the
+        checkpoint does not know are read from the start (they appeared while we were
+        down)."""
         self._started = True
-        for path, saved in (state.get("files") or {}).items():
+        saved_files = state.get("files") or {}
+        for path, f in self.files.items():
+            if path not in saved_files:
+                f.offset = 0
+                f.fh.seek(0)
+        for path, saved in saved_files.items():
+            old = self.files.pop(path, None)
+            if old is not None:
+                old.fh.close()
             self._restore_one(path, saved)
         self._discover()
 

@@ -1,0 +1,131 @@
+"""The tailer: rotation of both kinds mid-stream with exact line counts, partial lines,
+restart from saved positions, truncated-and-regrown detection, globs."""
+
+from __future__ import annotations
+
+import os
+
+from exporter.tail import Tailer, load_checkpoint, save_checkpoint
+
+
+def lines_of(tailer: Tailer) -> list[bytes]:
+    return [ln for _, batch in tailer.read() for ln in batch]
+
+
+def write(path, *lines: str) -> None:
+    with open(path, "a") as f:
+        f.write("".join(ln + "\n" for ln in lines))
+
+
+def test_rename_and_copytruncate_rotation_mid_stream_exact(tmp_path):
+    log = tmp_path / "access.log"
+    log.write_text("")
+    t = Tailer([str(log)])
+    seen: list[bytes] = []
+    n = 0
+    for round_ in range(6):
+        for _ in range(500):
+            write(log, f"line {n}")
+            n += 1
+        if round_ % 3 == 0:
+            seen += lines_of(t)
+        if round_ == 1:  # logrotate `create`: rename, more lines into the old file, new file
+            os.rename(log, tmp_path / "access.log.1")
+            write(tmp_path / "access.log.1", f"line {n}")
+            n += 1
+            log.write_text("")
+        if round_ == 3:  # copytruncate
+            seen += lines_of(t)
+            with open(log, "r+") as f:
+                f.truncate(0)
+    seen += lines_of(t)
+    assert seen == [f"line {i}".encode() for i in range(n)]
+    assert t.stats.rotations == {"rename": 1, "truncate": 1}
+    assert t.stats.lines[str(log)] == n
+
+
+def test_partial_line_waits_for_newline(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text("")
+    t = Tailer([str(log)])
+    with open(log, "a") as f:
+        f.write('{"a": 1}\n{"b"')
+    assert lines_of(t) == [b'{"a": 1}']
+    assert lines_of(t) == []
+    with open(log, "a") as f:
+        f.write(': 2}\r\n')
+    assert lines_of(t) == [b'{"b": 2}']
+
+
+def test_start_at_end_by_default_and_from_beginning(tmp_path):
+    log = tmp_path / "a.log"
+    write(log, "old")
+    assert lines_of(Tailer([str(log)])) == []
+    assert lines_of(Tailer([str(log)], from_beginning=True)) == [b"old"]
+
+
+def test_restart_from_positions_loses_nothing_and_repeats_nothing(tmp_path):
+    log = tmp_path / "a.log"
+    write(log, *[f"x{i}" for i in range(100)])
+    t = Tailer([str(log)], from_beginning=True)
+    first = lines_of(t)
+    with open(log, "a") as f:
+        f.write("x100\nx1")  # partial at the checkpoint
+    first += lines_of(t)
+    pos = tmp_path / "positions.json"
+    save_checkpoint(str(pos), t.state())
+    t.close()
+    with open(log, "a") as f:
+        f.write("01\nx102\n")
+    t2 = Tailer([str(log)])
+    t2.restore(load_checkpoint(str(pos)))
+    assert first + lines_of(t2) == [f"x{i}".encode() for i in range(103)]
+
+
+def test_rotation_while_down_finishes_the_old_file_first(tmp_path):
+    log = tmp_path / "a.log"
+    write(log, "a0", "a1")
+    t = Tailer([str(log)], from_beginning=True)
+    assert lines_of(t) == [b"a0", b"a1"]
+    state = t.state()
+    t.close()
+    write(log, "a2")
+    os.rename(log, tmp_path / "a.log.1")
+    write(log, "b0")
+    t2 = Tailer([str(log)])
+    t2.restore(state)
+    assert lines_of(t2) == [b"a2", b"b0"]
+
+
+def test_truncated_and_regrown_while_down_is_read_from_zero(tmp_path):
+    """Promtail's known bug: a stale offset into a regrown file skips its start."""
+    log = tmp_path / "a.log"
+    write(log, "first-generation-1", "first-generation-2")
+    t = Tailer([str(log)], from_beginning=True)
+    lines_of(t)
+    state = t.state()
+    t.close()
+    with open(log, "r+") as f:
+        f.truncate(0)
+    write(log, *[f"second-{i}" for i in range(10)])  # longer than the old offset
+    t2 = Tailer([str(log)])
+    t2.restore(state)
+    assert lines_of(t2) == [f"second-{i}".encode() for i in range(10)]
+
+
+def test_globs_pick_up_new_files_and_chunked_reading(tmp_path):
+    write(tmp_path / "a.log", "a-old")
+    t = Tailer([str(tmp_path / "*.log")], chunk_size=64)
+    assert lines_of(t) == []
+    write(tmp_path / "b.log", *[f"b{i:04d}" for i in range(1000)])  # new file: from 0
+    got = lines_of(t)
+    assert got == [f"b{i:04d}".encode() for i in range(1000)]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "pos.json"
+    p.write_text("{not json")
+    import pytest
+    with pytest.raises(ValueError, match="move it away"):
+        load_checkpoint(str(p))
+    assert load_checkpoint(str(tmp_path / "missing.json")) is None
