@@ -213,8 +213,9 @@ def test_lora_info_shows_running_and_waiting_adapters(pod):
         seen = None
         for _ in range(200):
             info = families(pod.url)[v.LORA_REQUESTS_INFO].samples[0].labels
-            if info["waiting_lora_adapters"] and info["running_lora_adapters"]:
-                seen = info
+            running = [a for a in info["running_lora_adapters"].split(",") if a]
+            if info["waiting_lora_adapters"] and len(running) == 2:
+                seen = info  # adapters arrive one by one; wait until both slots are taken
                 break
             time.sleep(0.02)
         [f.result(30) for f in futs]
