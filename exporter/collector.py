@@ -42,6 +42,14 @@ class _Hist:
         self.sum += x
 
 
+def hist_in(table: dict, key: object, buckets: tuple[float, ...]) -> _Hist:
+    """The histogram for `key` in `table`, created empty on first use."""
+    h = table.get(key)
+    if h is None:
+        h = table[key] = _Hist(buckets, [0.0] * (len(buckets) + 1))
+    return h
+
+
 class TokenCounters:
     """asm_llm_proxy_* series. `dimensions` are LLMRecord fields used as labels (default
     `model`); each label keeps at most `max_values_per_label` values, the rest are `other`."""
@@ -89,17 +97,10 @@ class TokenCounters:
         rk = (model, code)
         self.requests[rk] = self.requests.get(rk, 0.0) + 1
         if rec.ttft_ms is not None:
-            self._hist(self.ttft, model, m.TTFT.buckets).observe(rec.ttft_ms / 1000)
+            hist_in(self.ttft, model, m.TTFT.buckets).observe(rec.ttft_ms / 1000)
         if rec.duration_ms is not None:
-            self._hist(self.duration, model, m.DURATION.buckets).observe(rec.duration_ms / 1000)
+            hist_in(self.duration, model, m.DURATION.buckets).observe(rec.duration_ms / 1000)
         return True
-
-    @staticmethod
-    def _hist(table: dict[str, _Hist], model: str, buckets: tuple[float, ...]) -> _Hist:
-        h = table.get(model)
-        if h is None:
-            h = table[model] = _Hist(buckets, [0.0] * (len(buckets) + 1))
-        return h
 
     # ---- checkpoint --------------------------------------------------------------------
     def state(self) -> dict:

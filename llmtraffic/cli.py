@@ -14,6 +14,7 @@ from llmtraffic import __version__
 #: sets `func(args) -> int`.
 COMMAND_MODULES = (
     "simulator.server",
+    "balancer.command",
     "exporter.app",
     "bench.cli",
     "dashboards.build",

@@ -1,0 +1,103 @@
+"""Discovery: which pools, models, routes and pods exist. One Protocol, two sources — a
+static pods file plus resource YAML here, the Kubernetes API in `balancer.kube` — both
+resolving pool membership from each InferencePool's selector exactly as a cluster does."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from balancer.config import ConfigError, Resources, load_resources
+from exporter.app import pods_from_file
+from exporter.store import Pod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ClusterView:
+    """Everything the balancer routes over at one moment."""
+
+    resources: Resources
+    pods: list[Pod] = field(default_factory=list)  # pool members, addresses with ports
+
+
+OnChange = Callable[[ClusterView], None]
+
+
+class Discovery(Protocol):
+    """A source of `ClusterView`s: `view()` now, and `run(on_change)` until cancelled."""
+
+    def view(self) -> ClusterView: ...
+
+    async def run(self, on_change: OnChange) -> None: ...
+
+
+def assign_pools(pods: Iterable[Pod], resources: Resources) -> list[Pod]:
+    """Pool members among `pods`: a pod joins the first pool (by name) whose selector its
+    labels match (an explicit `pool` in the pods file wins); an address without a port takes
+    the pool's target port. Pods in no pool are left out (logged at debug level)."""
+    pools = sorted(resources.pools.values(), key=lambda p: p.name)
+    out = []
+    for pod in pods:
+        matches = [p for p in pools if (p.name == pod.pool if pod.pool else
+                                        p.selects(dict(pod.labels)))]
+        if not matches:
+            log.debug("pod %s (%s) matches no InferencePool selector; not routed",
+                      pod.name, pod.address)
+            continue
+        if len(matches) > 1:
+            log.warning("pod %s matches pools %s; it serves %s only", pod.name,
+                        ", ".join(p.name for p in matches), matches[0].name)
+        pool = matches[0]
+        address = pod.address if _has_port(pod.address) else f"{pod.address}:{pool.target_port}"
+        out.append(replace(pod, pool=pool.name, address=address))
+    return out
+
+
+def _has_port(address: str) -> bool:
+    if address.startswith("["):  # [v6]:port
+        return "]:" in address
+    return ":" in address and address.count(":") == 1
+
+
+class StaticDiscovery:
+    """Resources from YAML files and pods from a pods file:
+    `pods: [{name: vllm-0, address: "127.0.0.1:8001", labels: {app: ...}}]`."""
+
+    def __init__(self, config_paths: list[str], pods_file: str | None = None,
+                 pods: Iterable[Pod] = ()) -> None:
+        self.config_paths = list(config_paths)
+        self.pods_file = pods_file
+        self._extra = list(pods)
+        self._view = self._load()
+
+    def _load(self) -> ClusterView:
+        resources = load_resources(self.config_paths)
+        for warning in resources.check():
+            log.warning("%s", warning)
+        raw = list(self._extra)
+        if self.pods_file:
+            if not Path(self.pods_file).exists():
+                raise ConfigError(f"{self.pods_file}: pods file not found; give a YAML file "
+                                  "with `pods: [{name, address, labels}]`")
+            try:
+                raw += pods_from_file(self.pods_file)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        pods = assign_pools(raw, resources)
+        if raw and not pods:
+            raise ConfigError(
+                f"none of the {len(raw)} pods matches an InferencePool selector ("
+                + "; ".join(f"{p.name}: {p.selector}" for p in resources.pools.values())
+                + "): check the pods' labels")
+        return ClusterView(resources, pods)
+
+    def view(self) -> ClusterView:
+        return self._view
+
+    async def run(self, on_change: OnChange) -> None:
+        """Files do not change under a running balancer: nothing to report after `view()`."""
+

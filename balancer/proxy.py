@@ -1,0 +1,393 @@
+"""The OpenAI-compatible reverse proxy: route each request with `balancer.router`, relay the
+answer (SSE chunk by chunk), capture usage, write one access-log line per request, and
+serve /v1/models, /health, /ready and /metrics. The scrape loop fills the same store."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from balancer.discovery import ClusterView, Discovery
+from balancer.policy.llm import PolicyConfig
+from balancer.policy.registry import make_policy
+from balancer.router import ApiError, Decision, Router, decode_body
+from balancer.stats import BalancerCollector, BalancerStats
+from exporter.accesslog import AccessLogWriter, LLMRecord
+from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
+from exporter.scrape import Scraper
+from exporter.store import MetricsStore
+
+log = logging.getLogger(__name__)
+
+#: Upstream failures before any response byte: the request is retried on a fallback pod.
+RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+             aiohttp.ClientOSError)
+#: Upstream failures while relaying a stream: the client's stream ends with an error event.
+STREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
+SECRET_HEADERS = ("authorization", "cookie", "x-api-key", "proxy-authorization")
+
+
+@dataclass
+class ProxyOptions:
+    """Knobs of one balancer process."""
+
+    listen: str = "0.0.0.0:8080"
+    policy: str = "llm"
+    policy_config: PolicyConfig | None = None
+    access_log: str | None = None  # None: no access log; "-": stdout
+    api_key: str | None = None  # clients must send `Authorization: Bearer <key>`
+    metrics_token: str | None = None  # /metrics needs `Authorization: Bearer <token>`
+    scrape_interval: float = 0.1
+    scrape_timeout: float = 1.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    retries: int = 2  # other pods tried when a pod cannot be reached
+    connect_timeout: float = 2.0
+    idle_timeout: float = 120.0  # longest silence allowed from a pod mid-request
+    seed: int | None = None
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _bearer_ok(request: web.Request, secret: str | None) -> bool:
+    if secret is None:
+        return True
+    got = request.headers.get("Authorization", "")
+    scheme, _, token = got.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              secret.encode())
+
+
+def _text_of(event: dict[str, Any]) -> bool:
+    """True when a stream event carries generated text (completions or chat)."""
+    for choice in event.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta.get("content"):
+            return True
+    return False
+
+
+def _usage(rec: LLMRecord, usage: Any) -> None:
+    if not isinstance(usage, dict):
+        return
+    for field, key in (("prompt_tokens", "prompt_tokens"),
+                       ("completion_tokens", "completion_tokens"),
+                       ("total_tokens", "total_tokens")):
+        v = usage.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            setattr(rec, field, v)
+
+
+class BalancerApp:
+    """The proxy process in-process: `await app.start()`, `app.port`, `await app.stop()`."""
+
+    def __init__(self, discovery: Discovery, options: ProxyOptions,
+                 store: MetricsStore | None = None) -> None:
+        self.options = options
+        self.discovery = discovery
+        self.store = store or MetricsStore()
+        self.policy = make_policy(options.policy, options.policy_config, options.seed)
+        view = discovery.view()
+        self.router = Router(view.resources, self.store, self.policy, seed=options.seed)
+        self._apply(view)
+        self.stats = BalancerStats(self.policy.name)
+        self.exporter_stats = ExporterStats()
+        self.counters = TokenCounters()
+        self.registry = CollectorRegistry()
+        self.registry.register(ExporterCollector(self.counters, self.exporter_stats, self.store))
+        self.registry.register(BalancerCollector(self.stats, self.store))
+        self.access_log = AccessLogWriter(options.access_log) if options.access_log else None
+        self.scraper = Scraper(self.store, interval=options.scrape_interval,
+                               timeout=options.scrape_timeout, stats=self.exporter_stats)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.port = 0
+
+    # ---- membership ----------------------------------------------------------------------
+    def _apply(self, view: ClusterView) -> None:
+        before = {p.address for p in self.store.pods()}
+        self.store.set_pods(view.pods)
+        self.router.resources = view.resources
+        prefix = getattr(self.policy, "prefix", None)
+        for gone in before - {p.address for p in view.pods}:
+            if prefix is not None:
+                prefix.forget(gone)
+        log.info("routing %d pods in %d pools (%s)", len(view.pods), len(view.resources.pools),
+                 ", ".join(sorted(view.resources.pools)))
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_body_bytes)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> None:
+        from exporter.app import parse_listen
+
+        host, port = parse_listen(self.options.listen)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.options.connect_timeout,
+                                          sock_read=self.options.idle_timeout),
+            auto_decompress=False)
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        await self.scraper.scrape_once()
+        self._tasks = [asyncio.create_task(self.scraper.run(), name="scrape"),
+                       asyncio.create_task(self.discovery.run(self._apply), name="discovery")]
+        log.info("balancer listening on %s:%d (policy %s)", host, self.port, self.policy.name)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.scraper.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.access_log is not None:
+            self.access_log.close()
+
+    # ---- small endpoints -----------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        fresh = sum(1 for p in self.store.snapshot(time.monotonic()).pods if p.fresh)
+        return web.json_response({"ready_pods": fresh}, status=200 if fresh else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not _bearer_ok(request, self.options.metrics_token):
+            return _error(ApiError(401, "/metrics needs `Authorization: Bearer <token>`"))
+        return web.Response(body=generate_latest(self.registry),
+                            content_type="text/plain", charset="utf-8")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not _bearer_ok(request, self.options.api_key):
+            return _error(ApiError(401, "missing or wrong API key: send "
+                                   "`Authorization: Bearer <key>`"))
+        res = self.router.resources
+        pool = res.pool_for_host(request.host)
+        pools = [pool.name] if pool else list(res.pools)
+        data = [{"id": m.model_name, "object": "model", "created": 0, "owned_by": "llmtraffic",
+                 "root": m.model_name, "pool": m.pool, "criticality": m.criticality}
+                for p in pools for m in res.models_in(p)]
+        return web.json_response({"object": "list", "data": data})
+
+    # ---- completions ---------------------------------------------------------------------
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=True)
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        t0 = time.monotonic()
+        rec = LLMRecord(start_time=_now_iso(), method=request.method, path=request.path,
+                        protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+                        user_agent=request.headers.get("User-Agent"),
+                        x_forwarded_for=request.headers.get("X-Forwarded-For"),
+                        request_id=request.headers.get("X-Request-Id") or str(uuid.uuid4()),
+                        authority=request.host, downstream_remote_address=request.remote,
+                        lb_policy=self.policy.name)
+        try:
+            if not _bearer_ok(request, self.options.api_key):
+                raise ApiError(401, "missing or wrong API key: send "
+                               "`Authorization: Bearer <key>`")
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise ApiError(413, "request body is larger than "
+                               f"{self.options.max_body_bytes} bytes") from None
+            rec.bytes_received = len(raw)
+            decision = self.router.decide(request.host, decode_body(raw), chat)
+            self._describe(rec, decision)
+            return await self._forward(request, decision, rec, t0)
+        except ApiError as e:
+            rec.response_code = e.status
+            rec.model, rec.pool = rec.model or e.model, rec.pool or e.pool
+            if e.status in (429, 503):
+                self.stats.refused(rec.pool or "", rec.model or "", e.status)
+            return _error(e)
+        except asyncio.CancelledError:
+            rec.response_code = rec.response_code or CLIENT_CLOSED
+            rec.response_flags = rec.response_flags or "DC"
+            raise
+        finally:
+            rec.duration_ms = round((time.monotonic() - t0) * 1000, 3)
+            self._log(rec)
+
+    def _describe(self, rec: LLMRecord, d: Decision) -> None:
+        rec.model = d.request.model
+        rec.target_model = d.request.target_model
+        rec.pool = d.pool.name
+        rec.upstream_cluster = d.pool.name
+        rec.criticality = d.model.criticality
+        rec.stream = d.stream
+        rec.pick_reason = d.pick.reason
+
+    def _log(self, rec: LLMRecord) -> None:
+        self.stats.observe(rec)
+        self.counters.observe(rec)
+        if self.access_log is not None:
+            try:
+                self.access_log.write(rec)
+            except OSError as e:  # a full disk must not fail the request
+                log.error("cannot write the access log %s: %s", self.options.access_log, e)
+
+    async def _forward(self, request: web.Request, d: Decision, rec: LLMRecord,
+                       t0: float) -> web.StreamResponse:
+        assert self._session is not None, "BalancerApp.start() was not awaited"
+        payload = d.payload()
+        headers = {"Content-Type": "application/json", "X-Request-Id": rec.request_id or ""}
+        tried: list[str] = []
+        last: Exception | None = None
+        for i, addr in enumerate(d.addresses(self.options.retries)):
+            if i:
+                self.stats.retried(d.pool.name)
+            pod = self.store.pod(addr)
+            rec.upstream_host, rec.pod = addr, pod.name if pod else addr
+            self.stats.picked(d.pool.name, rec.pod, d.pick_seconds if not i else 0.0)
+            tried.append(addr)
+            self.store.acquire(addr)
+            try:
+                try:
+                    up = await self._session.post(f"http://{addr}{request.path}", data=payload,
+                                                  headers=headers)
+                except RETRYABLE as e:
+                    last = e
+                    self.store.mark_error(addr, f"proxy: {type(e).__name__}: {e}",
+                                          time.monotonic())
+                    log.warning("pod %s (%s) unreachable, trying another: %s", rec.pod, addr, e)
+                    continue
+                except asyncio.TimeoutError:
+                    raise ApiError(504, f"pod {rec.pod} ({addr}) sent no response within "
+                                   f"{self.options.idle_timeout:g} s") from None
+                try:
+                    rec.upstream_service_time_ms = round((time.monotonic() - t0) * 1000, 3)
+                    if d.stream and up.status == 200:
+                        return await self._relay_stream(request, d, up, rec, t0)
+                    return await self._relay_body(up, rec)
+                finally:
+                    up.close()
+            finally:
+                self.store.release(addr)
+        raise ApiError(503, f"no pod could be reached in pool {d.pool.name!r} (tried "
+                       f"{', '.join(tried)}; last error: {last})")
+
+    async def _relay_body(self, up: aiohttp.ClientResponse, rec: LLMRecord) -> web.Response:
+        try:
+            data = await up.read()
+        except STREAM_FAILURES as e:
+            rec.response_flags = "UC"
+            raise ApiError(502, f"pod {rec.pod} failed while answering: {e!r}") from None
+        rec.response_code = up.status
+        rec.bytes_sent = len(data)
+        if up.status == 200:
+            try:
+                _usage(rec, orjson.loads(data).get("usage"))
+            except (orjson.JSONDecodeError, AttributeError):
+                pass
+        return web.Response(status=up.status, body=data,
+                            content_type=up.content_type or "application/json")
+
+    async def _relay_stream(self, request: web.Request, d: Decision,
+                            up: aiohttp.ClientResponse, rec: LLMRecord,
+                            t0: float) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Request-Id": rec.request_id or ""})
+        await resp.prepare(request)
+        rec.response_code = 200
+        sent = 0
+        chunks = 0
+        done = skip_blank = False
+        failure: str | None = None
+        it = up.content.__aiter__()
+        while True:
+            try:
+                line = await it.__anext__()
+            except StopAsyncIteration:
+                if not done:
+                    failure = "the pod closed the stream before [DONE]"
+                break
+            except STREAM_FAILURES as e:
+                failure = f"{type(e).__name__}: {e}"
+                break
+            if line.startswith(b"data:"):
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                elif rec.ttft_ms is None or b'"usage"' in payload:
+                    try:
+                        ev = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        ev = None
+                    if isinstance(ev, dict):
+                        if rec.ttft_ms is None and _text_of(ev):
+                            rec.ttft_ms = round((time.monotonic() - t0) * 1000, 3)
+                        if ev.get("usage"):
+                            _usage(rec, ev["usage"])
+                            if not ev.get("choices") and not d.client_wants_usage:
+                                skip_blank = True  # the usage chunk we asked for ourselves
+                                continue
+                chunks += 1
+            elif skip_blank and not line.strip():
+                skip_blank = False
+                continue
+            try:
+                await resp.write(line)
+            except ConnectionResetError:
+                rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
+                rec.bytes_sent = sent
+                return resp
+            sent += len(line)
+        if failure is not None:
+            rec.response_code, rec.response_flags = 502, "UC"
+            log.warning("stream from pod %s (%s) broke after %d chunks: %s", rec.pod,
+                        rec.upstream_host, chunks, failure)
+            err = ApiError(502, f"upstream pod {rec.pod} failed mid-stream: {failure}")
+            try:
+                await resp.write(b"data: " + err.body() + b"\n\n")
+            except ConnectionResetError:
+                pass
+        rec.bytes_sent = sent
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+
+def _error(e: ApiError) -> web.Response:
+    return web.Response(status=e.status, body=e.body(), headers=e.headers())

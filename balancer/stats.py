@@ -1,0 +1,102 @@
+"""The balancer's own series (llmtraffic_balancer_*, declared in exporter/metrics.py):
+plain in-memory counters fed once per request, exposed by one Collector."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import metrics as m
+from exporter.accesslog import LLMRecord
+from exporter.collector import _counter, _gauge, _Hist, _histogram, clean_label, hist_in
+from exporter.store import MetricsStore
+
+
+class BalancerStats:
+    """Counters and histograms of routed requests; `observe(record)` once per request."""
+
+    def __init__(self, lb_policy: str) -> None:
+        self.lb_policy = lb_policy
+        self.requests: dict[tuple[str, ...], float] = {}
+        self.prompt: dict[tuple[str, ...], float] = {}
+        self.completion: dict[tuple[str, ...], float] = {}
+        self.ttft: dict[tuple[str, ...], _Hist] = {}
+        self.duration: dict[tuple[str, ...], _Hist] = {}
+        self.picks: dict[tuple[str, ...], float] = {}
+        self.shed: dict[tuple[str, ...], float] = {}
+        self.retries: dict[tuple[str, ...], float] = {}
+        self.pick_seconds = _Hist(m.BALANCER_PICK_DURATION.buckets,
+                                  [0.0] * (len(m.BALANCER_PICK_DURATION.buckets) + 1))
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _add(table: dict, key: tuple[str, ...], v: float = 1.0) -> None:
+        table[key] = table.get(key, 0.0) + v
+
+    def picked(self, pool: str, pod: str, seconds: float) -> None:
+        with self._lock:
+            self._add(self.picks, (pool, pod, self.lb_policy))
+            self.pick_seconds.observe(seconds)
+
+    def refused(self, pool: str, model: str, status: int) -> None:
+        with self._lock:
+            self._add(self.shed, (pool, clean_label(model), "shed" if status == 429
+                                  else "no_endpoint"))
+
+    def retried(self, pool: str) -> None:
+        with self._lock:
+            self._add(self.retries, (pool,))
+
+    def observe(self, rec: LLMRecord) -> None:
+        """One finished request (any outcome) as logged."""
+        pool, model = rec.pool or "", clean_label(rec.model)
+        key = (pool, model, self.lb_policy)
+        code = "" if rec.response_code is None else str(rec.response_code)
+        with self._lock:
+            self._add(self.requests, (pool, model, clean_label(rec.target_model),
+                                      self.lb_policy, code))
+            if rec.prompt_tokens is not None:
+                self._add(self.prompt, key, rec.prompt_tokens)
+            if rec.completion_tokens is not None:
+                self._add(self.completion, key, rec.completion_tokens)
+            if rec.ttft_ms is not None:
+                hist_in(self.ttft, key, m.BALANCER_TTFT.buckets).observe(rec.ttft_ms / 1e3)
+            if rec.duration_ms is not None:
+                hist_in(self.duration, key,
+                           m.BALANCER_DURATION.buckets).observe(rec.duration_ms / 1e3)
+
+
+class BalancerCollector(Collector):
+    """llmtraffic_balancer_* from `BalancerStats`, in-flight gauges from the store."""
+
+    def __init__(self, stats: BalancerStats, store: MetricsStore) -> None:
+        self.stats = stats
+        self.store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        with s._lock:
+            tables = {name: dict(getattr(s, name)) for name in
+                      ("requests", "prompt", "completion", "picks", "shed", "retries",
+                       "ttft", "duration")}
+            pick = (list(s.pick_seconds.counts), s.pick_seconds.sum)
+        yield _counter(m.BALANCER_REQUESTS, iter(tables["requests"].items()))
+        yield _counter(m.BALANCER_PROMPT_TOKENS, iter(tables["prompt"].items()))
+        yield _counter(m.BALANCER_COMPLETION_TOKENS, iter(tables["completion"].items()))
+        yield _counter(m.BALANCER_PICKS, iter(tables["picks"].items()))
+        yield _counter(m.BALANCER_SHED, iter(tables["shed"].items()))
+        yield _counter(m.BALANCER_RETRIES, iter(tables["retries"].items()))
+        for series, name in ((m.BALANCER_TTFT, "ttft"), (m.BALANCER_DURATION, "duration")):
+            t = tables[name]
+            yield _histogram(series, {k: list(h.counts) for k, h in t.items()},
+                             {k: h.sum for k, h in t.items()}, series.labels)
+        yield _histogram(m.BALANCER_PICK_DURATION, {(s.lb_policy,): pick[0]},
+                         {(s.lb_policy,): pick[1]}, m.BALANCER_PICK_DURATION.labels)
+        yield _gauge(m.BALANCER_INFLIGHT, (((p.pod.pool, p.pod.name), p.inflight)
+                                           for p in self.store.snapshot(0.0).pods))
