@@ -10,22 +10,17 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
-from balancer.discovery import ClusterView, Discovery
+from balancer.core import BalancerCore
+from balancer.discovery import Discovery
 from balancer.policy.llm import PolicyConfig
-from balancer.policy.registry import make_policy
-from balancer.router import ApiError, Decision, Router, decode_body
-from balancer.stats import BalancerCollector, BalancerStats
-from exporter.accesslog import AccessLogWriter, LLMRecord
-from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
-from exporter.scrape import Scraper
+from balancer.router import ApiError, Decision, decode_body
+from balancer.usage import SseTap, describe, now_iso, usage_from_json
+from exporter.accesslog import LLMRecord
 from exporter.store import MetricsStore
 
 log = logging.getLogger(__name__)
@@ -58,10 +53,6 @@ class ProxyOptions:
     seed: int | None = None
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _bearer_ok(request: web.Request, secret: str | None) -> bool:
     if secret is None:
         return True
@@ -71,30 +62,6 @@ def _bearer_ok(request: web.Request, secret: str | None) -> bool:
                                                               secret.encode())
 
 
-def _text_of(event: dict[str, Any]) -> bool:
-    """True when a stream event carries generated text (completions or chat)."""
-    for choice in event.get("choices") or ():
-        if not isinstance(choice, dict):
-            continue
-        if choice.get("text"):
-            return True
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and delta.get("content"):
-            return True
-    return False
-
-
-def _usage(rec: LLMRecord, usage: Any) -> None:
-    if not isinstance(usage, dict):
-        return
-    for field, key in (("prompt_tokens", "prompt_tokens"),
-                       ("completion_tokens", "completion_tokens"),
-                       ("total_tokens", "total_tokens")):
-        v = usage.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-            setattr(rec, field, v)
-
-
 class BalancerApp:
     """The proxy process in-process: `await app.start()`, `app.port`, `await app.stop()`."""
 
@@ -102,36 +69,20 @@ class BalancerApp:
                  store: MetricsStore | None = None) -> None:
         self.options = options
         self.discovery = discovery
-        self.store = store or MetricsStore()
-        self.policy = make_policy(options.policy, options.policy_config, options.seed)
-        view = discovery.view()
-        self.router = Router(view.resources, self.store, self.policy, seed=options.seed)
-        self._apply(view)
-        self.stats = BalancerStats(self.policy.name)
-        self.exporter_stats = ExporterStats()
-        self.counters = TokenCounters()
-        self.registry = CollectorRegistry()
-        self.registry.register(ExporterCollector(self.counters, self.exporter_stats, self.store))
-        self.registry.register(BalancerCollector(self.stats, self.store))
-        self.access_log = AccessLogWriter(options.access_log) if options.access_log else None
-        self.scraper = Scraper(self.store, interval=options.scrape_interval,
-                               timeout=options.scrape_timeout, stats=self.exporter_stats)
+        self.core = BalancerCore(discovery, policy=options.policy,
+                                 policy_config=options.policy_config, seed=options.seed,
+                                 access_log=options.access_log,
+                                 scrape_interval=options.scrape_interval,
+                                 scrape_timeout=options.scrape_timeout, store=store)
+        core = self.core
+        self.store, self.policy, self.router = core.store, core.policy, core.router
+        self.stats, self.exporter_stats, self.counters = core.stats, core.exporter_stats, \
+            core.counters
+        self.registry, self.access_log, self.scraper = core.registry, core.access_log, \
+            core.scraper
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task] = []
         self.port = 0
-
-    # ---- membership ----------------------------------------------------------------------
-    def _apply(self, view: ClusterView) -> None:
-        before = {p.address for p in self.store.pods()}
-        self.store.set_pods(view.pods)
-        self.router.resources = view.resources
-        prefix = getattr(self.policy, "prefix", None)
-        for gone in before - {p.address for p in view.pods}:
-            if prefix is not None:
-                prefix.forget(gone)
-        log.info("routing %d pods in %d pools (%s)", len(view.pods), len(view.resources.pools),
-                 ", ".join(sorted(view.resources.pools)))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -158,32 +109,25 @@ class BalancerApp:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        await self.scraper.scrape_once()
-        self._tasks = [asyncio.create_task(self.scraper.run(), name="scrape"),
-                       asyncio.create_task(self.discovery.run(self._apply), name="discovery")]
+        await self.core.start()
         log.info("balancer listening on %s:%d (policy %s)", host, self.port, self.policy.name)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        await self.scraper.close()
+        await self.core.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.access_log is not None:
-            self.access_log.close()
+        self.core.close()
 
     # ---- small endpoints -----------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _ready(self, request: web.Request) -> web.Response:
-        fresh = sum(1 for p in self.store.snapshot(time.monotonic()).pods if p.fresh)
+        fresh = self.core.ready_pods()
         return web.json_response({"ready_pods": fresh}, status=200 if fresh else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -213,7 +157,7 @@ class BalancerApp:
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         t0 = time.monotonic()
-        rec = LLMRecord(start_time=_now_iso(), method=request.method, path=request.path,
+        rec = LLMRecord(start_time=now_iso(), method=request.method, path=request.path,
                         protocol=f"HTTP/{request.version.major}.{request.version.minor}",
                         user_agent=request.headers.get("User-Agent"),
                         x_forwarded_for=request.headers.get("X-Forwarded-For"),
@@ -231,7 +175,7 @@ class BalancerApp:
                                f"{self.options.max_body_bytes} bytes") from None
             rec.bytes_received = len(raw)
             decision = self.router.decide(request.host, decode_body(raw), chat)
-            self._describe(rec, decision)
+            describe(rec, decision)
             return await self._forward(request, decision, rec, t0)
         except ApiError as e:
             rec.response_code = e.status
@@ -247,23 +191,8 @@ class BalancerApp:
             rec.duration_ms = round((time.monotonic() - t0) * 1000, 3)
             self._log(rec)
 
-    def _describe(self, rec: LLMRecord, d: Decision) -> None:
-        rec.model = d.request.model
-        rec.target_model = d.request.target_model
-        rec.pool = d.pool.name
-        rec.upstream_cluster = d.pool.name
-        rec.criticality = d.model.criticality
-        rec.stream = d.stream
-        rec.pick_reason = d.pick.reason
-
     def _log(self, rec: LLMRecord) -> None:
-        self.stats.observe(rec)
-        self.counters.observe(rec)
-        if self.access_log is not None:
-            try:
-                self.access_log.write(rec)
-            except OSError as e:  # a full disk must not fail the request
-                log.error("cannot write the access log %s: %s", self.options.access_log, e)
+        self.core.log(rec)
 
     async def _forward(self, request: web.Request, d: Decision, rec: LLMRecord,
                        t0: float) -> web.StreamResponse:
@@ -314,10 +243,7 @@ class BalancerApp:
         rec.response_code = up.status
         rec.bytes_sent = len(data)
         if up.status == 200:
-            try:
-                _usage(rec, orjson.loads(data).get("usage"))
-            except (orjson.JSONDecodeError, AttributeError):
-                pass
+            usage_from_json(rec, data)
         return web.Response(status=up.status, body=data,
                             content_type=up.content_type or "application/json")
 
@@ -330,40 +256,20 @@ class BalancerApp:
         await resp.prepare(request)
         rec.response_code = 200
         sent = 0
-        chunks = 0
-        done = skip_blank = False
+        tap = SseTap(rec, t0, drop_usage=not d.client_wants_usage)
         failure: str | None = None
         it = up.content.__aiter__()
         while True:
             try:
                 line = await it.__anext__()
             except StopAsyncIteration:
-                if not done:
+                if not tap.done:
                     failure = "the pod closed the stream before [DONE]"
                 break
             except STREAM_FAILURES as e:
                 failure = f"{type(e).__name__}: {e}"
                 break
-            if line.startswith(b"data:"):
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                elif rec.ttft_ms is None or b'"usage"' in payload:
-                    try:
-                        ev = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        ev = None
-                    if isinstance(ev, dict):
-                        if rec.ttft_ms is None and _text_of(ev):
-                            rec.ttft_ms = round((time.monotonic() - t0) * 1000, 3)
-                        if ev.get("usage"):
-                            _usage(rec, ev["usage"])
-                            if not ev.get("choices") and not d.client_wants_usage:
-                                skip_blank = True  # the usage chunk we asked for ourselves
-                                continue
-                chunks += 1
-            elif skip_blank and not line.strip():
-                skip_blank = False
+            if not tap.keep(line):
                 continue
             try:
                 await resp.write(line)
@@ -375,7 +281,7 @@ class BalancerApp:
         if failure is not None:
             rec.response_code, rec.response_flags = 502, "UC"
             log.warning("stream from pod %s (%s) broke after %d chunks: %s", rec.pod,
-                        rec.upstream_host, chunks, failure)
+                        rec.upstream_host, tap.chunks, failure)
             err = ApiError(502, f"upstream pod {rec.pod} failed mid-stream: {failure}")
             try:
                 await resp.write(b"data: " + err.body() + b"\n\n")

@@ -1,0 +1,92 @@
+"""The pieces every balancer front end (the HTTP proxy, the ext_proc picker) wires the same
+way: store, policy, router, scraper, stats, token counters and access log; membership from
+discovery; and the one place a finished request's record goes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import CollectorRegistry
+
+from balancer.discovery import ClusterView, Discovery
+from balancer.policy.llm import PolicyConfig
+from balancer.policy.registry import make_policy
+from balancer.router import Router
+from balancer.stats import BalancerCollector, BalancerStats
+from exporter.accesslog import AccessLogWriter, LLMRecord
+from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
+from exporter.scrape import Scraper
+from exporter.store import MetricsStore
+
+log = logging.getLogger(__name__)
+
+
+class BalancerCore:
+    """`start()` scrapes once and then keeps scraping and following discovery;
+    `stop()` ends that; `close()` closes the access log (after the front end drained)."""
+
+    def __init__(self, discovery: Discovery, *, policy: str = "llm",
+                 policy_config: PolicyConfig | None = None, seed: int | None = None,
+                 access_log: str | None = None, scrape_interval: float = 0.1,
+                 scrape_timeout: float = 1.0, store: MetricsStore | None = None) -> None:
+        self.discovery = discovery
+        self.store = store or MetricsStore()
+        self.policy = make_policy(policy, policy_config, seed)
+        view = discovery.view()
+        self.router = Router(view.resources, self.store, self.policy, seed=seed)
+        self.apply(view)
+        self.stats = BalancerStats(self.policy.name)
+        self.exporter_stats = ExporterStats()
+        self.counters = TokenCounters()
+        self.registry = CollectorRegistry()
+        self.registry.register(ExporterCollector(self.counters, self.exporter_stats, self.store))
+        self.registry.register(BalancerCollector(self.stats, self.store))
+        self.access_log_path = access_log
+        self.access_log = AccessLogWriter(access_log) if access_log else None
+        self.scraper = Scraper(self.store, interval=scrape_interval, timeout=scrape_timeout,
+                               stats=self.exporter_stats)
+        self._tasks: list[asyncio.Task] = []
+
+    def apply(self, view: ClusterView) -> None:
+        """A new membership: pods into the store, resources into the router."""
+        before = {p.address for p in self.store.pods()}
+        self.store.set_pods(view.pods)
+        self.router.resources = view.resources
+        prefix = getattr(self.policy, "prefix", None)
+        for gone in before - {p.address for p in view.pods}:
+            if prefix is not None:
+                prefix.forget(gone)
+        log.info("routing %d pods in %d pools (%s)", len(view.pods), len(view.resources.pools),
+                 ", ".join(sorted(view.resources.pools)))
+
+    def ready_pods(self) -> int:
+        """Pods with fresh metrics now."""
+        return sum(1 for p in self.store.snapshot(time.monotonic()).pods if p.fresh)
+
+    async def start(self) -> None:
+        await self.scraper.scrape_once()
+        self._tasks = [asyncio.create_task(self.scraper.run(), name="scrape"),
+                       asyncio.create_task(self.discovery.run(self.apply), name="discovery")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.scraper.close()
+
+    def close(self) -> None:
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def log(self, rec: LLMRecord) -> None:
+        """One finished request (any outcome): stats, token counters, access-log line."""
+        self.stats.observe(rec)
+        self.counters.observe(rec)
+        if self.access_log is not None:
+            try:
+                self.access_log.write(rec)
+            except OSError as e:  # a full disk must not fail the request
+                log.error("cannot write the access log %s: %s", self.access_log_path, e)

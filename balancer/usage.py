@@ -1,0 +1,127 @@
+"""What one routed request leaves in its `LLMRecord`, shared by the HTTP proxy and the ext_proc
+picker: the routing fields of a decision, token usage from a JSON body or from SSE lines
+(TTFT included), and dropping the usage-only event the balancer asked for itself."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+
+from balancer.router import Decision
+from exporter.accesslog import LLMRecord
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def describe(rec: LLMRecord, d: Decision) -> None:
+    """The routing fields of `d` into `rec`."""
+    rec.model = d.request.model
+    rec.target_model = d.request.target_model
+    rec.pool = d.pool.name
+    rec.upstream_cluster = d.pool.name
+    rec.criticality = d.model.criticality
+    rec.stream = d.stream
+    rec.pick_reason = d.pick.reason
+
+
+def text_of(event: dict[str, Any]) -> bool:
+    """True when a stream event carries generated text (completions or chat)."""
+    for choice in event.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta.get("content"):
+            return True
+    return False
+
+
+def apply_usage(rec: LLMRecord, usage: Any) -> None:
+    """OpenAI `usage` counts into `rec` (anything that is not a count is ignored)."""
+    if not isinstance(usage, dict):
+        return
+    for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        v = usage.get(field)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            setattr(rec, field, v)
+
+
+def usage_from_json(rec: LLMRecord, data: bytes) -> None:
+    """Usage of a whole (non-streamed) JSON answer; a body that is not JSON is ignored."""
+    try:
+        apply_usage(rec, orjson.loads(data).get("usage"))
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+
+
+class SseTap:
+    """Reads an OpenAI SSE stream line by line (lines as split at b"\\n", newline kept):
+    notes TTFT and usage in `rec`, sees `[DONE]`, and with `drop_usage` tells the caller to
+    drop the usage-only event (and its blank separator line) that the balancer requested
+    for itself through `stream_options.include_usage`."""
+
+    def __init__(self, rec: LLMRecord, t0: float, drop_usage: bool,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rec = rec
+        self.t0 = t0
+        self.drop_usage = drop_usage
+        self.clock = clock
+        self.done = False  # `data: [DONE]` seen
+        self.chunks = 0  # data events passed on
+        self._skip_blank = False
+
+    def keep(self, line: bytes) -> bool:
+        """Whether `line` goes on to the client."""
+        rec = self.rec
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+            elif rec.ttft_ms is None or b'"usage"' in payload:
+                try:
+                    ev = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    ev = None
+                if isinstance(ev, dict):
+                    if rec.ttft_ms is None and text_of(ev):
+                        rec.ttft_ms = round((self.clock() - self.t0) * 1000, 3)
+                    if ev.get("usage"):
+                        apply_usage(rec, ev["usage"])
+                        if not ev.get("choices") and self.drop_usage:
+                            self._skip_blank = True  # the usage chunk we asked for ourselves
+                            return False
+            self.chunks += 1
+        elif self._skip_blank and not line.strip():
+            self._skip_blank = False
+            return False
+        return True
+
+
+class LineBuffer:
+    """Bytes arriving in arbitrary chunks -> whole lines (newline kept); the unfinished tail
+    waits for the next chunk or `flush()`. Bounded: a tail longer than `max_line` is given
+    out as it is (an SSE event that long is not ours to parse)."""
+
+    def __init__(self, max_line: int = 1 << 20) -> None:
+        self.max_line = max_line
+        self._tail = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._tail + data
+        cut = buf.rfind(b"\n") + 1
+        self._tail = buf[cut:]
+        lines = [part + b"\n" for part in buf[:cut - 1].split(b"\n")] if cut else []
+        if len(self._tail) > self.max_line:
+            lines.append(self._tail)
+            self._tail = b""
+        return lines
+
+    def flush(self) -> list[bytes]:
+        tail, self._tail = self._tail, b""
+        return [tail] if tail else []
