@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import tempfile
+from pathlib import Path
+
+from bench.live import DEFAULT_ROUTERS
 
 
 def _csv(value: str) -> list[str]:
@@ -45,6 +48,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--plot", help="write a PNG of TTFT and throughput per policy here")
     r.set_defaults(func=_routing)
 
+    lv = bsub.add_parser("live", help="routers side by side on real-time simulated pods",
+                         description="Each router in turn in front of a fresh fleet of "
+                         "real-time simulated pods, on the same seeded arrivals; an async "
+                         "streaming client measures TTFT, inter-token and e2e latency. Times "
+                         "are simulated seconds (wall x --time-scale).")
+    lv.add_argument("--workload", default="seed-lora", help="seed-lora, shared-prefix or mixed")
+    lv.add_argument("--pods", type=int, default=4, help="simulated pods (default: %(default)s)")
+    rate = lv.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, help="arrivals per simulated second")
+    rate.add_argument("--load", type=float, default=None,
+                      help="arrivals as a fraction of the fleet's capacity measured in virtual "
+                      "time (default: 0.9 when --rate is not given)")
+    lv.add_argument("--duration", type=float, default=120.0,
+                    help="simulated seconds of arrivals (default: %(default)s)")
+    lv.add_argument("--time-scale", type=float, default=1.0,
+                    help="run the pods this many times faster than real time "
+                    "(default: %(default)s)")
+    lv.add_argument("--routers", type=_csv, default=list(DEFAULT_ROUTERS),
+                    help="comma-separated llmtraffic[:POLICY] and vllm-router:POLICY "
+                    f"(default: {','.join(DEFAULT_ROUTERS)})")
+    lv.add_argument("--seed", type=int, default=1, help="workload and pod seed")
+    lv.add_argument("--workdir", default=None,
+                    help="logs and configs of the run (default: a temporary directory)")
+    lv.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    lv.add_argument("--plot", help="write a PNG of TTFT and throughput per router here")
+    lv.set_defaults(func=_live)
+
 
 def _routing(args: argparse.Namespace) -> int:
     from bench.routing import format_table, plot, run_routing, write_json
@@ -67,5 +97,29 @@ def _routing(args: argparse.Namespace) -> int:
         print(f"wrote {args.json_out}")
     if args.plot:
         plot(runs, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _live(args: argparse.Namespace) -> int:
+    from bench.live import run_live
+    from bench.routing import format_table, plot, write_json
+    from bench.stack import StackError
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llmtraffic-live-"))
+    try:
+        run = run_live(args.workload, args.pods, args.duration, args.routers, workdir,
+                       rate=args.rate, load=args.load, time_scale=args.time_scale,
+                       seed=args.seed)
+    except (ValueError, StackError) as e:
+        print(f"llmtraffic bench live: {e}", file=sys.stderr)
+        return 2
+    print(format_table(run, name="router"))
+    print(f"logs and configs: {workdir}")
+    if args.json_out:
+        write_json([run], args.json_out)
+        print(f"wrote {args.json_out}")
+    if args.plot:
+        plot([run], args.plot)
         print(f"wrote {args.plot}")
     return 0

@@ -103,21 +103,22 @@ def run_routing(workload: str, pods: int = 4, load: float = 0.9,
     return RoutingRun(workload, load, pods, duration, seed, capacity_rps, rate, results, cpu)
 
 
-def format_table(run: RoutingRun) -> str:
+def format_table(run: RoutingRun, name: str = "policy") -> str:
     cols = ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "e2e_p90_s", "queue_time_mean_s",
             "throughput_tok_s", "completed", "shed", "failed", "kv_usage_mean",
             "kv_usage_spread", "prefix_hit_rate")
-    head = f"{'policy':<14}" + "".join(f"{c:>18}" for c in cols)
+    width = max([14, *(len(n) + 2 for n in run.policies)])
+    head = f"{name:<{width}}" + "".join(f"{c:>18}" for c in cols)
     lines = [f"workload={run.workload} pods={run.pods} load={run.load} "
              f"capacity={run.capacity_rps:.2f} req/s rate={run.rate_rps:.2f} req/s "
              f"duration={run.duration:.0f}s seed={run.seed}", head]
-    for name, r in run.policies.items():
+    for label, r in run.policies.items():
         cells = []
         for c in cols:
             v = r[c]
             cells.append(f"{v:>18.0f}" if isinstance(v, int) or c == "throughput_tok_s"
                          else f"{v:>18.3f}")
-        lines.append(f"{name:<14}" + "".join(cells))
+        lines.append(f"{label:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 

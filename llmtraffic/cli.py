@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "exporter.app",
     "bench.cli",
     "dashboards.build",
+    "llmtraffic.demo",
 )
 
 

@@ -52,6 +52,9 @@ class PodMetricsExporter:
             self.itl = hist(v.LEGACY_TIME_PER_OUTPUT_TOKEN,
                             "Histogram of time per output token in seconds.",
                             v.TOKEN_LATENCY_BUCKETS)
+            self.queue = hist(v.LEGACY_TIME_IN_QUEUE,
+                              "Histogram of time the request spent in the queue in seconds.",
+                              v.REQUEST_LATENCY_BUCKETS)
         else:
             self.itl = hist(v.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds.",
                             v.TOKEN_LATENCY_BUCKETS)
@@ -100,11 +103,11 @@ class PodMetricsExporter:
         self.e2e.labels(*lb).observe(wall(sim.finished_at - sim.arrival))
         self.prompt_hist.labels(*lb).observe(sim.num_prompt)
         self.gen_hist.labels(*lb).observe(sim.num_generated)
+        sched = sim.first_scheduled if sim.first_scheduled is not None else sim.arrival
+        self.queue.labels(*lb).observe(wall(sched - sim.arrival))
         if self.legacy:
             return
-        sched = sim.first_scheduled if sim.first_scheduled is not None else sim.arrival
         first = sim.first_token if sim.first_token is not None else sim.finished_at
-        self.queue.labels(*lb).observe(wall(sched - sim.arrival))
         self.inference.labels(*lb).observe(wall(sim.finished_at - sched))
         self.prefill.labels(*lb).observe(wall(first - sched))
         self.decode.labels(*lb).observe(wall(sim.finished_at - first))

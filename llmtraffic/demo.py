@@ -1,0 +1,343 @@
+"""`llmtraffic demo`: two seed-like simulated fleets, one behind the LLM-aware balancer and
+one behind round-robin, the exporter tailing both access logs, the same seeded load through
+each at once; then a comparison table and, in the output folder, plots, the enriched log,
+the dashboards and a Prometheus config for the demo's ports (Prometheus started if present)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.loadclient import Outcome, replay, summarize
+from bench.podsampler import PodSampler
+from bench.routing import RoutingRun, format_table, measure_capacity, plot
+from bench.stack import Fleet, Stack, start_balancer, start_exporter, start_fleet
+from bench.workloads import make_workload
+from dashboards.build import dashboard_files
+from dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
+from exporter import metrics as m
+from llmtraffic.prometheus import PrometheusError, PrometheusServer
+
+log = logging.getLogger(__name__)
+
+POOL_LLM = "vllm-llama2-7b-pool"  # the seed's pool name
+POOL_RR = "vllm-llama2-7b-pool-rr"
+WORKLOAD = "seed-lora"
+
+
+@dataclass
+class DemoOptions:
+    out: Path = Path("llmtraffic-demo")
+    duration: float = 60.0  # wall seconds of arrivals
+    pods: int = 3
+    load: float = 0.9
+    time_scale: float = 2.0
+    seed: int = 1
+    prometheus: bool = True  # start Prometheus when the binary is on the PATH
+    scrape_interval: str = "2s"
+
+
+@dataclass
+class Side:
+    """One half of the comparison: a fleet and the balancer in front of it."""
+
+    policy: str
+    fleet: Fleet
+    url: str
+    access_log: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class Demo:
+    """`with Demo(options) as demo: demo.start(); demo.run()` — processes stop on exit."""
+
+    def __init__(self, options: DemoOptions) -> None:
+        self.o = options
+        self.out = options.out
+        self.stack = Stack(self.out)
+        self.sides: list[Side] = []
+        self.exporter_url = ""
+        self.prometheus: PrometheusServer | None = None
+        self.rate = 0.0
+        self.capacity = 0.0
+
+    def __enter__(self) -> "Demo":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
+            self.prometheus = None
+        self.stack.stop()
+
+    # ---- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        o = self.o
+        self.out.mkdir(parents=True, exist_ok=True)
+        for old in ("access-llm.log", "access-round-robin.log", "enriched.log"):
+            (self.out / old).unlink(missing_ok=True)
+        say(f"starting {o.pods} simulated vLLM pods per pool (Llama-2-7B on A10, the seed's "
+            f"10 LoRA adapters; pool {POOL_RR} speaks vLLM's legacy metric names)")
+        for policy, pool, version, seed in (("llm", POOL_LLM, "v1", o.seed),
+                                            ("round-robin", POOL_RR, "legacy", o.seed)):
+            fleet = start_fleet(self.stack, f"pods-{policy}", o.pods, pool,
+                                time_scale=o.time_scale, seed=seed, metrics_version=version)
+            access = self.out / f"access-{policy}.log"
+            url = start_balancer(self.stack, f"balancer-{policy}", fleet, policy, access)
+            self.sides.append(Side(policy, fleet, url, access))
+            say(f"  {policy:<12} balancer {url}  ->  {', '.join(fleet.urls)}")
+        self.exporter_url = start_exporter(self.stack, [s.access_log for s in self.sides],
+                                           [s.fleet for s in self.sides],
+                                           self.out / "enriched.log")
+        say(f"  exporter     {self.exporter_url}/metrics (tails both access logs)")
+        self._prometheus()
+
+    def local_pods(self) -> list[LocalPod]:
+        """The demo's processes as the Kubernetes pods scrape.yml expects."""
+        pods = []
+        for side in self.sides:
+            for i, addr in enumerate(side.fleet.addresses):
+                port = int(addr.rsplit(":", 1)[1])
+                pods.append(LocalPod(f"{side.fleet.pool}-{i}", labels={"app": side.fleet.pool},
+                                     annotations={"prometheus.io/scrape": "true",
+                                                  "prometheus.io/port": str(port),
+                                                  "prometheus.io/path": "/metrics"},
+                                     ports={"http": port}))
+            port = int(side.url.rsplit(":", 1)[1])
+            pods.append(LocalPod(f"llmtraffic-balancer-{side.policy}",
+                                 labels={"app.kubernetes.io/name": "llmtraffic-balancer"},
+                                 ports={"metrics": port}))
+        pods.append(LocalPod("llmtraffic-exporter-0",
+                             labels={"app.kubernetes.io/name": "llmtraffic-exporter"},
+                             ports={"metrics": int(self.exporter_url.rsplit(":", 1)[1])}))
+        return pods
+
+    def _prometheus(self) -> None:
+        pdir = self.out / "prometheus"
+        config = localize(SCRAPE_CONFIG.read_text(), self.local_pods(), pdir / "sd",
+                          scrape_interval=self.o.scrape_interval,
+                          evaluation_interval=self.o.scrape_interval)
+        if not (self.o.prometheus and shutil.which("prometheus")):
+            pdir.mkdir(parents=True, exist_ok=True)
+            (pdir / "prometheus.yml").write_text(config)
+            say(f"  prometheus   not started ({'not on the PATH' if self.o.prometheus else 'disabled'}"
+                f"); config for these ports: {pdir / 'prometheus.yml'}")
+            return
+        shutil.rmtree(pdir / "data", ignore_errors=True)
+        try:
+            self.prometheus = PrometheusServer(pdir, config).start()
+            say(f"  prometheus   {self.prometheus.url}  (config {pdir / 'prometheus.yml'})")
+        except PrometheusError as e:
+            say(f"  prometheus   could not start: {e}")
+
+    # ---- run -----------------------------------------------------------------------------
+    def run(self) -> RoutingRun:
+        o = self.o
+        self.capacity = o.pods * measure_capacity(WORKLOAD, seed=o.seed)
+        self.rate = o.load * self.capacity
+        reqs = make_workload(WORKLOAD, self.rate, o.duration * o.time_scale, o.seed)
+        say(f"\n{len(reqs)} requests ({WORKLOAD}: the seed's adapters, Zipf popularity, "
+            f"ShareGPT-like lengths) at {o.load:.0%} of capacity through each balancer, "
+            f"{o.duration:.0f} s (x{o.time_scale:g} simulated time)")
+        t0 = time.monotonic()
+        asyncio.run(self._drive(reqs))
+        elapsed = time.monotonic() - t0
+        for side in self.sides:
+            side.figures.update(summarize(side.outcomes, elapsed, o.time_scale))
+        results = {f"{s.policy}": s.figures for s in self.sides}
+        return RoutingRun(WORKLOAD, o.load, o.pods, o.duration * o.time_scale, o.seed,
+                          self.capacity, self.rate, results, {})
+
+    async def _drive(self, reqs) -> None:
+        progress = Progress(self.o.duration, len(reqs), [s.policy for s in self.sides])
+        samplers = [PodSampler(list(s.fleet.urls), interval=1.0) for s in self.sides]
+        for sm in samplers:
+            await sm.__aenter__()
+        ticker = asyncio.create_task(progress.tick())
+        try:
+            done = await asyncio.gather(*(
+                replay(s.url, reqs, time_scale=self.o.time_scale,
+                       on_done=lambda out, p=s.policy: progress.done(p, out))
+                for s in self.sides))
+        finally:
+            ticker.cancel()
+            for sm in samplers:
+                await sm.__aexit__(None, None, None)
+            progress.finish()
+        for side, outcomes, sm in zip(self.sides, done, samplers):
+            side.outcomes = outcomes
+            side.figures = sm.summary(self.o.time_scale)
+
+    # ---- report --------------------------------------------------------------------------
+    def exporter_tokens(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """(lb_policy, model) -> (prompt, completion) tokens as the exporter counted them."""
+        with urllib.request.urlopen(self.exporter_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[tuple[str, str], list[float]] = {}
+        names = {m.PROMPT_TOKENS.name: 0, m.COMPLETION_TOKENS.name: 1}
+        for fam in text_string_to_metric_families(text):
+            if fam.name not in names:
+                continue
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    key = (s.labels.get("lb_policy", ""), s.labels.get("model", ""))
+                    out.setdefault(key, [0.0, 0.0])[names[fam.name]] += s.value
+        return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+
+    def write_outputs(self, run: RoutingRun) -> list[Path]:
+        written = []
+        plot_path = self.out / "comparison.png"
+        plot([run], str(plot_path))
+        written.append(plot_path)
+        ddir = self.out / "dashboards"
+        ddir.mkdir(exist_ok=True)
+        for name, text in dashboard_files().items():
+            (ddir / name).write_text(text)
+            written.append(ddir / name)
+        results = self.out / "results.json"
+        results.write_text(json.dumps({**run.as_dict(), "exporter_tokens": [
+            {"lb_policy": p, "model": mo, "prompt_tokens": a, "completion_tokens": b}
+            for (p, mo), (a, b) in self.exporter_tokens().items()]}, indent=2) + "\n")
+        written.append(results)
+        return written
+
+
+def tokens_table(tokens: dict[tuple[str, str], tuple[float, float]]) -> str:
+    lines = [f"{'lb_policy':<13}{'model':<28}{'prompt tokens':>15}{'completion tokens':>19}"]
+    for (policy, model), (prompt, completion) in tokens.items():
+        lines.append(f"{policy:<13}{model:<28}{prompt:>15.0f}{completion:>19.0f}")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line every 10 s when not a terminal)."""
+
+    def __init__(self, duration: float, total: int, sides: list[str]) -> None:
+        self.duration = duration
+        self.total = total
+        self.counts = {s: [0, 0] for s in sides}  # ok, failed
+        self.t0 = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def done(self, side: str, out: Outcome) -> None:
+        self.counts[side][0 if out.ok else 1] += 1
+
+    def line(self) -> str:
+        t = time.monotonic() - self.t0
+        frac = min(1.0, t / self.duration) if self.duration > 0 else 1.0
+        bar = "#" * int(frac * 30)
+        sides = "  ".join(f"{s}: {ok}/{self.total} done" + (f", {bad} failed" if bad else "")
+                          for s, (ok, bad) in self.counts.items())
+        return f"[{bar:<30}] {t:5.0f}s  {sides}"
+
+    async def tick(self) -> None:
+        last = -10.0
+        while True:
+            if self.tty:
+                print("\r" + self.line(), end="", file=sys.stderr, flush=True)
+            elif time.monotonic() - last >= 10:
+                last = time.monotonic()
+                print(self.line(), file=sys.stderr, flush=True)
+            await asyncio.sleep(0.5)
+
+    def finish(self) -> None:
+        print(("\r" if self.tty else "") + self.line(), file=sys.stderr, flush=True)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---- command line --------------------------------------------------------------------------
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="see LLM-aware vs round-robin balancing in one command",
+                       description="Start two seed-like simulated vLLM fleets (3 pods, the "
+                       "seed's LoRA adapters), the LLM-aware balancer in front of one and "
+                       "round-robin in front of the other, and the exporter tailing both "
+                       "access logs; send the same seeded load through each; print a "
+                       "comparison and write plots, the enriched log, the dashboards and a "
+                       "Prometheus config into --out. Ctrl-C stops everything.")
+    p.add_argument("--quick", action="store_true", help="a 10-second run (tests, a first look)")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of load (default: %(default)s)")
+    p.add_argument("--out", default="llmtraffic-demo",
+                   help="output folder (default: ./%(default)s)")
+    p.add_argument("--pods", type=int, default=3, help="pods per pool (default: %(default)s)")
+    p.add_argument("--load", type=float, default=0.9,
+                   help="arrivals as a fraction of the pool's capacity (default: %(default)s)")
+    p.add_argument("--time-scale", type=float, default=2.0,
+                   help="simulated seconds per wall second (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="workload seed (default: %(default)s)")
+    p.add_argument("--no-prometheus", action="store_true",
+                   help="do not start Prometheus even if it is on the PATH")
+    p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the run, keep everything (and Prometheus) up until Ctrl-C "
+                   "(default: when interactive and Prometheus runs)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    opts = DemoOptions(out=Path(args.out), duration=10.0 if args.quick else args.duration,
+                       pods=args.pods, load=args.load, time_scale=args.time_scale,
+                       seed=args.seed, prometheus=not args.no_prometheus,
+                       scrape_interval="1s" if args.quick else "2s")
+    demo = Demo(opts)
+    try:
+        demo.start()
+        run = demo.run()
+        say("\n" + format_table(run, name="lb_policy"))
+        say("\ntimes in simulated seconds; tokens by model as counted by the exporter from "
+            "the balancers' access logs:")
+        time.sleep(1.0)  # the exporter polls the logs every 0.2 s
+        say(tokens_table(demo.exporter_tokens()))
+        written = demo.write_outputs(run)
+        say(f"\nwrote {', '.join(str(p) for p in written[:1])}, {opts.out / 'dashboards'}/, "
+            f"{written[-1]}, {opts.out / 'enriched.log'}, logs in {opts.out / 'logs'}/")
+        _headline(run)
+        serve = args.serve if args.serve is not None else (
+            demo.prometheus is not None and sys.stdin.isatty() and not args.quick)
+        if serve and demo.prometheus is not None:
+            say(f"\nPrometheus: {demo.prometheus.url}  (import {opts.out / 'dashboards'}/*.json "
+                "into Grafana with it as the datasource). Ctrl-C stops everything.")
+            while True:
+                time.sleep(3600)
+        return 0
+    except KeyboardInterrupt:
+        say("\nstopping")
+        return 130
+    except Exception as e:  # a child that would not start: say which and where its log is
+        from bench.stack import StackError
+
+        if isinstance(e, StackError):
+            print(f"llmtraffic demo: {e}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        demo.stop()
+
+
+def _headline(run: RoutingRun) -> None:
+    llm, rr = run.policies.get("llm"), run.policies.get("round-robin")
+    if not llm or not rr:
+        return
+    try:
+        ratio = rr["ttft_p90_s"] / llm["ttft_p90_s"]
+    except ZeroDivisionError:
+        return
+    say(f"\nLLM-aware TTFT p90 {llm['ttft_p90_s']:.2f} s vs round-robin "
+        f"{rr['ttft_p90_s']:.2f} s: {ratio:.1f}x better")
