@@ -224,11 +224,12 @@ class Resources:
 
 
 # ---- loading ------------------------------------------------------------------------------
-def _where(e: ValidationError) -> str:
+def _where(e: ValidationError, root: str) -> str:
+    """Each error as `root.field.path: message` (the path as written in the YAML)."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        loc = ".".join([root, *(str(x) for x in err["loc"])])
+        parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
 
 
@@ -243,6 +244,9 @@ def parse_resource(doc: dict[str, Any], where: str = "") -> Pool | Model | Route
     prefix = f"{where}{kind} {name!r}"
     try:
         meta = Metadata.model_validate(doc.get("metadata") or {})
+    except ValidationError as e:
+        raise ConfigError(f"{prefix}: {_where(e, 'metadata')}") from None
+    try:
         spec = doc.get("spec")
         if not isinstance(spec, dict):
             raise ConfigError(f"{prefix}: `spec` is missing or not a mapping")
@@ -261,7 +265,7 @@ def parse_resource(doc: dict[str, Any], where: str = "") -> Pool | Model | Route
             raise ConfigError(f"{prefix}: spec.rules: no backendRef of kind InferencePool")
         return Route(meta.name, meta.namespace, s.host.lower(), tuple(s.gateways), pools)
     except ValidationError as e:
-        raise ConfigError(f"{prefix}: {_where(e)}") from None
+        raise ConfigError(f"{prefix}: {_where(e, 'spec')}") from None
 
 
 def _pool(meta: Metadata, spec: dict, api: str | None, prefix: str) -> Pool:
