@@ -52,9 +52,17 @@ def assign_pools(pods: Iterable[Pod], resources: Resources) -> list[Pod]:
             log.warning("pod %s matches pools %s; it serves %s only", pod.name,
                         ", ".join(p.name for p in matches), matches[0].name)
         pool = matches[0]
-        address = pod.address if _has_port(pod.address) else f"{pod.address}:{pool.target_port}"
+        address = pod.address if _has_port(pod.address) else _with_port(pod.address,
+                                                                          pool.target_port)
         out.append(replace(pod, pool=pool.name, address=address))
     return out
+
+
+def _with_port(address: str, port: int) -> str:
+    """`host:port`; a bare IPv6 address is bracketed (`[fd00::1]:8000`)."""
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{address}:{port}"
 
 
 def _has_port(address: str) -> bool:
