@@ -108,6 +108,15 @@ BALANCER_INFLIGHT = Series("llmtraffic_balancer_inflight_requests", "gauge",
 BALANCER_PICK_DURATION = Series("llmtraffic_balancer_pick_duration_seconds", "histogram",
                                 "Time spent in the routing policy.", ("lb_policy",),
                                 OVERHEAD_BUCKETS)
+DISCOVERY_API_UP = Series("llmtraffic_discovery_api_up", "gauge",
+                          "1 while the balancer's Kubernetes list/watch calls reach the API "
+                          "server; 0 while it routes on the last known state.")
+DISCOVERY_ERRORS = Series("llmtraffic_discovery_errors", "counter",
+                          "Failed Kubernetes list/watch calls by watched resource.",
+                          ("resource",))
+DISCOVERY_RELISTS = Series("llmtraffic_discovery_relists", "counter",
+                           "Relists after a watch expired (410 Gone) by watched resource.",
+                           ("resource",))
 
 ALL: tuple[Series, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, Series))
 
