@@ -1,0 +1,349 @@
+"""KubeDiscovery against a fake API server, driven by the real `kubernetes` client.
+
+No API server can run here (no kind, k3s or envtest), so `fake_apiserver.FakeApiServer`
+speaks the real list/watch HTTP protocol on 127.0.0.1 — lists with a resourceVersion,
+chunked watch streams of ADDED/MODIFIED/DELETED events, ERROR events with a 410 Status after
+compaction, 404 for a CRD that is not installed, and connections cut mid-stream — and the
+official client (CoreV1Api, CustomObjectsApi, watch.Watch) talks to it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from prometheus_client import CollectorRegistry, generate_latest
+
+from balancer.config import GIE_ALPHA, GIE_V1, ConfigError
+from balancer.discovery import ClusterView
+from balancer.kube import WATCHED, KubeDiscovery, pod_from_object
+from exporter.store import Pod
+from tests.balancer.fake_apiserver import SERVED, FakeApiServer, pod
+
+SEED = Path(__file__).resolve().parents[2] / "deploy" / "seed"
+POOL = "vllm-llama2-7b-pool"
+APP = {"app": POOL}
+CR_KINDS = ("InferencePool", "InferenceModel", "LLMRoute")
+
+
+def seed_objects() -> list[dict]:
+    return [d for p in sorted(SEED.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text())
+            if d and d["kind"] in CR_KINDS]
+
+
+@pytest.fixture
+def fake():
+    f = FakeApiServer().start()
+    yield f
+    f.go_away()
+
+
+def discovery_for(fake: FakeApiServer, namespace: str = "default") -> KubeDiscovery:
+    cfg = k8s.Configuration(host=fake.host)
+    cfg.retries = 0  # as load_api_client sets it
+    return KubeDiscovery(namespace, k8s.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.2),
+                         request_timeout=5, absent_retry=0.3)
+
+
+class Running:
+    """`KubeDiscovery.run` as a task, recording each view it delivers."""
+
+    def __init__(self, d: KubeDiscovery) -> None:
+        self.d = d
+        self.views: list[ClusterView] = []
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Running":
+        self.task = asyncio.create_task(self.d.run(self.views.append))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    @property
+    def last(self) -> ClusterView:
+        return self.views[-1] if self.views else self.d.view()
+
+    def addresses(self) -> set[str]:
+        return {p.address for p in self.last.pods}
+
+    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end, f"timed out waiting for {what}; last view: " \
+                f"{sorted(self.addresses())}"
+            await asyncio.sleep(0.01)
+
+
+async def watching(fake: FakeApiServer, n: int = len(WATCHED), since: int | None = None) -> None:
+    """Until `n` more watch requests than `since` (default: now) have reached the fake."""
+    start = fake.count("watch") if since is None else since
+    end = time.monotonic() + 5
+    while fake.count("watch") < start + n:
+        assert time.monotonic() < end, fake.requests
+        await asyncio.sleep(0.01)
+
+
+def exposition(d: KubeDiscovery) -> str:
+    reg = CollectorRegistry()
+    reg.register(d.collector())
+    return generate_latest(reg).decode()
+
+
+# ---- pods -------------------------------------------------------------------------------
+@pytest.mark.parametrize("obj, routable", [
+    (pod("a", "10.0.0.1", APP), True),
+    (pod("a", "10.0.0.1", APP, ready=False), False),
+    (pod("a", None, APP), False),
+    (pod("a", "10.0.0.1", APP, phase="Pending"), False),
+    (pod("a", "10.0.0.1", APP, phase="Succeeded"), False),
+    ({**pod("a", "10.0.0.1", APP), "status": {"phase": "Running", "podIP": "10.0.0.1"}}, False),
+])
+def test_only_running_ready_pods_with_an_ip_are_routable(obj, routable) -> None:
+    assert (pod_from_object(obj) is not None) is routable
+
+
+def test_terminating_pods_are_not_routable_and_ipv6_is_bracketed() -> None:
+    gone = pod("a", "10.0.0.1", APP)
+    gone["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    assert pod_from_object(gone) is None
+    assert pod_from_object(pod("a", "fd00::1", APP)).address == "[fd00::1]"
+
+
+# ---- discovery --------------------------------------------------------------------------
+async def test_initial_list_builds_the_view_from_the_seed_and_ready_pods(fake) -> None:
+    for obj in seed_objects():
+        fake.apply(obj)
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    fake.apply(pod("vllm-1", "10.0.0.2", APP, ready=False))
+    fake.apply(pod("vllm-2", None, APP, phase="Pending"))
+    fake.apply(pod("other", "10.0.0.9", {"app": "something-else"}))
+    d = discovery_for(fake)
+    view = await asyncio.to_thread(d.view)
+    res = view.resources
+    assert list(res.pools) == [POOL]
+    assert res.pools[POOL].target_port == 8000 and res.pools[POOL].api_version == GIE_ALPHA
+    assert res.pools[POOL].selector == APP
+    model = res.model(POOL, "tweet-summary")
+    assert model is not None and model.criticality == "Critical"
+    assert model.targets == (("tweet-summary", 100),)
+    assert res.pool_for_host("test.com:80").name == POOL
+    assert view.pods == [Pod("vllm-0", "10.0.0.1:8000", APP, POOL, "default")]
+    assert sorted(fake.requests) == sorted(f"list {p}" for p in (
+        "/apis/inference.networking.x-k8s.io/v1alpha1/namespaces/default/inferencepools",
+        "/apis/inference.networking.k8s.io/v1/namespaces/default/inferencepools",
+        "/apis/inference.networking.x-k8s.io/v1alpha1/namespaces/default/inferencemodels",
+        "/apis/istio.alibabacloud.com/v1/namespaces/default/llmroutes",
+        "/api/v1/namespaces/default/pods"))
+    assert "llmtraffic_discovery_api_up 1.0" in exposition(d)
+
+
+async def test_pods_joining_and_leaving_change_membership(fake) -> None:
+    for obj in seed_objects():
+        fake.apply(obj)
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    fake.apply(pod("vllm-1", "10.0.0.2", APP, ready=False))
+    d = discovery_for(fake)
+    d.view()
+    async with Running(d) as r:
+        await watching(fake)
+        fake.apply(pod("vllm-1", "10.0.0.2", APP))  # becomes ready
+        await r.until(lambda: r.addresses() == {"10.0.0.1:8000", "10.0.0.2:8000"}, "ready")
+        fake.apply(pod("vllm-0", "10.0.0.1", APP, ready=False))  # becomes unready
+        await r.until(lambda: r.addresses() == {"10.0.0.2:8000"}, "unready")
+        fake.apply(pod("vllm-2", "10.0.0.3", APP))
+        fake.delete("v1", "Pod", "vllm-1")
+        await r.until(lambda: r.addresses() == {"10.0.0.3:8000"}, "deleted")
+        fake.apply(pod("vllm-2", "10.0.0.3", {"app": "elsewhere"}))  # relabelled away
+        await r.until(lambda: r.addresses() == set(), "relabelled")
+        n = len(r.views)
+        fake.apply(pod("unrelated", "10.0.0.7", {"app": "elsewhere"}))
+        fake.apply(pod("vllm-9", "10.0.0.9", APP))
+        await r.until(lambda: r.addresses() == {"10.0.0.9:8000"}, "new pod")
+        assert all(v.pods != r.views[i - 1].pods for i, v in enumerate(r.views) if i)
+        assert len(r.views) == n + 1  # unchanged membership delivers nothing
+
+
+async def test_resource_changes_and_an_invalid_object(fake, caplog) -> None:
+    for obj in seed_objects():
+        fake.apply(obj)
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    d = discovery_for(fake)
+    d.view()
+    async with Running(d) as r:
+        await watching(fake)
+        pool = next(o for o in seed_objects() if o["kind"] == "InferencePool")
+        pool["spec"]["targetPortNumber"] = 8001
+        fake.apply(pool)
+        await r.until(lambda: r.addresses() == {"10.0.0.1:8001"}, "new target port")
+        fake.apply({"apiVersion": GIE_ALPHA, "kind": "InferenceModel",
+                    "metadata": {"name": "bad"},
+                    "spec": {"modelName": "bad", "criticality": "Urgent",
+                             "poolRef": {"name": POOL}}})
+        fake.apply({"apiVersion": GIE_ALPHA, "kind": "InferenceModel",
+                    "metadata": {"name": "sql"},
+                    "spec": {"modelName": "sql-lora", "poolRef": {"name": POOL}}})
+        await r.until(lambda: r.last.resources.model(POOL, "sql-lora") is not None, "model")
+        assert r.last.resources.model(POOL, "bad") is None
+        assert any("InferenceModel 'bad'" in m and "criticality" in m
+                   for m in caplog.messages)
+        fake.delete("istio.alibabacloud.com/v1", "LLMRoute", "test-llm-route")
+        await r.until(lambda: not r.last.resources.routes, "route deleted")
+
+
+async def test_expired_watch_relists_and_converges(fake) -> None:
+    for obj in seed_objects():
+        fake.apply(obj)
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    fake.apply(pod("vllm-1", "10.0.0.2", APP))
+    d = discovery_for(fake)
+    d.view()
+    async with Running(d) as r:
+        await watching(fake)
+        lists, watches = fake.count("list"), fake.count("watch")
+        with fake.hold():  # these events never reach the open watches...
+            fake.delete("v1", "Pod", "vllm-0")
+            fake.apply(pod("vllm-2", "10.0.0.3", APP))
+            fake.expire()  # ...which end with ERROR 410; only a relist shows them
+        await r.until(lambda: r.addresses() == {"10.0.0.2:8000", "10.0.0.3:8000"}, "relist")
+        await r.until(lambda: fake.count("list") >= lists + len(WATCHED), "all relisted")
+        assert d.relists["pods"] >= 1 and d.api_up
+        assert 'llmtraffic_discovery_relists_total{resource="pods"}' in exposition(d)
+        await watching(fake, since=watches)  # watching again from the relisted version
+        fake.apply(pod("vllm-3", "10.0.0.4", APP))
+        await r.until(lambda: "10.0.0.4:8000" in r.addresses(), "watch after relist")
+
+
+async def test_a_watch_from_a_compacted_version_gets_410_and_relists(fake) -> None:
+    for obj in seed_objects():
+        fake.apply(obj)
+    d = discovery_for(fake)
+    d.view()  # lists at version N...
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    fake.expire()  # ...which is compacted before the first watch starts
+    async with Running(d) as r:
+        await r.until(lambda: r.addresses() == {"10.0.0.1:8000"}, "relist")
+        assert d.relists["pods"] == 1
+
+
+async def test_api_server_gone_keeps_the_last_view_and_says_so(fake, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="balancer.kube")
+    for obj in seed_objects():
+        fake.apply(obj)
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    d = discovery_for(fake)
+    d.view()
+    async with Running(d) as r:
+        await watching(fake)
+        fake.go_away()
+        await r.until(lambda: not d.api_up, "api down")
+        await r.until(lambda: sum(d.errors.values()) >= 2 * len(WATCHED), "retries")
+        assert r.addresses() == {"10.0.0.1:8000"} and d.view().pods == r.last.pods
+        text = exposition(d)
+        assert "llmtraffic_discovery_api_up 0.0" in text
+        assert 'llmtraffic_discovery_errors_total{resource="pods"}' in text
+        down = [m for m in caplog.messages if "unreachable since" in m]
+        assert len(down) == 1 and "keeping 1 pods in 1 pools" in down[0]
+
+        fake.apply(pod("vllm-1", "10.0.0.2", APP))  # happens while we cannot see it
+        fake.come_back()
+        await r.until(lambda: r.addresses() == {"10.0.0.1:8000", "10.0.0.2:8000"}, "resync")
+        assert d.api_up and "llmtraffic_discovery_api_up 1.0" in exposition(d)
+        assert sum("reachable again" in m for m in caplog.messages) == 1
+        assert sum("unreachable since" in m for m in caplog.messages) == 1
+
+
+async def test_unreachable_at_start_gives_an_empty_view_then_catches_up(fake) -> None:
+    fake.go_away()
+    d = discovery_for(fake)
+    view = await asyncio.to_thread(d.view)
+    assert view.pods == [] and not view.resources.pools and not d.api_up
+    for obj in seed_objects():
+        fake.apply(obj)
+    fake.apply(pod("vllm-0", "10.0.0.1", APP))
+    async with Running(d) as r:
+        fake.come_back()
+        await r.until(lambda: r.addresses() == {"10.0.0.1:8000"}, "first sync")
+
+
+async def test_v1_pools(fake) -> None:
+    fake.apply({"apiVersion": GIE_V1, "kind": "InferencePool",
+                "metadata": {"name": "ga-pool"},
+                "spec": {"selector": {"matchLabels": {"app": "ga"}},
+                         "targetPorts": [{"number": 9000}, {"number": 9001}],
+                         "endpointPickerRef": {"name": "llmtraffic-balancer",
+                                               "port": {"number": 9002},
+                                               "failureMode": "FailOpen"}}})
+    fake.apply(pod("ga-0", "10.0.1.1", {"app": "ga"}))
+    d = discovery_for(fake)
+    view = d.view()
+    pool = view.resources.pools["ga-pool"]
+    assert (pool.api_version, pool.target_ports, pool.failure_mode) == \
+        (GIE_V1, (9000, 9001), "FailOpen")
+    assert [(p.address, p.pool) for p in view.pods] == [("10.0.1.1:9000", "ga-pool")]
+    async with Running(d) as r:
+        await watching(fake)
+        fake.apply(pod("ga-1", "10.0.1.2", {"app": "ga"}))
+        await r.until(lambda: r.addresses() == {"10.0.1.1:9000", "10.0.1.2:9000"}, "v1 pod")
+
+
+async def test_a_crd_that_is_not_installed_is_empty_not_an_outage(caplog) -> None:
+    fake = FakeApiServer(served=[s for s in SERVED if "k8s.io/v1/" not in s and
+                                 "llmroutes" not in s]).start()
+    try:
+        for obj in seed_objects():
+            if obj["kind"] != "LLMRoute":
+                fake.apply(obj)
+        fake.apply(pod("vllm-0", "10.0.0.1", APP))
+        d = discovery_for(fake)
+        view = d.view()
+        assert [p.address for p in view.pods] == ["10.0.0.1:8000"] and d.api_up
+        assert sum("not served" in m for m in caplog.messages) == 2
+        async with Running(d) as r:
+            await watching(fake, 3)
+            fake.apply(pod("vllm-1", "10.0.0.2", APP))
+            await r.until(lambda: len(r.addresses()) == 2, "pods still watched")
+            await asyncio.sleep(0.4)  # the absent collections are looked at again...
+            assert sum("not served" in m for m in caplog.messages) == 2  # ...logged once
+    finally:
+        fake.go_away()
+
+
+async def test_the_proxy_exposes_discovery_health(fake) -> None:
+    from balancer.proxy import BalancerApp, ProxyOptions
+
+    for obj in seed_objects():
+        fake.apply(obj)
+    app = BalancerApp(discovery_for(fake), ProxyOptions())
+    assert "llmtraffic_discovery_api_up 1.0" in generate_latest(app.registry).decode()
+
+
+def test_kubeconfig_is_used_outside_a_cluster(fake, tmp_path, monkeypatch) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "c", "cluster": {"server": fake.host}}],
+        "users": [{"name": "u", "user": {"token": "secret"}}],
+        "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u",
+                                               "namespace": "team"}}]}))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    d = KubeDiscovery()
+    assert d.namespace == "team"
+    d.view()
+    assert "list /api/v1/namespaces/team/pods" in fake.requests
+
+
+def test_no_configuration_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="no Kubernetes configuration.*KUBECONFIG"):
+        KubeDiscovery()
