@@ -26,8 +26,9 @@ from exporter.store import MetricsStore
 log = logging.getLogger(__name__)
 
 #: Upstream failures before any response byte: the request is retried on a fallback pod.
+#: A connect timeout is one of them (a vanished pod's IP often just drops packets).
 RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-             aiohttp.ClientOSError)
+             aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError)
 #: Upstream failures while relaying a stream: the client's stream ends with an error event.
 STREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
