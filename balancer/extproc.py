@@ -15,8 +15,9 @@ One gRPC stream is one HTTP request (deploy/envoy/envoy.yaml configures Envoy fo
   `envoy.lb: {x-gateway-destination-endpoint: "pick,fallback1,fallback2"}` (the protocol's
   list form since v0.4, read by list-aware load balancers such as Envoy's override_host) and
   `llmtraffic: {model, target_model, pool, pod, ...}` for Envoy's access log.
-  FULL_DUPLEX_STREAMED (GIE's mode; Envoy announces it in `protocol_config`) also works:
-  chunks are gathered, then the header answer and the body are sent back once it is whole.
+  FULL_DUPLEX_STREAMED (GIE's mode) also works when Envoy announces it in
+  `protocol_config` (recent Envoys do): chunks are gathered, then the header answer and
+  the body are sent back once it is whole; response chunks come back as streamed_response.
   STREAMED request bodies cannot work (Envoy routes before the body is seen): refused, 500.
 - response_headers: :status and content-type. When the balancer added the usage event to an
   SSE stream itself, content-length is removed since that event is cut out again.
@@ -171,6 +172,7 @@ class _Exchange:
         self.host: str | None = None
         self.chat = False
         self.duplex = False  # FULL_DUPLEX_STREAMED request body
+        self.duplex_response = False  # FULL_DUPLEX_STREAMED response body
         self.body = bytearray()
         self.decision: Decision | None = None
         self.address: str | None = None  # where this request holds an in-flight slot
@@ -245,6 +247,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         if req.HasField("protocol_config"):
             mode = req.protocol_config.request_body_mode
             ex.duplex = mode == Mode.FULL_DUPLEX_STREAMED
+            ex.duplex_response = \
+                req.protocol_config.response_body_mode == Mode.FULL_DUPLEX_STREAMED
             if mode == Mode.STREAMED:
                 raise ApiError(500, "the ext_proc filter sends the request body STREAMED; the "
                                "endpoint picker needs request_body_mode BUFFERED (or "
@@ -381,7 +385,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         meta = None
         if eos:
             meta = self._ended(ex)
-        if ex.duplex:
+        if ex.duplex_response:
             return _streamed("response_body", out, eos, meta)
         common = pb.CommonResponse(body_mutation=pb.BodyMutation(body=out)) \
             if out != chunk else None

@@ -388,14 +388,22 @@ async def test_unknown_model_and_host_get_immediate_404(fleet, configs, tmp_path
         envoy = FakeEnvoy(server.port, http)
         ex = await envoy.send({**STEP4, "model": "no-such-model"})
         other = await envoy.send(STEP4, host="elsewhere.example")
+        # a misconfigured filter: STREAMED request bodies reach the router before a pick
+        call = envoy.stub.Process()
+        first = pb.ProcessingRequest(request_headers=pb.HttpHeaders(
+            headers=headers({":method": "POST", ":path": "/v1/completions"})))
+        first.protocol_config.request_body_mode = processing_mode_pb2.ProcessingMode.STREAMED
+        await call.write(first)
+        streamed = (await call.read()).immediate_response
         await envoy.close()
+        assert streamed.status.code == 500 and b"BUFFERED" in streamed.body
     for e, words in ((ex, "no-such-model"), (other, "elsewhere.example")):
         assert e.immediate is not None and e.immediate.status.code == 404
         hs = {o.header.key: o.header.raw_value.decode() for o in e.immediate.headers.set_headers}
         assert hs["content-type"] == "application/json"
         err = orjson.loads(e.immediate.body)["error"]
         assert err["code"] == 404 and words in err["message"]
-    assert [r.response_code for r in log_lines(log)] == [404, 404]
+    assert [r.response_code for r in log_lines(log)] == [404, 404, 500]
 
 
 async def test_sheddable_on_saturated_pool_gets_429(fleet, configs, tmp_path, http):
