@@ -159,6 +159,8 @@ class FieldMapping:
 
 
 def _to_int(v: Any) -> int:
+    if type(v) is int and 0 <= v <= MAX_INT:  # fast path: a plain JSON integer in range
+        return v
     if isinstance(v, bool):
         raise ParseError("wrong_type")
     if isinstance(v, int):
@@ -178,6 +180,8 @@ def _to_int(v: Any) -> int:
 
 
 def _to_float(v: Any) -> float:
+    if type(v) is int and v >= 0:  # fast path: a plain JSON integer
+        return float(v)
     if isinstance(v, bool):
         raise ParseError("wrong_type")
     if isinstance(v, (int, float)):
@@ -227,29 +231,37 @@ class LineParser(Protocol):
 
 
 class _Plan:
-    """key -> (field, rank, converter) so a line costs one lookup per key it has."""
+    """key -> (field, rank, converter, shared) so a line costs one lookup per key it has;
+    only `shared` fields (more than one key can fill them) need the rank bookkeeping."""
 
     def __init__(self, mapping: FieldMapping) -> None:
-        self.by_key: dict[str, tuple[str, int, Callable[[Any], Any]]] = {}
+        plan: dict[str, tuple[str, int, Callable[[Any], Any]]] = {}
         for f, keys in mapping.keys.items():
             conv = _converter(f)
             for rank, k in enumerate(keys):
-                if k not in self.by_key:
-                    self.by_key[k] = (f, rank, conv)
+                if k not in plan:
+                    plan[k] = (f, rank, conv)
+        keys_per_field: dict[str, int] = {}
+        for f, _, _ in plan.values():
+            keys_per_field[f] = keys_per_field.get(f, 0) + 1
+        self.by_key: dict[str, tuple[str, int, Callable[[Any], Any], bool]] = {
+            k: (f, rank, conv, keys_per_field[f] > 1) for k, (f, rank, conv) in plan.items()}
 
     def record(self, obj: dict[str, Any]) -> LLMRecord:
         rec = LLMRecord()
         ranks: dict[str, int] = {}
         by_key = self.by_key
+        to_str = _to_str
         for k, v in obj.items():
             hit = by_key.get(k)
             if hit is None or v is None or v == "-":
                 continue
-            f, rank, conv = hit
-            if ranks.get(f, 99) <= rank:
-                continue
-            ranks[f] = rank
-            setattr(rec, f, conv(v))
+            f, rank, conv, shared = hit
+            if shared:
+                if ranks.get(f, 99) <= rank:
+                    continue
+                ranks[f] = rank
+            setattr(rec, f, v if conv is to_str and type(v) is str else conv(v))
         return rec
 
 
