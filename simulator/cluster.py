@@ -18,7 +18,7 @@ from balancer.policy.request import LLMRequest, Pick, Policy, Shed
 from bench.workloads import BASE_MODEL, WorkloadRequest
 from exporter.store import MetricsStore, Pod, PodMetrics
 from simulator import tokenizer
-from simulator.engine import Engine, EngineConfig, SimRequest, StepResult
+from simulator.engine import Engine, EngineConfig, SimRequest, StepResult, TTFTProbe
 from simulator.profile import get_profile
 
 POOL = "sim-pool"
@@ -86,7 +86,13 @@ def pod_metrics(engine: Engine) -> PodMetrics:
 
 class OraclePolicy:
     """Clairvoyant reference: exact engine state, zero staleness, picks the pod with the
-    least predicted TTFT. A bound for comparisons, not a production policy."""
+    least TTFT for this request if nothing else arrived meanwhile. A bound for
+    comparisons, not a production policy.
+
+    Each pod's TTFT is `Engine.predict_ttft`'s: a copy of the engine with the request
+    queued is stepped until its first token. The copies are raced (the one furthest behind
+    in virtual time steps next), so the first to finish is the minimum and the slower pods
+    are only stepped that far. Ties go to the lower address; deterministic."""
 
     name = "oracle"
 
@@ -94,11 +100,18 @@ class OraclePolicy:
         self._engines = engines
 
     def pick(self, request: LLMRequest, snapshot) -> Pick | Shed:
+        if not snapshot.pods:
+            return Shed(503, "no ready pod in the pool")
         ids = _encode(request.prompt)
-        best = min(snapshot.pods, key=lambda p: (
-            self._engines[p.address].predict_ttft(ids, request.adapter, snapshot.now),
-            p.address))
-        return Pick(best.address, (), "oracle:min-predicted-ttft")
+        race = [(0.0, p.address, TTFTProbe(self._engines[p.address], ids, request.adapter,
+                                           snapshot.now)) for p in snapshot.pods]
+        heapq.heapify(race)
+        while True:
+            _, address, probe = race[0]
+            if probe.done or probe.elapsed == math.inf:
+                return Pick(address, (), "oracle:min-ttft")
+            probe.advance()
+            heapq.heapreplace(race, (probe.elapsed, address, probe))
 
 
 class Cluster:

@@ -7,6 +7,7 @@ prefix caching and LRU eviction, preemption by recompute, LoRA slots, and a step
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -172,6 +173,16 @@ class BlockPool:
                 if not self.caching or self.block_hash[b] is None:
                     self.free.move_to_end(b, last=False)  # plain blocks go first
 
+    def fork(self) -> "BlockPool":
+        """An independent copy (for Engine.predict_ttft)."""
+        p = BlockPool.__new__(BlockPool)
+        p.num_blocks, p.caching, p.used = self.num_blocks, self.caching, self.used
+        p.refcount = self.refcount[:]
+        p.block_hash = self.block_hash[:]
+        p.free = self.free.copy()
+        p.cached = self.cached.copy()
+        return p
+
     def register(self, b: int, h: int) -> None:
         if self.caching and h not in self.cached:
             self.block_hash[b] = h
@@ -203,6 +214,7 @@ class Engine:
         self.preemptions = 0
         self.finished: dict[str, int] = {}
         self.last_step_duration = profile.step_time(0, 1, 0)
+        self.busy_until = 0.0  # end of the last step taken (predict_ttft starts there)
 
     # ---- requests ----------------------------------------------------------------------
     def add_request(self, req: SimRequest, now: float) -> None:
@@ -304,6 +316,7 @@ class Engine:
                         + cold_loads * self.profile.lora_load_cold_s
                         + warm_loads * self.profile.lora_load_warm_s)
             self.last_step_duration = duration
+            self.busy_until = now + duration
         end = now + duration
         # 4. advance sequences and sample tokens
         outputs: list[TokenOutput] = []
@@ -443,43 +456,80 @@ class Engine:
             prefix_hits=self.prefix_hits, preemptions=self.preemptions,
             finished=dict(self.finished))
 
-    def predict_ttft(self, prompt_ids: list[int], adapter: str | None, now: float) -> float:
-        """Estimated TTFT of a request arriving now: the prefill work queued ahead of it
-        plus its own uncached prefill, at the chunked-prefill rate, while the running batch
-        keeps decoding; plus a wait for KV/seat room and a LoRA load when needed."""
-        cfg, prof = self.config, self.profile
-        bs = cfg.block_size
-        cached = 0
-        if cfg.enable_prefix_caching:
-            probe = SimRequest("?", prompt_ids, 1, now, adapter)
-            for h in self._prompt_hashes(probe)[:(len(prompt_ids) - 1) // bs]:
-                if h not in self.pool.cached:
-                    break
-                cached += bs
-        ahead = sum(r.num_prompt + r.num_generated - r.num_computed for r in self.waiting)
-        ahead += sum(max(0, r.num_prompt - r.num_computed) for r in self.running)
-        own = len(prompt_ids) - cached
-        decode = len(self.running)
-        context = sum(r.num_computed for r in self.running)
-        chunk = max(1, cfg.max_num_batched_tokens - decode)
-        steps = -(-(ahead + own) // chunk)
-        t = steps * prof.step_time(min(chunk, ahead + own), decode, context + chunk)
-        # room: blocks needed by everything waiting plus us, against what is free
-        demand = -(-(ahead + own) // bs)
-        short = demand - self.pool.num_free()
-        seats_short = len(self.waiting) + 1 - (cfg.max_num_seqs - len(self.running))
-        if (short > 0 or seats_short > 0) and self.running:
-            remaining = sorted(r.target_len - r.num_generated for r in self.running)
-            per_block = max(1, sum(len(r.blocks) for r in self.running) // len(self.running))
-            k = max(1 if seats_short > 0 else 0, -(-short // per_block) if short > 0 else 0)
-            k = min(k, len(remaining))
-            t += remaining[k - 1] * self.last_step_duration if k else 0.0
-        if adapter is not None:
-            active = {r.adapter for r in self.running if r.adapter}
-            if adapter not in active and len(active) >= cfg.max_loras:
-                t += min((r.target_len - r.num_generated) for r in self.running
-                         if r.adapter) * self.last_step_duration
-            if adapter not in self.gpu_loras:
-                t += prof.lora_load_warm_s if adapter in self.warm_loras \
-                    else prof.lora_load_cold_s
-        return t
+    def predict_ttft(self, prompt_ids: list[int], adapter: str | None, now: float,
+                     limit: float = math.inf) -> float:
+        """TTFT of a request arriving now, if nothing else arrives before its first token:
+        a copy of this engine, with the request appended to its waiting queue, is stepped
+        until the request's first token (`TTFTProbe`). So queueing behind waiting requests,
+        LoRA slots (a slot frees only when every request of some adapter is done), adapter
+        loads, prefix-cache hits, KV room and preemption all follow the engine's own rules.
+
+        Stops early and returns a value >= `limit` once the prediction reaches `limit` (for
+        a caller that only needs to know whether this pod beats the best one so far)."""
+        probe = TTFTProbe(self, prompt_ids, adapter, now)
+        while not probe.done and probe.elapsed < limit:
+            probe.advance()
+        return probe.elapsed
+
+    def _fork(self) -> "Engine":
+        """A copy that can be stepped without touching this engine or its requests (the
+        copies' token times are not kept)."""
+        e = Engine.__new__(Engine)
+        e.config, e.profile, e.seed = self.config, self.profile, self.seed
+        e.pool = self.pool.fork()
+        sink: list[float] = []
+        e.running = [_fork_request(r, sink) for r in self.running]
+        e.waiting = deque(_fork_request(r, sink) for r in self.waiting)
+        e._by_id = {r.request_id: r for r in e.running}
+        e._by_id.update((r.request_id, r) for r in e.waiting)
+        e.warm_loras = self.warm_loras.copy()
+        e.gpu_loras = set(self.gpu_loras)
+        e.prompt_tokens, e.generation_tokens = self.prompt_tokens, self.generation_tokens
+        e.prefix_queries, e.prefix_hits = self.prefix_queries, self.prefix_hits
+        e.preemptions = self.preemptions
+        e.finished = {}
+        e.last_step_duration, e.busy_until = self.last_step_duration, self.busy_until
+        return e
+
+
+class TTFTProbe:
+    """One request appended to a copy of an engine's queue, stepped one iteration at a
+    time until its first token. `elapsed` is its TTFT once `done`, and a lower bound of it
+    before; the engine itself is not touched. Stepping starts when the engine's current
+    step ends (`Engine.busy_until`), as a driver would run the next iteration."""
+
+    __slots__ = ("sim", "request", "now", "t")
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], adapter: str | None,
+                 now: float) -> None:
+        self.sim = engine._fork()
+        self.request = SimRequest("\x00probe", prompt_ids, 1, now, adapter)
+        self.sim.add_request(self.request, now)
+        self.now = now
+        self.t = max(now, engine.busy_until)
+
+    @property
+    def done(self) -> bool:
+        return self.request.first_token is not None
+
+    @property
+    def elapsed(self) -> float:
+        if self.request.first_token is not None:
+            return self.request.first_token - self.now
+        return self.t - self.now
+
+    def advance(self) -> None:
+        """One engine iteration (no-op once done)."""
+        if self.request.first_token is not None:
+            return
+        res = self.sim.step(self.t)
+        if res.duration <= 0 and not res.outputs:
+            self.t = math.inf  # nothing can be scheduled, not even on an idle engine
+        self.t += res.duration
+
+
+def _fork_request(r: SimRequest, token_times: list[float]) -> SimRequest:
+    return SimRequest(r.request_id, r.prompt_ids, r.max_tokens, r.arrival, r.adapter,
+                      r.output_len, r.first_scheduled, r.first_token, token_times,
+                      r.finished_at, r.finish_reason, r.num_generated, r.num_cached_tokens,
+                      r.preemptions, r.num_computed, list(r.blocks), r.num_hashed, r._hashes)
