@@ -33,14 +33,49 @@ def find_binary(name: str = "prometheus") -> str:
     return path
 
 
-class PrometheusServer:
+class PrometheusAPI:
+    """Queries against a Prometheus server's HTTP API at `url`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def api(self, path: str, **params: Any) -> Any:
+        qs = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{qs}", timeout=10) as r:
+            body = json.load(r)
+        if body.get("status") != "success":
+            raise PrometheusError(f"{path} {params}: {body}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; returns the result vector."""
+        return self.api("query", query=expr)["result"]
+
+    def wait_for(self, expr: str, timeout: float = 30.0,
+                 predicate: Any = lambda result: bool(result)) -> list[dict[str, Any]]:
+        """Poll `expr` until `predicate(result)` holds; raise with the last result if not."""
+        deadline = time.monotonic() + timeout
+        result: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            result = self.query(expr)
+            if predicate(result):
+                return result
+            time.sleep(0.5)
+        raise PrometheusError(f"{expr!r} did not satisfy the condition in {timeout}s: {result}")
+
+    def targets_health(self) -> dict[str, str]:
+        data = self.api("targets")
+        return {t["scrapeUrl"]: t["health"] for t in data["activeTargets"]}
+
+
+class PrometheusServer(PrometheusAPI):
     """`with PrometheusServer(workdir, config_text) as prom: prom.query('up')`."""
 
     def __init__(self, workdir: Path, config_text: str, port: int | None = None,
                  extra_files: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.config_path = self.workdir / "prometheus.yml"
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name, text in (extra_files or {}).items():
@@ -87,31 +122,3 @@ class PrometheusServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def api(self, path: str, **params: Any) -> Any:
-        qs = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{qs}", timeout=10) as r:
-            body = json.load(r)
-        if body.get("status") != "success":
-            raise PrometheusError(f"{path} {params}: {body}")
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """Instant query; returns the result vector."""
-        return self.api("query", query=expr)["result"]
-
-    def wait_for(self, expr: str, timeout: float = 30.0,
-                 predicate: Any = lambda result: bool(result)) -> list[dict[str, Any]]:
-        """Poll `expr` until `predicate(result)` holds; raise with the last result if not."""
-        deadline = time.monotonic() + timeout
-        result: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            result = self.query(expr)
-            if predicate(result):
-                return result
-            time.sleep(0.5)
-        raise PrometheusError(f"{expr!r} did not satisfy the condition in {timeout}s: {result}")
-
-    def targets_health(self) -> dict[str, str]:
-        data = self.api("targets")
-        return {t["scrapeUrl"]: t["health"] for t in data["activeTargets"]}

@@ -72,7 +72,7 @@ class VllmPage:
 
 LABEL_VALUES = {"model": "m", "target_model": "m", "response_code": "200",
                 "reason": "invalid_json", "kind": "rename", "file": "access.log",
-                "label": "model", "outcome": "ok"}
+                "label": "model", "outcome": "ok", "resource": "pods"}
 
 
 class LlmtrafficPage:
