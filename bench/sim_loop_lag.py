@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import math
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -178,7 +179,8 @@ def run(pods: int = 4, concurrency: int = 32, duration: float = 20.0, max_tokens
             "completed": counts.completed, "usage_tokens": counts.usage_tokens,
             "completed_chunks": counts.completed_chunks, "errors": counts.errors,
             "pod_cpu_pct": pod["cpu"] / pod["wall"] * 100,
-            "client_cpu_pct": client_cpu / wall * 100}
+            "client_cpu_pct": client_cpu / wall * 100, "load_avg_1m": os.getloadavg()[0],
+            "cpus": os.cpu_count() or 1}
 
 
 def report(r: dict[str, Any]) -> str:
@@ -192,7 +194,9 @@ def report(r: dict[str, Any]) -> str:
             + (f"met by {margin:.2f} ms" if margin > 0 else f"missed by {-margin:.2f} ms"))
     extra = (f"{r['lag_samples']} probe wake-ups ({PROBE_INTERVAL * 1000:.0f} ms sleeps); "
              f"{r['completed']} requests completed, {r['tokens']} tokens streamed; "
-             f"errors: {r['errors'] or 'none'}")
+             f"errors: {r['errors'] or 'none'}\n"
+             f"machine load average (1 min) {r['load_avg_1m']:.1f} on {r['cpus']} CPUs "
+             f"(above the CPU count, other processes delay the loop too)")
     return "\n".join([head, row, extra, goal])
 
 
