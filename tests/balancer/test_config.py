@@ -1,0 +1,311 @@
+"""Resource files: the seed's YAML loads unchanged, GIE v1 pools load, and every error names
+the file, the document and the field."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from balancer.config import (GIE_ALPHA, GIE_V1, ConfigError, Model, load_documents,
+                             load_resources, parse_resource)
+from tests.balancer.conftest import POOL, SEED_DIR, SEED_FILES
+
+ROUTE = """
+apiVersion: istio.alibabacloud.com/v1
+kind: LLMRoute
+metadata: {name: r}
+spec:
+  host: Test.COM
+  rules: [{backendRefs: [{backendRef: {name: p}}]}]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "res.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(tmp_path: Path, text: str, name: str = "res.yaml") -> str:
+    with pytest.raises(ConfigError) as e:
+        load_resources([write(tmp_path, text, name)])
+    return str(e.value)
+
+
+# ---- the seed -----------------------------------------------------------------------------
+def test_seed_files_load_unchanged():
+    assert {Path(p).name for p in SEED_FILES} >= {"inferencepool.yaml", "inferencemodel.yaml",
+                                                  "llmroute.yaml", "vllm-deployment.yaml"}
+    res = load_resources(SEED_FILES)  # the Service and Deployment are skipped, not errors
+    assert list(res.pools) == [POOL]
+    pool = res.pools[POOL]
+    assert pool.selector == {"app": POOL}
+    assert pool.target_ports == (8000,) and pool.target_port == 8000
+    assert pool.api_version == GIE_ALPHA
+    model = res.model(POOL, "tweet-summary")
+    assert model is not None
+    assert (model.name, model.criticality, model.pool) == ("inferencemodel-sample", "Critical",
+                                                           POOL)
+    assert model.targets == (("tweet-summary", 100),)
+    route = res.routes["test.com"]
+    assert route.gateways == ("llm-inference-gateway",)
+    assert route.pools == ((POOL, 1),)
+    assert res.check() == []
+
+
+def test_seed_route_serves_its_host_only():
+    res = load_resources(SEED_FILES)
+    assert res.pool_for_host("test.com").name == POOL
+    assert res.pool_for_host("TEST.com:80").name == POOL  # case and port do not matter
+    assert res.pool_for_host("other.com") is None
+    assert res.pool_for_host(None) is None
+
+
+def test_seed_deployment_labels_match_the_pool_selector():
+    docs = list(yaml.safe_load_all((SEED_DIR / "vllm-deployment.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert load_resources(SEED_FILES).pools[POOL].selects(labels)
+
+
+# ---- GIE v1 ------------------------------------------------------------------------------
+def test_v1_pool_with_match_labels_and_target_ports(tmp_path):
+    path = write(tmp_path, """
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: v1pool, namespace: llm}
+spec:
+  selector:
+    matchLabels: {app: vllm, tier: gpu}
+  targetPorts: [{number: 8001}, {number: 8002}]
+  endpointPickerRef: {name: epp, port: {number: 9002}, failureMode: FailOpen}
+""" + "---" + ROUTE.replace("name: p}", "name: v1pool}"))
+    res = load_resources([path])
+    pool = res.pools["v1pool"]
+    assert pool.api_version == GIE_V1
+    assert pool.namespace == "llm"
+    assert pool.selector == {"app": "vllm", "tier": "gpu"}
+    assert pool.target_ports == (8001, 8002) and pool.target_port == 8001
+    assert pool.failure_mode == "FailOpen"
+    assert pool.selects({"app": "vllm", "tier": "gpu", "x": "y"})
+    assert not pool.selects({"app": "vllm"})
+    assert res.pool_for_host("test.com").name == "v1pool"
+
+
+def test_v1_pool_with_an_alpha_style_selector_names_match_labels(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: v1pool}
+spec:
+  selector: {app: vllm}
+  targetPorts: [{number: 8000}]
+""", "v1.yaml")
+    assert "v1.yaml" in msg and "document 1" in msg and "'v1pool'" in msg
+    assert "selector.matchLabels" in msg
+
+
+def test_v1_pool_without_target_ports(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: v1pool}
+spec:
+  selector: {matchLabels: {app: vllm}}
+  targetPorts: []
+""")
+    assert "targetPorts" in msg
+
+
+# ---- errors name the file, the document and the field ------------------------------------
+def test_missing_target_port_number(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {name: good}
+spec: {selector: {app: a}, targetPortNumber: 8000}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {name: broken}
+spec:
+  selector: {app: b}
+""", "pools.yaml")
+    assert "pools.yaml" in msg
+    assert "document 2" in msg
+    assert "InferencePool 'broken'" in msg
+    assert "spec.targetPortNumber" in msg
+
+
+def test_target_port_out_of_range(tmp_path):
+    msg = error_of(tmp_path, """
+kind: InferencePool
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+metadata: {name: p}
+spec: {selector: {app: a}, targetPortNumber: 70000}
+""")
+    assert "spec.targetPortNumber" in msg and "65535" in msg
+
+
+def test_weights_on_some_targets_but_not_all(tmp_path):
+    msg = error_of(tmp_path, f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {{name: p}}
+spec: {{selector: {{app: a}}, targetPortNumber: 8000}}
+---
+# a comment between documents
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferenceModel
+metadata: {{name: half-weighted}}
+spec:
+  modelName: m
+  poolRef: {{name: p}}
+  targetModels:
+  - {{name: a, weight: 10}}
+  - {{name: b}}
+""", "models.yaml")
+    assert "models.yaml" in msg
+    assert "document 3" in msg
+    assert "InferenceModel 'half-weighted'" in msg
+    assert "targetModels" in msg and "weight" in msg
+
+
+def test_weights_adding_up_to_zero(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferenceModel
+metadata: {name: zero}
+spec:
+  modelName: m
+  poolRef: {name: p}
+  targetModels: [{name: a, weight: 0}, {name: b, weight: 0}]
+""")
+    assert "'zero'" in msg and "add up to 0" in msg
+
+
+def test_unknown_criticality_names_the_field(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferenceModel
+metadata: {name: urgent}
+spec: {modelName: m, criticality: Urgent, poolRef: {name: p}}
+""")
+    assert "InferenceModel 'urgent'" in msg
+    assert "spec.criticality" in msg and "Sheddable" in msg
+
+
+def test_unknown_api_version(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v9
+kind: InferencePool
+metadata: {name: future}
+spec: {selector: {app: a}, targetPortNumber: 8000}
+""", "future.yaml")
+    assert "future.yaml" in msg and "document 1" in msg and "'future'" in msg
+    assert "inference.networking.x-k8s.io/v9" in msg
+    assert GIE_V1 in msg and GIE_ALPHA in msg  # says what to use instead
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    msg = error_of(tmp_path, "kind: InferencePool\nspec: {selector: [unclosed\n", "bad.yaml")
+    assert "bad.yaml" in msg and "not valid YAML" in msg
+    assert "line 2" in msg or "line 3" in msg
+
+
+def test_a_document_that_is_not_a_mapping(tmp_path):
+    msg = error_of(tmp_path, "- just\n- a list\n", "list.yaml")
+    assert "list.yaml" in msg and "document 1" in msg and "mapping" in msg
+
+
+def test_missing_spec_and_missing_name(tmp_path):
+    msg = error_of(tmp_path, "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+                   "kind: InferencePool\nmetadata: {name: nospec}\n")
+    assert "'nospec'" in msg and "spec" in msg
+    msg = error_of(tmp_path, "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+                   "kind: InferencePool\nmetadata: {}\nspec: {selector: {a: b}, "
+                   "targetPortNumber: 1}\n")
+    assert "metadata.name" in msg
+
+
+def test_route_without_an_inference_pool_backend(tmp_path):
+    msg = error_of(tmp_path, ROUTE.replace("backendRef: {name: p}",
+                                           "backendRef: {kind: Service, name: svc}"))
+    assert "LLMRoute 'r'" in msg and "backendRef" in msg and "InferencePool" in msg
+
+
+def test_missing_file_and_no_pool(tmp_path):
+    with pytest.raises(ConfigError, match="absent.yaml: cannot read"):
+        load_resources([str(tmp_path / "absent.yaml")])
+    msg = error_of(tmp_path, ROUTE, "route-only.yaml")
+    assert "no InferencePool found" in msg and "route-only.yaml" in msg
+
+
+# ---- what loads ---------------------------------------------------------------------------
+def test_list_kind_items_and_other_kinds(tmp_path):
+    path = write(tmp_path, """
+apiVersion: v1
+kind: List
+items:
+- apiVersion: inference.networking.x-k8s.io/v1alpha1
+  kind: InferencePool
+  metadata: {name: p}
+  spec: {selector: {app: a}, targetPortNumber: 8000}
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: ignored}
+""")
+    assert list(load_resources([path]).pools) == ["p"]
+    assert parse_resource({"kind": "Service", "apiVersion": "v1"}) is None
+
+
+def test_dangling_references_are_warnings(tmp_path):
+    path = write(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {name: p}
+spec: {selector: {app: a}, targetPortNumber: 8000}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferenceModel
+metadata: {name: orphan}
+spec: {modelName: m, poolRef: {name: elsewhere}}
+""" + "---" + ROUTE.replace("name: p}", "name: nowhere}"))
+    warnings = load_resources([path]).check()
+    assert any("orphan" in w and "elsewhere" in w for w in warnings)
+    assert any("'r'" in w and "nowhere" in w for w in warnings)
+
+
+def test_hosts_without_routes():
+    one = load_resources([SEED_DIR / "inferencepool.yaml"])
+    assert one.pool_for_host("anything.example").name == POOL  # the only pool serves all
+
+
+def test_weighted_targets_split_by_weight():
+    m = Model("mix", "default", "mix", "Standard", "p",
+              (("a", 3), ("b", 1), ("never", 0)))
+    rng = random.Random(1)
+    picks = [m.pick_target(rng) for _ in range(4000)]
+    assert "never" not in picks
+    assert 0.72 < picks.count("a") / len(picks) < 0.78
+    plain = Model("m", "default", "m", "Standard", "p", ())
+    assert plain.pick_target(rng) == "m"
+
+
+def test_targets_without_weights_split_evenly(tmp_path):
+    path = write(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferenceModel
+metadata: {name: even}
+spec:
+  modelName: even
+  poolRef: {name: p}
+  targetModels: [{name: a}, {name: b}]
+""")
+    (where, doc), = load_documents(path)
+    model = parse_resource(doc, where)
+    assert isinstance(model, Model) and model.targets == (("a", 1), ("b", 1))
