@@ -42,7 +42,9 @@ class BalancerCore:
         self.counters = TokenCounters()
         self.registry = CollectorRegistry()
         self.registry.register(ExporterCollector(self.counters, self.exporter_stats, self.store))
-        self.registry.register(BalancerCollector(self.stats, self.store))
+        self.registry.register(BalancerCollector(self.stats, self.store, self._models))
+        if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
+            self.registry.register(discovery.collector())
         self.access_log_path = access_log
         self.access_log = AccessLogWriter(access_log) if access_log else None
         self.scraper = Scraper(self.store, interval=scrape_interval, timeout=scrape_timeout,
@@ -60,6 +62,10 @@ class BalancerCore:
                 prefix.forget(gone)
         log.info("routing %d pods in %d pools (%s)", len(view.pods), len(view.resources.pools),
                  ", ".join(sorted(view.resources.pools)))
+
+    def _models(self) -> list[tuple[str, str]]:
+        """(pool, model name) of every InferenceModel served."""
+        return [(m.pool, m.model_name) for m in self.router.resources.models.values()]
 
     def ready_pods(self) -> int:
         """Pods with fresh metrics now."""

@@ -81,8 +81,6 @@ class BalancerApp:
             core.counters
         self.registry, self.access_log, self.scraper = core.registry, core.access_log, \
             core.scraper
-        if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
-            self.registry.register(discovery.collector())
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0

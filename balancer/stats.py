@@ -4,7 +4,7 @@ plain in-memory counters fed once per request, exposed by one Collector."""
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -72,9 +72,11 @@ class BalancerStats:
 class BalancerCollector(Collector):
     """llmtraffic_balancer_* from `BalancerStats`, in-flight gauges from the store."""
 
-    def __init__(self, stats: BalancerStats, store: MetricsStore) -> None:
+    def __init__(self, stats: BalancerStats, store: MetricsStore,
+                 models: Callable[[], Iterable[tuple[str, str]]] = lambda: ()) -> None:
         self.stats = stats
         self.store = store
+        self.models = models  # (pool, model) served: their shed series start at 0
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -86,6 +88,9 @@ class BalancerCollector(Collector):
                       ("requests", "prompt", "completion", "picks", "shed", "retries",
                        "ttft", "duration")}
             pick = (list(s.pick_seconds.counts), s.pick_seconds.sum)
+        for pool, model in self.models():  # so rates and alerts read 0, not "no data"
+            for reason in ("shed", "no_endpoint"):
+                tables["shed"].setdefault((pool, clean_label(model), reason), 0.0)
         yield _counter(m.BALANCER_REQUESTS, iter(tables["requests"].items()))
         yield _counter(m.BALANCER_PROMPT_TOKENS, iter(tables["prompt"].items()))
         yield _counter(m.BALANCER_COMPLETION_TOKENS, iter(tables["completion"].items()))

@@ -80,18 +80,24 @@ class Proc:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process's group (it runs in a session of its own)."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)  # type: ignore[union-attr]
+            except ProcessLookupError:
+                pass
+
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.alive():
+        """SIGTERM, then SIGKILL if it is still running after `timeout` seconds."""
+        self.signal(signal.SIGTERM)
+        if self.popen is None:
             return
-        assert self.popen is not None
         try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
             self.popen.wait()
-        except ProcessLookupError:
-            pass
 
 
 @dataclass
@@ -109,9 +115,13 @@ class Stack:
             proc.wait_http(ready_url, timeout)
         return proc
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Every process gets SIGTERM at once; stragglers get SIGKILL after `timeout`."""
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in reversed(self.procs):
+            proc.stop(max(0.1, deadline - time.monotonic()))
         self.procs.clear()
 
     def __enter__(self) -> "Stack":

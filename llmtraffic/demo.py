@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -291,7 +292,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
+    # Ctrl-C and SIGTERM both stop everything cleanly, even when started from a shell or
+    # service manager that ignores SIGINT for background jobs
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     opts = DemoOptions(out=Path(args.out), duration=10.0 if args.quick else args.duration,
                        pods=args.pods, load=args.load, time_scale=args.time_scale,
                        seed=args.seed, prometheus=not args.no_prometheus,
