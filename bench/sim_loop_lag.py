@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import multiprocessing
 import os
@@ -17,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import orjson
@@ -51,6 +52,8 @@ async def _serve_and_probe(conn: Connection, pods: int, options: dict[str, Any])
     send back lag samples (seconds), CPU seconds and wall seconds; then stop."""
     from simulator.server import SimFleet
 
+    # the client cuts its streams at the deadline: aiohttp would log each late write
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     loop = asyncio.get_running_loop()
     fleet = await SimFleet(pods, **options).start()
     lags: list[float] = []
@@ -118,9 +121,11 @@ async def _slot(session: aiohttp.ClientSession, url: str, model: str, max_tokens
 
 
 async def drive(urls: list[str], model: str, concurrency: int, duration: float,
-                max_tokens: int, seed: int) -> tuple[ClientCounts, float, float]:
-    """`concurrency` closed-loop slots per URL for `duration` s; in-flight streams are cut
-    at the deadline. Returns counts, wall and client CPU seconds."""
+                max_tokens: int, seed: int, at_deadline: Callable[[], None] = lambda: None
+                ) -> tuple[ClientCounts, float, float]:
+    """`concurrency` closed-loop slots per URL for `duration` s; at the deadline
+    `at_deadline()` runs, then in-flight streams are cut. Returns counts, wall and client
+    CPU seconds."""
     counts = ClientCounts()
     rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=0)
@@ -132,9 +137,10 @@ async def drive(urls: list[str], model: str, concurrency: int, duration: float,
                                            random.Random(rng.random()), counts))
                  for u in urls for _ in range(concurrency)]
         await asyncio.wait(tasks, timeout=duration)
+        wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        at_deadline()
         for t in tasks:
             t.cancel()
-        wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
         await asyncio.gather(*tasks, return_exceptions=True)
     return counts, wall, cpu
 
@@ -161,9 +167,8 @@ def run(pods: int = 4, concurrency: int = 32, duration: float = 20.0, max_tokens
         from simulator.profile import DEFAULT_PROFILE, get_profile
         model = get_profile(DEFAULT_PROFILE).model
         parent.send("begin")
-        counts, wall, client_cpu = asyncio.run(
-            drive(urls, model, concurrency, duration, max_tokens, seed))
-        parent.send("end")
+        counts, wall, client_cpu = asyncio.run(drive(
+            urls, model, concurrency, duration, max_tokens, seed, lambda: parent.send("end")))
         if not parent.poll(30):
             raise RuntimeError("the fleet process did not report its figures")
         pod = parent.recv()
