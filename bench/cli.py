@@ -14,6 +14,16 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _ints(value: str) -> list[int]:
+    try:
+        out = [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4, got {value!r}")
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"replica counts must be >= 1, got {value!r}")
+    return out
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="compare routing policies and routers on the same work",
                        description="Routing-quality benchmarks. `routing` runs in virtual time "
@@ -41,8 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--scrape-interval", type=float, default=0.1,
                    help="seconds between metric refreshes seen by the balancer "
                    "(default: %(default)s)")
-    r.add_argument("--replicas", type=int, default=1,
-                   help="balancer replicas sharing nothing (default: %(default)s)")
+    r.add_argument("--replicas", type=_ints, default=[1],
+                   help="balancer replicas sharing nothing but the pods; a comma list "
+                   "(e.g. 1,2,3,4) compares them and prints the TTFT p90 change against the "
+                   "first (default: 1)")
     r.add_argument("--profile", default="llama2-7b-a10", help="engine profile")
     r.add_argument("--json", dest="json_out", help="write the results as JSON here")
     r.add_argument("--plot", help="write a PNG of TTFT and throughput per policy here")
@@ -82,14 +94,29 @@ def _routing(args: argparse.Namespace) -> int:
     runs = []
     for workload in _csv(args.workload):
         try:
-            run = run_routing(workload, pods=args.pods, load=args.load, policies=args.policies,
-                              duration=args.duration, seed=args.seed,
-                              scrape_interval=args.scrape_interval, replicas=args.replicas,
-                              profile=args.profile)
+            run = None
+            for replicas in args.replicas:
+                one = run_routing(workload, pods=args.pods, load=args.load,
+                                  policies=args.policies, duration=args.duration,
+                                  seed=args.seed, scrape_interval=args.scrape_interval,
+                                  replicas=replicas, profile=args.profile,
+                                  capacity_rps=run.capacity_rps if run else None)
+                if len(args.replicas) > 1:
+                    one.policies = {f"{p} x{replicas}": r for p, r in one.policies.items()}
+                    one.cpu_seconds = {f"{p} x{replicas}": c
+                                       for p, c in one.cpu_seconds.items()}
+                if run is None:
+                    run = one
+                else:
+                    run.policies.update(one.policies)
+                    run.cpu_seconds.update(one.cpu_seconds)
         except ValueError as e:
             print(f"llmtraffic bench routing: {e}", file=sys.stderr)
             return 2
+        assert run is not None
         print(format_table(run))
+        if len(args.replicas) > 1:
+            print(replica_change(run, args.policies, args.replicas))
         print()
         runs.append(run)
     if args.json_out:
@@ -123,3 +150,15 @@ def _live(args: argparse.Namespace) -> int:
         plot([run], args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def replica_change(run, policies: list[str], replicas: list[int]) -> str:
+    """TTFT p90 of each replica count against the first, per policy."""
+    lines = []
+    for p in policies:
+        base = run.policies[f"{p} x{replicas[0]}"]["ttft_p90_s"]
+        for r in replicas[1:]:
+            v = run.policies[f"{p} x{r}"]["ttft_p90_s"]
+            lines.append(f"{p}: TTFT p90 with {r} replicas {v:.3f}s vs {replicas[0]}: "
+                         f"{base:.3f}s ({(v / base - 1) * 100:+.1f}%)")
+    return "\n".join(lines)
