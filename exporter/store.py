@@ -61,7 +61,10 @@ class PodMetrics:
 
 @dataclass(slots=True)
 class PodState:
-    """One pod in a snapshot: membership, its latest metrics (may be None) and in-flight counts."""
+    """One pod in a snapshot: membership, its latest metrics (may be None) and in-flight counts.
+
+    Treat it as read-only: the store hands the same object to every snapshot until the
+    pod's entry changes."""
 
     pod: Pod
     metrics: PodMetrics | None
@@ -70,6 +73,21 @@ class PodState:
     inflight: int  # requests sent by this balancer and not yet finished
     sent_since_scrape: int  # requests sent since `metrics` were taken
     fresh: bool  # metrics present and younger than the store's stale_after
+    #: Waiting requests, counting what was sent since the last scrape (in-flight
+    #: accounting); with stale or missing metrics the in-flight count alone.
+    queue: float = field(init=False, repr=False, compare=False)
+    #: KV-cache usage 0..1 from fresh metrics, else 0.
+    kv_usage: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # derived once here, not on every read: policies read them for every pod per pick
+        m = self.metrics
+        if self.fresh and m is not None:
+            self.queue = m.waiting + self.sent_since_scrape
+            self.kv_usage = m.kv_usage
+        else:
+            self.queue = float(self.inflight)
+            self.kv_usage = 0.0
 
     @property
     def name(self) -> str:
@@ -78,19 +96,6 @@ class PodState:
     @property
     def address(self) -> str:
         return self.pod.address
-
-    @property
-    def queue(self) -> float:
-        """Waiting requests, counting what was sent since the last scrape (in-flight accounting).
-
-        With stale or missing metrics this falls back to the in-flight count alone."""
-        if self.fresh and self.metrics is not None:
-            return self.metrics.waiting + self.sent_since_scrape
-        return float(self.inflight)
-
-    @property
-    def kv_usage(self) -> float:
-        return self.metrics.kv_usage if (self.fresh and self.metrics is not None) else 0.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,7 +109,7 @@ class Snapshot:
         return {p.pod.address: p for p in self.pods}
 
     def in_pool(self, pool: str) -> tuple[PodState, ...]:
-        return tuple(p for p in self.pods if p.pod.pool == pool)
+        return tuple([p for p in self.pods if p.pod.pool == pool])
 
 
 @dataclass(slots=True)
@@ -116,6 +121,7 @@ class _Entry:
     errors: int = 0
     inflight: int = 0
     sent_since_scrape: int = 0
+    state: PodState | None = None  # the last PodState handed out; None once anything changed
 
 
 class MetricsStore:
@@ -139,6 +145,7 @@ class MetricsStore:
                 old = self._entries.get(pod.address)
                 if old is not None:
                     old.pod = pod
+                    old.state = None
                     new[pod.address] = old
                 else:
                     new[pod.address] = _Entry(pod)
@@ -164,6 +171,7 @@ class MetricsStore:
             e.scraped_at = now
             e.last_error = None
             e.sent_since_scrape = 0
+            e.state = None
 
     def mark_error(self, address: str, error: str, now: float) -> None:
         """Record a failed scrape: the pod keeps its last metrics but they age into staleness."""
@@ -173,6 +181,7 @@ class MetricsStore:
                 return
             e.last_error = error
             e.errors += 1
+            e.state = None
 
     def scrape_errors(self, address: str) -> int:
         e = self._entries.get(address)
@@ -186,6 +195,7 @@ class MetricsStore:
             if e is not None:
                 e.inflight += 1
                 e.sent_since_scrape += 1
+                e.state = None
 
     def release(self, address: str) -> None:
         """A request to `address` finished (any outcome)."""
@@ -193,6 +203,7 @@ class MetricsStore:
             e = self._entries.get(address)
             if e is not None and e.inflight > 0:
                 e.inflight -= 1
+                e.state = None
 
     def inflight(self, address: str) -> int:
         e = self._entries.get(address)
@@ -200,26 +211,20 @@ class MetricsStore:
 
     # --- reading -------------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:
+        """Every pod's state at `now`. A pod whose entry has not changed since the last
+        snapshot, and whose freshness at `now` is the same, is handed out again as is."""
+        stale_after = self.stale_after
+        states = []
         with self._lock:
-            states = tuple(self._state(e, now) for e in self._entries.values())
-        return Snapshot(now, states)
-
-    def _state(self, e: _Entry, now: float) -> PodState:
-        fresh = (
-            e.metrics is not None
-            and e.scraped_at is not None
-            and e.last_error is None
-            and now - e.scraped_at <= self.stale_after
-        )
-        return PodState(
-            pod=e.pod,
-            metrics=e.metrics,
-            scraped_at=e.scraped_at,
-            last_error=e.last_error,
-            inflight=e.inflight,
-            sent_since_scrape=e.sent_since_scrape,
-            fresh=fresh,
-        )
+            for e in self._entries.values():
+                fresh = (e.metrics is not None and e.scraped_at is not None
+                         and e.last_error is None and now - e.scraped_at <= stale_after)
+                st = e.state
+                if st is None or st.fresh is not fresh:
+                    st = e.state = PodState(e.pod, e.metrics, e.scraped_at, e.last_error,
+                                            e.inflight, e.sent_since_scrape, fresh)
+                states.append(st)
+        return Snapshot(now, tuple(states))
 
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})

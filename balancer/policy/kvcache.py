@@ -7,4 +7,6 @@ from exporter.store import PodState
 
 
 def kv_scores(pods: list[PodState]) -> list[float]:
-    return [1.0 - min(1.0, max(0.0, p.kv_usage)) for p in pods]
+    # 1 - min(1, max(0, usage)) without two builtin calls per pod; NaN clamps to 0 as max does
+    return [1.0 - (u if u <= 1.0 else 1.0) if u > 0.0 else 1.0
+            for u in [p.kv_usage for p in pods]]

@@ -3,13 +3,14 @@ prefix affinity), then the highest score wins (seeded random tie-break)."""
 
 from __future__ import annotations
 
+import heapq
 import random
 
 from pydantic import BaseModel, Field
 
 from balancer.policy.filters import healthy, ready, saturated
 from balancer.policy.kvcache import kv_scores
-from balancer.policy.lora import lora_score
+from balancer.policy.lora import lora_score, lora_scores
 from balancer.policy.prefix import LRU_PER_POD, PrefixIndex, block_hashes
 from balancer.policy.queue import queue_scores
 from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
@@ -64,16 +65,23 @@ class LLMPolicy:
         matched = self.prefix.match(hashes) if hashes else {}
         q_min = min(queues)
         best_reason = ""
-        scored: list[tuple[float, float, int]] = []
-        for i, p in enumerate(pods):
-            s = cfg.queue_weight * q_scores[i] + cfg.kv_weight * kv[i]
-            if request.adapter is not None:
-                s += cfg.lora_weight * lora_score(p, request.adapter)
-            m = matched.get(p.address, 0)
-            if m and queues[i] <= q_min + cfg.prefix_queue_slack:
-                s += cfg.prefix_weight * m / len(hashes)
-            scored.append((s, self._rng.random(), i))
-        scored.sort(reverse=True)
+        # score = queue + KV (+ LoRA) (+ prefix), summed in that order; one list per term
+        # rather than one Python loop doing all per pod (this runs for every pod per pick)
+        qw, kw = cfg.queue_weight, cfg.kv_weight
+        scores = [qw * q + kw * k for q, k in zip(q_scores, kv)]
+        if request.adapter is not None:
+            lw = cfg.lora_weight
+            scores = [s + lw * x for s, x in zip(scores, lora_scores(pods, request.adapter))]
+        if matched:  # index the pods once, then visit only the few matched ones
+            limit, pw, nh = q_min + cfg.prefix_queue_slack, cfg.prefix_weight, len(hashes)
+            where = {p.pod.address: i for i, p in enumerate(pods)}
+            for address, m in matched.items():
+                i = where.get(address)
+                if i is not None and m and queues[i] <= limit:
+                    scores[i] += pw * m / nh
+        rand = self._rng.random  # one draw per pod, in pod order: the tie-break
+        ranked = zip(scores, [rand() for _ in pods], range(len(pods)))
+        scored = heapq.nlargest(1 + cfg.fallbacks, ranked)  # = sorted(reverse=True)[:k]
         top = pods[scored[0][2]]
         if matched.get(top.address) and queues[scored[0][2]] <= q_min + cfg.prefix_queue_slack:
             best_reason = "prefix"
@@ -84,5 +92,5 @@ class LLMPolicy:
         if hashes:
             self.prefix.add(top.address, hashes)
         return Pick(top.address,
-                    tuple(pods[i].address for _, _, i in scored[1:1 + cfg.fallbacks]),
+                    tuple(pods[i].address for _, _, i in scored[1:]),
                     f"llm:{best_reason}")

@@ -9,20 +9,18 @@ RUNNING, FREE_SLOT, WAITING, NONE = 1.0, 0.8, 0.6, 0.0
 
 
 def lora_score(pod: PodState, adapter: str | None) -> float:
+    return lora_scores((pod,), adapter)[0]
+
+
+def lora_scores(pods: list[PodState] | tuple[PodState, ...],
+                adapter: str | None) -> list[float]:
+    """One score per pod, from the last known adapters, even when stale: they change
+    slowly. (One loop over the pods: the policy calls this for every pod on every pick.)"""
     if adapter is None:
-        return 1.0
-    m = pod.metrics  # the last known adapters, even when stale: they change slowly
-    if m is None:
-        return FREE_SLOT
-    return _score(m.running_adapters, m.waiting_adapters, m.max_lora, adapter)
-
-
-def _score(running: tuple[str, ...], waiting: tuple[str, ...], max_lora: int,
-           adapter: str) -> float:
-    if adapter in running:
-        return RUNNING
-    if max_lora <= 0 or len(running) < max_lora:
-        return FREE_SLOT
-    if adapter in waiting:
-        return WAITING
-    return NONE
+        return [1.0] * len(pods)
+    return [FREE_SLOT if (m := pod.metrics) is None
+            else RUNNING if adapter in m.running_adapters
+            else FREE_SLOT if m.max_lora <= 0 or len(m.running_adapters) < m.max_lora
+            else WAITING if adapter in m.waiting_adapters
+            else NONE
+            for pod in pods]

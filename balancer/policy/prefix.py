@@ -19,9 +19,10 @@ def block_hashes(model: str, prompt: str, block_chars: int = BLOCK_CHARS,
     h = xxhash.xxh64_intdigest(model.encode())
     data = prompt.encode("utf-8", "surrogatepass")
     n = min(len(data) // block_chars, max_blocks)
+    digest = xxhash.xxh64_intdigest  # (data, seed): the previous block's hash seeds the next
     out = []
-    for i in range(n):
-        h = xxhash.xxh64_intdigest(data[i * block_chars:(i + 1) * block_chars], seed=h)
+    for start in range(0, n * block_chars, block_chars):
+        h = digest(data[start:start + block_chars], h)
         out.append(h)
     return out
 
@@ -37,16 +38,24 @@ class PrefixIndex:
     def match(self, hashes: list[int]) -> dict[str, int]:
         """Pod address -> number of leading blocks of `hashes` it holds (absent = 0)."""
         matched: dict[str, int] = {}
-        alive: set[str] | None = None
+        alive: set[str] | None = None  # pods holding every block so far
+        n = 0  # blocks every pod in `alive` holds
+        pods_of = self._pods_of
         for k, h in enumerate(hashes):
-            pods = self._pods_of.get(h)
+            pods = pods_of.get(h)
             if not pods:
                 break
-            alive = set(pods) if alive is None else alive & pods
-            if not alive:
-                break
-            for p in alive:
-                matched[p] = k + 1
+            if alive is None:
+                alive = set(pods)
+            elif not pods >= alive:  # some drop out here: they held blocks 0..k-1
+                for p in alive - pods:
+                    matched[p] = k
+                alive &= pods
+                if not alive:
+                    break
+            n = k + 1
+        for p in alive or ():
+            matched[p] = n
         return matched
 
     def add(self, address: str, hashes: list[int]) -> None:
