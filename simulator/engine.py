@@ -501,9 +501,9 @@ class TTFTProbe:
     __slots__ = ("sim", "request", "now", "t")
 
     def __init__(self, engine: Engine, prompt_ids: list[int], adapter: str | None,
-                 now: float) -> None:
+                 now: float, output_len: int = 1) -> None:
         self.sim = engine._fork()
-        self.request = SimRequest("\x00probe", prompt_ids, 1, now, adapter)
+        self.request = SimRequest("\x00probe", prompt_ids, output_len, now, adapter)
         self.sim.add_request(self.request, now)
         self.now = now
         self.t = max(now, engine.busy_until)

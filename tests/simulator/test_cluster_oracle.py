@@ -175,3 +175,32 @@ def test_oracle_picks_the_pod_with_least_ttft_deterministically():
     best = min(engines, key=lambda a: (engines[a].predict_ttft(token_ids, "x", 1.0), a))
     assert best == pick.address
     assert all(oracle.pick(req, snap).address == pick.address for _ in range(3))
+
+
+def test_oracle_does_not_overtake_requests_starving_for_a_lora_slot():
+    """Pod 1 is a little faster for an "a" request, but there it would be admitted ahead of
+    a "b" request waiting for the only slot and keep "a" busy for 300 more tokens: the
+    oracle counts that delay and sends it to pod 2."""
+    rng = random.Random(11)
+    starving = engine(max_loras=1)
+    starving.add_request(SimRequest("a0", ids(rng, 64), 40, 0.0, "a"), 0.0)
+    starving.add_request(SimRequest("b0", ids(rng, 64), 40, 0.0, "b"), 0.0)
+    busier = engine(max_loras=1)
+    busier.add_request(SimRequest("a1", ids(rng, 64), 40, 0.0, "a"), 0.0)
+    advance(starving, 0.0, 2)
+    advance(busier, 0.0, 2)
+    busier.add_request(SimRequest("base", ids(rng, 1500), 40, 0.1), 0.1)
+    engines = {"10.0.0.1:8000": starving, "10.0.0.2:8000": busier}
+    prompt = "hello world " * 60
+    token_ids = tokenizer.encode(prompt)
+    assert starving.predict_ttft(token_ids, "a", 0.1) < busier.predict_ttft(token_ids, "a", 0.1)
+    req = LLMRequest("a", "a", "a", prompt, 150)
+    snap = _snapshot(list(engines), 0.1)
+    greedy = OraclePolicy(engines, starvation_aware=False)
+    greedy.output_len = 300
+    assert greedy.pick(req, snap).address == "10.0.0.1:8000"
+    aware = OraclePolicy(engines)
+    aware.output_len = 300
+    assert aware.pick(req, snap).address == "10.0.0.2:8000"
+    aware.output_len = 1  # a one-token answer barely holds the slot: the faster pod wins
+    assert aware.pick(req, snap).address == "10.0.0.1:8000"
