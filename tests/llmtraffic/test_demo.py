@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import promql, queries, rules
+from dashboards import queries, rules
 from exporter import metrics as m
 from llmtraffic.prometheus import PrometheusAPI
-from tests.prometheus.test_scrape_dashboards_live import run_until_all_answer
+from tests.prometheus.test_scrape_dashboards_live import (assert_variables_answer,
+                                                         run_until_all_answer)
 
 pytestmark = pytest.mark.e2e
 
@@ -79,10 +80,7 @@ def test_demo_quick_serves_prometheus_with_every_dashboard_query_answering(
                                     range_="60s")
         empty = run_until_all_answer(prom, exprs, attempts=30)
         assert not empty, f"dashboard queries without data: {empty}"
-        for uid, name, query in queries.variable_queries():
-            selector, label = promql.label_values_selector(query)
-            found = prom.query(f"count by ({label}) ({queries.substitute(selector)})")
-            assert any(s["metric"].get(label) for s in found), f"{uid} variable {name} empty"
+        assert_variables_answer(prom)
         records = sorted({r["record"] for g in rules.recording_groups() for r in g["rules"]})
         empty = run_until_all_answer(prom, [(n, n) for n in records], attempts=30)
         assert not empty, f"recording rules without data: {empty}"

@@ -20,7 +20,7 @@ from dashboards import promql, queries, rules
 from dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
 from exporter import metrics as m
 from exporter import vllm as v
-from llmtraffic.prometheus import PrometheusServer
+from llmtraffic.prometheus import PrometheusAPI, PrometheusServer
 
 pytestmark = pytest.mark.e2e
 
@@ -175,10 +175,7 @@ def test_relabel_scrape_rules_and_every_dashboard_query(prom: PrometheusServer) 
     empty = run_until_all_answer(prom, queries.all_queries(rate_interval="10s", range_="30s"))
     assert not empty, f"dashboard queries without data: {empty}"
 
-    for uid, name, query in queries.variable_queries():
-        selector, label = promql.label_values_selector(query)
-        found = prom.query(f"count by ({label}) ({queries.substitute(selector)})")
-        assert any(s["metric"].get(label) for s in found), f"{uid} variable {name} is empty"
+    assert_variables_answer(prom)
 
     records = sorted({r["record"] for g in rules.recording_groups() for r in g["rules"]})
     empty = run_until_all_answer(prom, [(name, name) for name in records])
@@ -189,6 +186,14 @@ def test_relabel_scrape_rules_and_every_dashboard_query(prom: PrometheusServer) 
         'pool_quantile:vllm_time_to_first_token_seconds:histogram_quantile_rate5m'
         '{quantile="0.5"}')}
     assert ttft["pool-a"] < ttft["pool-b"]  # pool-b's pages observe a slower TTFT
+
+
+def assert_variables_answer(prom: PrometheusAPI) -> None:
+    """Every dashboard variable's label_values query finds at least one value."""
+    for uid, name, query in queries.variable_queries():
+        selector, label = promql.label_values_selector(query)
+        found = prom.query(f"count by ({label}) ({queries.substitute(selector)})")
+        assert any(s["metric"].get(label) for s in found), f"{uid} variable {name} is empty"
 
 
 def active_targets(prom: PrometheusServer, want: dict[str, int],
@@ -206,7 +211,7 @@ def active_targets(prom: PrometheusServer, want: dict[str, int],
     return by_job
 
 
-def run_until_all_answer(prom: PrometheusServer, named: list[tuple[str, str]],
+def run_until_all_answer(prom: PrometheusAPI, named: list[tuple[str, str]],
                          attempts: int = 20) -> list[tuple[str, str]]:
     """Queries still returning no sample after `attempts` half-second rounds (rates need a
     few scrapes; rules a few evaluations)."""
