@@ -72,12 +72,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
                    help="larger request bodies get 413 (default: %(default)s)")
+    p.add_argument("--max-header-bytes", type=int, default=8190,
+                   help="a longer request line or header gets 400; at most 128 headers "
+                   "(default: %(default)s)")
     p.add_argument("--retries", type=int, default=2,
                    help="other pods tried when the picked pod cannot be reached "
                    "(default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=120.0,
                    help="seconds a pod may stay silent mid-request before the request "
                    "fails (default: %(default)s)")
+    p.add_argument("--breaker-failures", type=int, default=5, metavar="N",
+                   help="failed answers in a row (5xx, failed connect) after which a pod's "
+                   "circuit opens: no requests go there for --breaker-cooldown, then one "
+                   "probe (default: %(default)s)")
+    p.add_argument("--breaker-cooldown", type=float, default=10.0, metavar="SECONDS",
+                   help="how long an open circuit keeps its pod out (default: %(default)s)")
+    p.add_argument("--max-label-values", type=int, default=200,
+                   help="distinct model names kept per metric label; the rest are counted "
+                   "as 'other' (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="seed the policy's tie-breaks")
     p.set_defaults(func=_run)
 
@@ -120,6 +132,11 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, ImportError) as e:
         print(f"llmtraffic balancer: {e}", file=sys.stderr)
         return 2
+    if args.breaker_failures < 1 or not args.breaker_cooldown > 0 \
+            or args.max_label_values < 1:
+        print("llmtraffic balancer: --breaker-failures and --max-label-values must be >= 1 "
+              "and --breaker-cooldown > 0", file=sys.stderr)
+        return 2
     api_key = os.environ.get(args.api_key_env) or None
     metrics_token = os.environ.get(args.metrics_token_env) or None
     if args.mode == "extproc":
@@ -130,7 +147,10 @@ def _run(args: argparse.Namespace) -> int:
                               policy_config=policy_config, access_log=args.access_log,
                               scrape_interval=args.scrape_interval,
                               scrape_timeout=args.scrape_timeout, seed=args.seed,
-                              max_body_bytes=args.max_body_bytes)
+                              max_body_bytes=args.max_body_bytes,
+                              breaker_failures=args.breaker_failures,
+                              breaker_cooldown=args.breaker_cooldown,
+                              max_label_values=args.max_label_values)
         return asyncio.run(_serve(serve_extproc(discovery, opts)))
     from balancer.proxy import BalancerApp, ProxyOptions
 
@@ -140,7 +160,11 @@ def _run(args: argparse.Namespace) -> int:
                         scrape_interval=args.scrape_interval,
                         scrape_timeout=args.scrape_timeout,
                         max_body_bytes=args.max_body_bytes, retries=args.retries,
-                        idle_timeout=args.idle_timeout, seed=args.seed)
+                        max_header_bytes=args.max_header_bytes,
+                        idle_timeout=args.idle_timeout, seed=args.seed,
+                        breaker_failures=args.breaker_failures,
+                        breaker_cooldown=args.breaker_cooldown,
+                        max_label_values=args.max_label_values)
     return asyncio.run(_serve_proxy(BalancerApp(discovery, opts)))
 
 

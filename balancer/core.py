@@ -10,6 +10,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from balancer.breaker import CircuitBreaker
 from balancer.discovery import ClusterView, Discovery
 from balancer.policy.llm import PolicyConfig
 from balancer.policy.registry import make_policy
@@ -30,19 +31,24 @@ class BalancerCore:
     def __init__(self, discovery: Discovery, *, policy: str = "llm",
                  policy_config: PolicyConfig | None = None, seed: int | None = None,
                  access_log: str | None = None, scrape_interval: float = 0.1,
-                 scrape_timeout: float = 1.0, store: MetricsStore | None = None) -> None:
+                 scrape_timeout: float = 1.0, store: MetricsStore | None = None,
+                 breaker_failures: int = 5, breaker_cooldown: float = 10.0,
+                 max_label_values: int = 200) -> None:
         self.discovery = discovery
         self.store = store or MetricsStore()
         self.policy = make_policy(policy, policy_config, seed)
+        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
         view = discovery.view()
-        self.router = Router(view.resources, self.store, self.policy, seed=seed)
+        self.router = Router(view.resources, self.store, self.policy, seed=seed,
+                             breaker=self.breaker)
         self.apply(view)
-        self.stats = BalancerStats(self.policy.name)
+        self.stats = BalancerStats(self.policy.name, max_label_values)
         self.exporter_stats = ExporterStats()
-        self.counters = TokenCounters()
+        self.counters = TokenCounters(max_values_per_label=max_label_values)
         self.registry = CollectorRegistry()
         self.registry.register(ExporterCollector(self.counters, self.exporter_stats, self.store))
-        self.registry.register(BalancerCollector(self.stats, self.store, self._models))
+        self.registry.register(BalancerCollector(self.stats, self.store, self._models,
+                                                 self.breaker))
         if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
             self.registry.register(discovery.collector())
         self.access_log_path = access_log
@@ -57,9 +63,11 @@ class BalancerCore:
         self.store.set_pods(view.pods)
         self.router.resources = view.resources
         prefix = getattr(self.policy, "prefix", None)
-        for gone in before - {p.address for p in view.pods}:
+        gone = before - {p.address for p in view.pods}
+        for address in gone:
             if prefix is not None:
-                prefix.forget(gone)
+                prefix.forget(address)
+        self.breaker.forget(gone)
         log.info("routing %d pods in %d pools (%s)", len(view.pods), len(view.resources.pools),
                  ", ".join(sorted(view.resources.pools)))
 

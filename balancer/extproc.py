@@ -101,6 +101,9 @@ class ExtProcOptions:
     seed: int | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     grace: float = 5.0  # seconds streams get to finish on stop
+    breaker_failures: int = 5  # 5xx answers in a row that open a pod's circuit
+    breaker_cooldown: float = 10.0  # seconds an open circuit keeps its pod out
+    max_label_values: int = 200  # distinct model names per metric label, then `other`
 
 
 # ---- message builders ----------------------------------------------------------------------
@@ -176,6 +179,7 @@ class _Exchange:
         self.body = bytearray()
         self.decision: Decision | None = None
         self.address: str | None = None  # where this request holds an in-flight slot
+        self.judged = False  # the circuit breaker heard the pod's answer
         self.tap: SseTap | None = None
         self.lines = LineBuffer()
         self.json: bytearray | None = None  # a JSON answer gathered for its usage
@@ -263,8 +267,11 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         """A request without a body (GET /v1/models, ...): any ready pod of the pool."""
         pool = self.core.router.pool_for(ex.host)
         ex.rec.pool = ex.rec.upstream_cluster = pool.name
-        snap = self.core.store.snapshot(time.monotonic())
-        pods = [p for p in snap.in_pool(pool.name) if p.fresh and p.pod.ready]
+        now = time.monotonic()
+        snap = self.core.store.snapshot(now)
+        breaker = self.core.breaker
+        pods = [p for p in snap.in_pool(pool.name)
+                if p.fresh and p.pod.ready and not breaker.blocked(p.pod.address, now)]
         if not pods:
             raise ApiError(503, f"no ready pod in pool {pool.name!r}")
         addr = self._rng.choice(pods).address
@@ -315,6 +322,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.rec.upstream_host, ex.rec.pod = address, pod.name if pod else address
         ex.address = address
         self.core.store.acquire(address)
+        self.core.breaker.sent(address, time.monotonic())
         self.core.stats.picked(pool, ex.rec.pod, pick_seconds)
 
     def _refuse(self, ex: _Exchange, e: ApiError) -> pb.ProcessingResponse:
@@ -340,6 +348,12 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         rec.upstream_service_time_ms = round((time.monotonic() - ex.t0) * 1000, 3)
         rec.bytes_sent = 0
         self._moved(ex, _served(req))
+        if ex.address is not None and rec.response_code is not None and not ex.judged:
+            ex.judged = True
+            if rec.response_code >= 500:
+                self.core.breaker.failed(ex.address, time.monotonic())
+            else:
+                self.core.breaker.succeeded(ex.address)
         d = ex.decision
         remove: list[str] = []
         if rec.response_code == 200 and d is not None:
@@ -412,6 +426,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
             rec.response_flags = rec.response_flags or "DC"
         if ex.address is not None:
             self.core.store.release(ex.address)
+            if not ex.judged:
+                self.core.breaker.abandoned(ex.address)
             ex.address = None
         self.core.log(rec)
 
@@ -442,7 +458,10 @@ class ExtProcServer:
                                  policy_config=options.policy_config, seed=options.seed,
                                  access_log=options.access_log,
                                  scrape_interval=options.scrape_interval,
-                                 scrape_timeout=options.scrape_timeout, store=store)
+                                 scrape_timeout=options.scrape_timeout, store=store,
+                                 breaker_failures=options.breaker_failures,
+                                 breaker_cooldown=options.breaker_cooldown,
+                                 max_label_values=options.max_label_values)
         self.picker = Picker(self.core, options)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import generate_latest
 
 from balancer.core import BalancerCore
@@ -35,6 +36,26 @@ CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 SECRET_HEADERS = ("authorization", "cookie", "x-api-key", "proxy-authorization")
 
 
+class _NoRequestBytes(logging.Filter):
+    """aiohttp's HTTP parser errors quote the bytes they refused (an oversized Authorization
+    or Cookie header, say): log what was wrong and from where, never those bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed HTTP request from %s: %s (status %s)"
+            record.args = (remote, type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+#: The logger of the proxy's HTTP server (aiohttp's own is shared with every server).
+HTTP_LOG = logging.getLogger("balancer.http")
+HTTP_LOG.addFilter(_NoRequestBytes())
+
+
 @dataclass
 class ProxyOptions:
     """Knobs of one balancer process."""
@@ -48,9 +69,13 @@ class ProxyOptions:
     scrape_interval: float = 0.1
     scrape_timeout: float = 1.0
     max_body_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 8190  # a longer request line or header gets 400; at most 128
     retries: int = 2  # other pods tried when a pod cannot be reached
     connect_timeout: float = 2.0
     idle_timeout: float = 120.0  # longest silence allowed from a pod mid-request
+    breaker_failures: int = 5  # failed answers in a row (5xx, connect) that open a circuit
+    breaker_cooldown: float = 10.0  # seconds an open circuit keeps its pod out
+    max_label_values: int = 200  # distinct model names per metric label, then `other`
     seed: int | None = None
 
 
@@ -74,7 +99,10 @@ class BalancerApp:
                                  policy_config=options.policy_config, seed=options.seed,
                                  access_log=options.access_log,
                                  scrape_interval=options.scrape_interval,
-                                 scrape_timeout=options.scrape_timeout, store=store)
+                                 scrape_timeout=options.scrape_timeout, store=store,
+                                 breaker_failures=options.breaker_failures,
+                                 breaker_cooldown=options.breaker_cooldown,
+                                 max_label_values=options.max_label_values)
         core = self.core
         self.store, self.policy, self.router = core.store, core.policy, core.router
         self.stats, self.exporter_stats, self.counters = core.stats, core.exporter_stats, \
@@ -87,7 +115,10 @@ class BalancerApp:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.options.max_body_bytes)
+        limit = self.options.max_header_bytes
+        app = web.Application(client_max_size=self.options.max_body_bytes, handler_args={
+            "max_line_size": limit, "max_field_size": limit, "max_headers": 128,
+            "logger": HTTP_LOG})
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -184,9 +215,8 @@ class BalancerApp:
             if e.status in (429, 503):
                 self.stats.refused(rec.pool or "", rec.model or "", e.status)
             return _error(e)
-        except asyncio.CancelledError:
-            rec.response_code = rec.response_code or CLIENT_CLOSED
-            rec.response_flags = rec.response_flags or "DC"
+        except asyncio.CancelledError:  # the client hung up before the answer was complete
+            rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
             raise
         finally:
             rec.duration_ms = round((time.monotonic() - t0) * 1000, 3)
@@ -202,6 +232,7 @@ class BalancerApp:
         headers = {"Content-Type": "application/json", "X-Request-Id": rec.request_id or ""}
         tried: list[str] = []
         last: Exception | None = None
+        breaker = self.core.breaker
         for i, addr in enumerate(d.addresses(self.options.retries)):
             if i:
                 self.stats.retried(d.pool.name)
@@ -210,19 +241,30 @@ class BalancerApp:
             self.stats.picked(d.pool.name, rec.pod, d.pick_seconds if not i else 0.0)
             tried.append(addr)
             self.store.acquire(addr)
+            breaker.sent(addr, time.monotonic())
+            judged = False  # the breaker heard how this attempt went
             try:
                 try:
                     up = await self._session.post(f"http://{addr}{request.path}", data=payload,
                                                   headers=headers)
                 except RETRYABLE as e:
                     last = e
-                    self.store.mark_error(addr, f"proxy: {type(e).__name__}: {e}",
-                                          time.monotonic())
+                    now = time.monotonic()
+                    self.store.mark_error(addr, f"proxy: {type(e).__name__}: {e}", now)
+                    judged = True
+                    breaker.failed(addr, now)
                     log.warning("pod %s (%s) unreachable, trying another: %s", rec.pod, addr, e)
                     continue
                 except asyncio.TimeoutError:
+                    judged = True
+                    breaker.failed(addr, time.monotonic())
                     raise ApiError(504, f"pod {rec.pod} ({addr}) sent no response within "
                                    f"{self.options.idle_timeout:g} s") from None
+                judged = True
+                if up.status >= 500:
+                    breaker.failed(addr, time.monotonic())
+                else:
+                    breaker.succeeded(addr)
                 try:
                     rec.upstream_service_time_ms = round((time.monotonic() - t0) * 1000, 3)
                     if d.stream and up.status == 200:
@@ -232,6 +274,8 @@ class BalancerApp:
                     up.close()
             finally:
                 self.store.release(addr)
+                if not judged:  # the client left first: a probe may go again
+                    breaker.abandoned(addr)
         raise ApiError(503, f"no pod could be reached in pool {d.pool.name!r} (tried "
                        f"{', '.join(tried)}; last error: {last})")
 

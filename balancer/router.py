@@ -4,10 +4,12 @@ forward. Refusals are `ApiError`s in OpenAI's error shape."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
@@ -15,8 +17,32 @@ from balancer.config import Model, Pool, Resources
 from balancer.policy.request import LLMRequest, Pick, Policy, Shed
 from exporter.store import MetricsStore, Snapshot
 
+if TYPE_CHECKING:
+    from balancer.breaker import CircuitBreaker
+
 CHARS_PER_TOKEN = 4  # prompt-size estimate for routing (vLLM's tokenizer is not here)
 MAX_MODEL_CHARS = 256
+#: Deepest nesting of objects and arrays accepted (orjson writes at most 254 levels back;
+#: OpenAI request bodies, tool schemas included, need far fewer).
+MAX_DEPTH = 64
+#: Keys read at the top level: a body naming one twice is ambiguous (orjson keeps the last,
+#: another parser in front of us may keep the first), so it is refused.
+_READ_KEYS = tuple(f'"{k}"'.encode() for k in ("model", "prompt", "messages", "stream",
+                                               "stream_options"))
+#: `\u0040`-`\u007f` (letters, `_`, some punctuation) escaped: no encoder does that unasked,
+#: but it spells a key such as "model" without the bytes of its name.
+_ESCAPED_ASCII = re.compile(rb"\\u00[4-7][0-9a-fA-F]")
+#: OpenAI's typed sampling fields: (types accepted, what to say). bool is not an int here.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "max_tokens": ((int,), "an integer"), "max_completion_tokens": ((int,), "an integer"),
+    "n": ((int,), "an integer"), "best_of": ((int,), "an integer"),
+    "seed": ((int,), "an integer"), "logprobs": ((int, bool), "an integer or a boolean"),
+    "top_logprobs": ((int,), "an integer"), "temperature": ((int, float), "a number"),
+    "top_p": ((int, float), "a number"), "presence_penalty": ((int, float), "a number"),
+    "frequency_penalty": ((int, float), "a number"), "echo": ((bool,), "true or false"),
+    "user": ((str,), "a string"), "suffix": ((str,), "a string"),
+    "logit_bias": ((dict,), "an object"), "stop": ((str, list), "a string or a list"),
+}
 
 
 class ApiError(Exception):
@@ -72,7 +98,8 @@ class Decision:
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object, or a 400 that says what is wrong."""
+    """A request body as a JSON object, or a 400 that says what is wrong: not UTF-8, not
+    JSON, not an object, nested deeper than MAX_DEPTH, or a key given twice."""
     if not raw:
         raise ApiError(400, "request body is empty; send a JSON object with `model`")
     try:
@@ -81,7 +108,64 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
+    if _maybe_duplicate(raw, body):
+        _refuse_duplicates(raw)
     return body
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """True when `value` nests objects/arrays more than `limit` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return True
+        children = v.values() if isinstance(v, dict) else v
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _maybe_duplicate(raw: bytes, body: dict[str, Any]) -> bool:
+    """Cheap test (byte counts) for a key we read given twice; a hit is checked exactly."""
+    if any(raw.count(k) > 1 for k in _READ_KEYS):
+        return True
+    messages = body.get("messages")
+    if isinstance(messages, list) and (raw.count(b'"role"') > len(messages)
+                                       or raw.count(b'"content"') > len(messages)):
+        return True
+    return _ESCAPED_ASCII.search(raw) is not None
+
+
+def _refuse_duplicates(raw: bytes) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for k, _ in items:
+            if k in seen:
+                raise ApiError(400, f"request body gives the key {k[:64]!r} more than once "
+                               "in one object; send each key once", k[:64])
+            seen.add(k)
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except RecursionError:
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # orjson read it: the standard parser has no more to say
+        pass
+
+
+def _check_types(body: dict[str, Any]) -> None:
+    for key, (types, what) in _FIELD_TYPES.items():
+        v = body.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise ApiError(400, f"`{key}` must be {what}, got {type(v).__name__}", key)
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(x, str) for x in stop):
+        raise ApiError(400, "`stop` must be a string or a list of strings", "stop")
 
 
 def _model_name(body: dict[str, Any]) -> str:
@@ -106,13 +190,22 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
                 raise ApiError(400, f"messages[{i}] must be an object", "messages")
+            role = msg.get("role")
+            if not isinstance(role, str):
+                raise ApiError(400, f"messages[{i}].role must be a string", "messages")
             content = msg.get("content")
             if isinstance(content, list):
+                if not all(isinstance(p, dict) for p in content):
+                    raise ApiError(400, f"messages[{i}].content must be a string or a list "
+                                   "of content parts (objects)", "messages")
                 content = "".join(p.get("text", "") for p in content
-                                  if isinstance(p, dict) and isinstance(p.get("text"), str))
-            elif not isinstance(content, str):
+                                  if isinstance(p.get("text"), str))
+            elif content is None:
                 content = ""
-            parts.append(f"{msg.get('role', '')}: {content}\n")
+            elif not isinstance(content, str):
+                raise ApiError(400, f"messages[{i}].content must be a string or a list of "
+                               f"content parts, got {type(content).__name__}", "messages")
+            parts.append(f"{role}: {content}\n")
         return "".join(parts)
     if "prompt" not in body:
         raise ApiError(400, "`prompt` is required", "prompt")
@@ -141,11 +234,13 @@ class Router:
     """Pool by host (LLMRoute), model by name (InferenceModel), then the policy's pick."""
 
     def __init__(self, resources: Resources, store: MetricsStore, policy: Policy,
-                 clock: Callable[[], float] = time.monotonic, seed: int | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, seed: int | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.resources = resources
         self.store = store
         self.policy = policy
         self.clock = clock
+        self.breaker = breaker  # pods it blocks reach the policy marked unhealthy
         self._rng = random.Random(seed)
 
     def pool_for(self, host: str | None) -> Pool:
@@ -179,11 +274,15 @@ class Router:
                 name: str) -> Decision:
         stream, wants_usage = _stream_flags(body)
         text = prompt_text(body, chat)
+        _check_types(body)
         pool = self.pool_for(host)
         model = self.model_for(pool, name)
         target = model.pick_target(self._rng)
         snap = self.store.snapshot(self.clock())
-        members = Snapshot(snap.now, snap.in_pool(pool.name))
+        pods = snap.in_pool(pool.name)
+        if self.breaker is not None:
+            pods = self.breaker.mark(pods, snap.now)
+        members = Snapshot(snap.now, pods)
         request = LLMRequest(model=name, target_model=target,
                              adapter=None if target in _base_models(members) else target,
                              prompt=text, prompt_tokens=len(text) // CHARS_PER_TOKEN + 1,

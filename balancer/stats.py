@@ -4,22 +4,33 @@ plain in-memory counters fed once per request, exposed by one Collector."""
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, Iterator
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import metrics as m
 from exporter.accesslog import LLMRecord
-from exporter.collector import _counter, _gauge, _Hist, _histogram, clean_label, hist_in
+from exporter.collector import (OTHER, _counter, _gauge, _Hist, _histogram, clean_label,
+                                hist_in)
 from exporter.store import MetricsStore
+
+if TYPE_CHECKING:
+    from balancer.breaker import CircuitBreaker
 
 
 class BalancerStats:
-    """Counters and histograms of routed requests; `observe(record)` once per request."""
+    """Counters and histograms of routed requests; `observe(record)` once per request.
 
-    def __init__(self, lb_policy: str) -> None:
+    Model names come from clients: each of the `model` and `target_model` labels keeps at
+    most `max_label_values` values, later ones are counted as `other`."""
+
+    def __init__(self, lb_policy: str, max_label_values: int = 200) -> None:
         self.lb_policy = lb_policy
+        self.max_label_values = max_label_values
+        self._seen: dict[str, set[str]] = {"model": set(), "target_model": set()}
+        self.overflow: dict[str, int] = {}  # label -> values folded into `other`
         self.requests: dict[tuple[str, ...], float] = {}
         self.prompt: dict[tuple[str, ...], float] = {}
         self.completion: dict[tuple[str, ...], float] = {}
@@ -36,6 +47,17 @@ class BalancerStats:
     def _add(table: dict, key: tuple[str, ...], v: float = 1.0) -> None:
         table[key] = table.get(key, 0.0) + v
 
+    def _capped(self, label: str, value: object) -> str:
+        v = clean_label(value)
+        seen = self._seen[label]
+        if v in seen:
+            return v
+        if len(seen) >= self.max_label_values:
+            self.overflow[label] = self.overflow.get(label, 0) + 1
+            return OTHER
+        seen.add(v)
+        return v
+
     def picked(self, pool: str, pod: str, seconds: float) -> None:
         with self._lock:
             self._add(self.picks, (pool, pod, self.lb_policy))
@@ -43,7 +65,7 @@ class BalancerStats:
 
     def refused(self, pool: str, model: str, status: int) -> None:
         with self._lock:
-            self._add(self.shed, (pool, clean_label(model), "shed" if status == 429
+            self._add(self.shed, (pool, self._capped("model", model), "shed" if status == 429
                                   else "no_endpoint"))
 
     def retried(self, pool: str) -> None:
@@ -52,11 +74,13 @@ class BalancerStats:
 
     def observe(self, rec: LLMRecord) -> None:
         """One finished request (any outcome) as logged."""
-        pool, model = rec.pool or "", clean_label(rec.model)
-        key = (pool, model, self.lb_policy)
+        pool = rec.pool or ""
         code = "" if rec.response_code is None else str(rec.response_code)
         with self._lock:
-            self._add(self.requests, (pool, model, clean_label(rec.target_model),
+            model = self._capped("model", rec.model)
+            key = (pool, model, self.lb_policy)
+            self._add(self.requests, (pool, model, self._capped("target_model",
+                                                                rec.target_model),
                                       self.lb_policy, code))
             if rec.prompt_tokens is not None:
                 self._add(self.prompt, key, rec.prompt_tokens)
@@ -73,10 +97,12 @@ class BalancerCollector(Collector):
     """llmtraffic_balancer_* from `BalancerStats`, in-flight gauges from the store."""
 
     def __init__(self, stats: BalancerStats, store: MetricsStore,
-                 models: Callable[[], Iterable[tuple[str, str]]] = lambda: ()) -> None:
+                 models: Callable[[], Iterable[tuple[str, str]]] = lambda: (),
+                 breaker: CircuitBreaker | None = None) -> None:
         self.stats = stats
         self.store = store
         self.models = models  # (pool, model) served: their shed series start at 0
+        self.breaker = breaker
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -91,6 +117,7 @@ class BalancerCollector(Collector):
         for pool, model in self.models():  # so rates and alerts read 0, not "no data"
             for reason in ("shed", "no_endpoint"):
                 tables["shed"].setdefault((pool, clean_label(model), reason), 0.0)
+        pods = self.store.snapshot(0.0).pods
         yield _counter(m.BALANCER_REQUESTS, iter(tables["requests"].items()))
         yield _counter(m.BALANCER_PROMPT_TOKENS, iter(tables["prompt"].items()))
         yield _counter(m.BALANCER_COMPLETION_TOKENS, iter(tables["completion"].items()))
@@ -104,4 +131,13 @@ class BalancerCollector(Collector):
         yield _histogram(m.BALANCER_PICK_DURATION, {(s.lb_policy,): pick[0]},
                          {(s.lb_policy,): pick[1]}, m.BALANCER_PICK_DURATION.labels)
         yield _gauge(m.BALANCER_INFLIGHT, (((p.pod.pool, p.pod.name), p.inflight)
-                                           for p in self.store.snapshot(0.0).pods))
+                                           for p in pods))
+        if self.breaker is not None:
+            now = time.monotonic()
+            opens = dict(self.breaker.opens)
+            open_now = self.breaker.open_circuits(now)
+            yield _counter(m.BALANCER_CIRCUIT_OPENS, (
+                ((p.pod.pool, p.pod.name), float(opens.get(p.pod.address, 0))) for p in pods))
+            yield _gauge(m.BALANCER_CIRCUIT_OPEN, (
+                ((p.pod.pool, p.pod.name), 1.0 if p.pod.address in open_now else 0.0)
+                for p in pods))

@@ -103,6 +103,12 @@ BALANCER_SHED = Series("llmtraffic_balancer_shed", "counter",
                        ("pool", "model", "reason"))
 BALANCER_RETRIES = Series("llmtraffic_balancer_retries", "counter",
                           "Upstream attempts retried on another pod.", ("pool",))
+BALANCER_CIRCUIT_OPENS = Series("llmtraffic_balancer_circuit_opens", "counter",
+                                "Times a pod's circuit opened (failed answers in a row, or a "
+                                "failed probe): no requests for the cooldown.", ("pool", "pod"))
+BALANCER_CIRCUIT_OPEN = Series("llmtraffic_balancer_circuit_open", "gauge",
+                               "1 while the pod's circuit is open or half-open (skipped by "
+                               "every policy but for one probe request).", ("pool", "pod"))
 BALANCER_INFLIGHT = Series("llmtraffic_balancer_inflight_requests", "gauge",
                            "Requests in flight per pod.", ("pool", "pod"))
 BALANCER_PICK_DURATION = Series("llmtraffic_balancer_pick_duration_seconds", "histogram",

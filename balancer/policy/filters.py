@@ -17,6 +17,12 @@ def healthy(pods: list[PodState]) -> list[PodState]:
     return ok or pods
 
 
+def usable(pods: tuple[PodState, ...]) -> list[PodState]:
+    """What any policy may pick from: ready and healthy. `last_error` is set by a failed
+    scrape or a failed connect (the store) and by an open circuit (the router's breaker)."""
+    return healthy(ready(pods))
+
+
 def saturated(pods: list[PodState], queue_threshold: float, kv_threshold: float) -> bool:
     """GIE's rule: saturated when no pod has fresh metrics with queue <= threshold and KV
     usage <= threshold."""

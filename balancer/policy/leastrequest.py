@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from balancer.policy.filters import usable
 from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
 from exporter.store import Snapshot
 
@@ -15,7 +16,7 @@ class LeastRequest:
         self._rng = random.Random(seed)
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
-        pods = [p for p in snapshot.pods if p.pod.ready]
+        pods = usable(snapshot.pods)
         if not pods:
             return no_endpoint(snapshot)
         ranked = sorted(pods, key=lambda p: (p.inflight, self._rng.random()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from balancer.policy.filters import usable
 from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
 from exporter.store import Snapshot
 
@@ -13,7 +14,7 @@ class RoundRobin:
         self._next: dict[str, int] = {}
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
-        pods = sorted(p.address for p in snapshot.pods if p.pod.ready)
+        pods = sorted(p.address for p in usable(snapshot.pods))
         if not pods:
             return no_endpoint(snapshot)
         i = self._next.get(request.pool, 0)

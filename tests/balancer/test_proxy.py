@@ -403,9 +403,14 @@ async def test_pod_killed_mid_run_never_hangs_a_client(doomed_fleet, make_app):
 
 
 async def test_connect_failure_is_retried_on_another_pod(doomed_fleet, make_app):
+    # both balancers saw every pod up (their next scrape is an hour away); then one dies
+    app = await make_app(doomed_fleet.addresses, policy="round-robin", scrape_interval=3600)
+    strict = await make_app(doomed_fleet.addresses, policy="round-robin", retries=0,
+                            scrape_interval=3600)
+    for a in (app, strict):  # the start's scrape and the scrape loop's first round
+        await wait_for(lambda: sum(a.exporter_stats.scrapes.values()) == 6, "two rounds")
     await stop_pod(doomed_fleet, 1)
     dead = doomed_fleet.addresses[1]
-    app = await make_app(doomed_fleet.addresses, policy="round-robin")
     c = client(app)
     for i in range(6):
         if i % 2:
@@ -418,10 +423,13 @@ async def test_connect_failure_is_retried_on_another_pod(doomed_fleet, make_app)
     recs = records(app)
     assert [x["response_code"] for x in recs] == [200] * 6
     assert dead not in {x["upstream_host"] for x in recs}
-    assert app.stats.retries == {(POOL,): 2.0}  # round-robin lands on the dead pod 2 in 6
-    assert await metric(app, "llmtraffic_balancer_retries_total") == 2
+    # round-robin lands on the dead pod once: the refused connect marks it in the store, and
+    # every policy skips a marked pod from then on
+    assert app.stats.retries == {(POOL,): 1.0}
+    assert await metric(app, "llmtraffic_balancer_retries_total") == 1
+    state = app.store.snapshot(time.monotonic()).by_address()[dead]
+    assert state.last_error and state.last_error.startswith("proxy: ClientConnectorError")
 
-    strict = await make_app(doomed_fleet.addresses, policy="round-robin", retries=0)
     statuses = []
     for _ in range(3):
         try:
@@ -434,8 +442,12 @@ async def test_connect_failure_is_retried_on_another_pod(doomed_fleet, make_app)
 
 
 async def test_connect_timeout_is_retried_on_another_pod(fleet, blackhole, make_app):
+    store = MetricsStore(stale_after=600)
     app = await make_app(fleet.addresses[:2] + [blackhole], policy="round-robin",
-                         connect_timeout=0.3, scrape_timeout=0.3)
+                         connect_timeout=0.3, scrape_timeout=0.3, store=store,
+                         scrape_interval=3600)
+    # as if the pod had vanished after its last good scrape (the next is an hour away)
+    store.update(blackhole, PodMetrics(models=(BASE,)), time.monotonic())
     c = client(app)
     for i in range(3):
         r = await c.completions.create(model="llama2", prompt="hi", max_tokens=1)
