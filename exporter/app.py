@@ -134,7 +134,8 @@ class ExporterApp:
 
     # ---- the tail loop -----------------------------------------------------------------
     def poll(self) -> int:
-        """Read and count whatever is new; returns lines handled."""
+        """Read and count one bounded batch of new lines (the tailer's `max_read_bytes`);
+        returns lines handled. `self.tailer.more` says whether more is already waiting."""
         n = 0
         parse = self.parser.parse
         observe = self.counters.observe
@@ -158,7 +159,7 @@ class ExporterApp:
             if self.options.positions and (
                     n and time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval):
                 self.checkpoint()
-            await asyncio.sleep(0 if n else self.options.poll_interval)
+            await asyncio.sleep(0 if n or self.tailer.more else self.options.poll_interval)
 
     # ---- HTTP --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -200,6 +201,8 @@ class ExporterApp:
         self._tasks.clear()
         if self.options.access_logs:
             self.poll()
+            while self.tailer.more:
+                self.poll()
             self.checkpoint()
         if self.scraper is not None:
             await self.scraper.close()

@@ -7,7 +7,9 @@ stale offset. Rename-and-create rotation: the old handle is drained to its end b
 new file is read (also when the rename happened while we were down: the old file is found
 by its inode in the same directory). Copytruncate: size < offset means the file was
 truncated; reading restarts at 0. Only complete lines are returned; a partial last line
-waits for its newline.
+waits for its newline. A backlog is read in bounded batches (`max_read_bytes` per `read()`,
+`more` says whether more is already waiting), so memory stays flat however far behind we are;
+a rotated-away file still being finished keeps its place in the positions until it is done.
 
 Exactly-once: the exporter saves ONE checkpoint (positions + counter values + enriched-log
 offset) atomically; after a crash it restores all three together, so nothing read before
@@ -29,6 +31,7 @@ from exporter.collector import ExporterStats
 log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 256
+MAX_READ_BYTES = 8 << 20  # per read(): bounds the lines held in memory at once
 
 
 def _fingerprint(fh, length: int) -> str:
@@ -64,16 +67,22 @@ class _Followed:
 
 
 class Tailer:
-    """Follows every file matching `patterns`; `read()` returns new complete lines."""
+    """Follows every file matching `patterns`; `read()` returns new complete lines, at most
+    about `max_read_bytes` of them per call (`more` is then True: call again)."""
 
     def __init__(self, patterns: list[str], *, from_beginning: bool = False,
-                 chunk_size: int = 1 << 20, stats: ExporterStats | None = None) -> None:
+                 chunk_size: int = 1 << 20, max_read_bytes: int = MAX_READ_BYTES,
+                 stats: ExporterStats | None = None) -> None:
         self.patterns = list(patterns)
         self.from_beginning = from_beginning
         self.chunk_size = chunk_size
+        self.max_read_bytes = max_read_bytes
         self.stats = stats or ExporterStats()
         self.files: dict[str, _Followed] = {}
-        self._draining: list[_Followed] = []  # rotated-away handles still being read
+        # path -> its rotated-away file, still being finished before `files[path]` is read
+        self._draining: dict[str, _Followed] = {}
+        self.more = False  # the last read() stopped at its byte budget, not at the end
+        self._turn = 0  # which path the next read() starts with (fairness under a budget)
         self._started = False
         self._discover()  # files present now start at their end (or 0 with from_beginning)
 
@@ -111,39 +120,76 @@ class Tailer:
 
     # ---- reading -----------------------------------------------------------------------
     def read(self) -> list[tuple[str, list[bytes]]]:
-        """New complete lines per file, newline stripped. Never blocks."""
+        """New complete lines per file, newline stripped, about `max_read_bytes` at most
+        (`more` tells whether the budget, not the end of the files, stopped it). Never
+        blocks."""
         self._discover()
         out: list[tuple[str, list[bytes]]] = []
-        for f in self._draining:
-            lines = self._drain(f)
-            if lines:
-                out.append((f.path, lines))
-            f.fh.close()
-        self._draining.clear()
-        for path, f in list(self.files.items()):
-            self._check_rotation(path, f, out)
-            f = self.files.get(path)
-            if f is None:
-                continue
-            lines = self._drain(f)
-            if lines:
-                out.append((path, lines))
-            try:
-                self.stats.lag[path] = max(0, os.path.getsize(path) - f.offset)
-            except OSError:
-                pass
+        self.more = False
+        paths = list(dict.fromkeys([*self._draining, *self.files]))
+        if paths:
+            k = self._turn % len(paths)
+            paths = paths[k:] + paths[:k]
+            self._turn += 1
+        budget = self.max_read_bytes
+        for path in paths:
+            if budget > 0:
+                budget -= self._read_path(path, budget, out)
+            else:
+                self.more = True
+            self._update_lag(path)
         return out
 
-    def _check_rotation(self, path: str, f: _Followed, out: list) -> None:
+    def _read_path(self, path: str, budget: int, out: list) -> int:
+        """Lines of one path into `out`: a rotated-away file is finished first. Returns the
+        bytes read."""
+        used = 0
+        while True:
+            old = self._draining.get(path)
+            if old is not None:
+                n, eof = self._emit(path, old, budget - used, out)
+                used += n
+                if not eof:
+                    return used
+                old.fh.close()
+                del self._draining[path]
+            f = self.files.get(path)
+            if f is None:
+                return used
+            if not self._check_rotation(path, f):
+                break  # else the old file is now draining: finish it, then the new one
+        return used + self._emit(path, f, budget - used, out)[0]
+
+    def _emit(self, path: str, f: _Followed, budget: int, out: list) -> tuple[int, bool]:
+        lines, n, eof = self._drain(f, budget)
+        if lines:
+            out.append((path, lines))
+        if not eof:
+            self.more = True
+        return n, eof
+
+    def _update_lag(self, path: str) -> None:
+        f = self.files.get(path)
+        if f is None:
+            return
+        old = self._draining.get(path)
+        try:
+            lag = os.path.getsize(path) - f.offset
+            if old is not None:
+                lag += os.fstat(old.fh.fileno()).st_size - old.offset
+        except OSError:
+            return
+        self.stats.lag[path] = max(0, lag)
+
+    def _check_rotation(self, path: str, f: _Followed) -> bool:
+        """True when `path` is a new file (rename-and-create): `f` moves to the draining
+        files and the new one is opened; a truncated file (copytruncate) restarts at 0."""
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return  # renamed away, new file not created yet: keep reading the old handle
+            return False  # renamed away, new file not created yet: keep reading the old handle
         if (st.st_dev, st.st_ino) != (f.dev, f.ino):
-            lines = self._drain(f)  # rename-and-create: finish the old file first
-            if lines:
-                out.append((path, lines))
-            f.fh.close()
+            self._draining[path] = f  # rename-and-create: finish the old file first
             self.stats.rotation("rename")
             log.info("%s was rotated (new inode); reading the new file from the start", path)
             new = self._open(path, at_end=False)
@@ -151,7 +197,8 @@ class Tailer:
                 del self.files[path]
             else:
                 self.files[path] = new
-        elif st.st_size < f.offset or (f.fp_len and hashlib.blake2b(
+            return True
+        if st.st_size < f.offset or (f.fp_len and hashlib.blake2b(
                 os.pread(f.fh.fileno(), f.fp_len, 0), digest_size=8).hexdigest() != f.fp):
             self.stats.rotation("truncate")
             log.info("%s was truncated (%d < %d bytes); reading from the start", path,
@@ -160,18 +207,26 @@ class Tailer:
             f.partial = b""
             f.fh.seek(0)
             f.fp, f.fp_len = "", 0
+        return False
 
-    def _drain(self, f: _Followed) -> list[bytes]:
+    def _drain(self, f: _Followed, budget: int) -> tuple[list[bytes], int, bool]:
+        """Complete lines from `f`, reading at most `budget` bytes: (lines, bytes read,
+        whether the end of the file was reached)."""
         lines: list[bytes] = []
         total = 0
-        while True:
-            data = f.fh.read(self.chunk_size)
+        eof = False
+        read = f.fh.read
+        while total < budget:
+            data = read(min(self.chunk_size, budget - total))
             if not data:
+                eof = True
                 break
             total += len(data)
             buf = f.partial + data if f.partial else data
             parts = buf.split(b"\n")
             f.partial = parts.pop()
+            if b"\r" in buf:
+                parts = [ln[:-1] if ln.endswith(b"\r") else ln for ln in parts]
             lines += parts
         f.offset = f.fh.tell() - len(f.partial)
         if total:
@@ -179,12 +234,16 @@ class Tailer:
             self.stats.lines[f.path] = self.stats.lines.get(f.path, 0) + len(lines)
             if f.fp_len < FINGERPRINT_BYTES:
                 f.refresh_fingerprint()
-        return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+        return lines, total, eof
 
     # ---- positions ---------------------------------------------------------------------
     def state(self) -> dict:
-        """Positions to save (only complete lines count as read)."""
-        return {"files": {p: f.identity() for p, f in self.files.items()}}
+        """Positions to save (only complete lines count as read). A path whose rotated-away
+        file is still being finished is saved at that file, so a restart finds it by inode
+        and finishes it before reading the new file from the start."""
+        files = {p: f.identity() for p, f in self.files.items()}
+        files.update((p, f.identity()) for p, f in self._draining.items())
+        return {"files": files}
 
     def restore(self, state: dict) -> None:
         """Resume from saved positions; call before the first `read()`. Files the
@@ -218,7 +277,7 @@ class Tailer:
         # rotated while we were down: find the old file by inode and finish it first
         old = self._find_by_inode(path, saved)
         if old is not None:
-            self._draining.append(old)
+            self._draining[path] = old
             self.stats.rotation("rename")
             log.info("%s was rotated while we were down; finishing %s first", path, old.path)
         if cur is not None:
@@ -253,7 +312,7 @@ class Tailer:
         return None
 
     def close(self) -> None:
-        for f in [*self.files.values(), *self._draining]:
+        for f in [*self.files.values(), *self._draining.values()]:
             f.fh.close()
         self.files.clear()
         self._draining.clear()

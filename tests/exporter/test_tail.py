@@ -129,3 +129,88 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="move it away"):
         load_checkpoint(str(p))
     assert load_checkpoint(str(tmp_path / "missing.json")) is None
+
+
+def read_all(tailer: Tailer) -> tuple[list[bytes], int]:
+    """Every line, however many budget-bound reads it takes; and how many reads."""
+    got, reads = lines_of(tailer), 1
+    while tailer.more:
+        got += lines_of(tailer)
+        reads += 1
+    return got, reads
+
+
+def test_backlog_larger_than_the_read_budget_is_read_completely_in_batches(tmp_path):
+    log = tmp_path / "a.log"
+    write(log, *[f"line-{i:05d}" for i in range(3000)])  # 33,000 bytes
+    t = Tailer([str(log)], from_beginning=True, chunk_size=256, max_read_bytes=1000)
+    first = lines_of(t)
+    assert t.more and 0 < len(first) <= 1000 // 11 + 1  # one bounded batch, not the file
+    rest, reads = read_all(t)
+    assert first + rest == [f"line-{i:05d}".encode() for i in range(3000)]
+    assert reads >= 30 and not t.more
+    assert t.stats.lines[str(log)] == 3000 and t.stats.bytes[str(log)] == 33000
+    assert t.stats.lag[str(log)] == 0
+
+
+def test_line_longer_than_the_budget_still_arrives_whole(tmp_path):
+    log = tmp_path / "a.log"
+    long = "x" * 5000
+    write(log, "a", long, "b")
+    t = Tailer([str(log)], from_beginning=True, chunk_size=64, max_read_bytes=700)
+    assert read_all(t)[0] == [b"a", long.encode(), b"b"]
+
+
+def test_rotations_during_a_bounded_backlog_lose_and_repeat_nothing(tmp_path):
+    log = tmp_path / "access.log"
+    write(log, *[f"a{i:04d}" for i in range(2000)])
+    t = Tailer([str(log)], from_beginning=True, chunk_size=128, max_read_bytes=600)
+    seen = lines_of(t)
+    assert t.more
+    os.rename(log, tmp_path / "access.log.1")  # rename-and-create mid-backlog
+    write(tmp_path / "access.log.1", "a-late")  # still written by the old writer
+    write(log, *[f"b{i:04d}" for i in range(1000)])
+    seen += lines_of(t)
+    assert not any(ln.startswith(b"b") for ln in seen)  # the old file is finished first
+    seen += read_all(t)[0]
+    with open(log, "r+") as f:  # copytruncate once caught up
+        f.truncate(0)
+    write(log, *[f"c{i:04d}" for i in range(1000)])
+    seen += read_all(t)[0]
+    assert seen == ([f"a{i:04d}".encode() for i in range(2000)] + [b"a-late"]
+                    + [f"b{i:04d}".encode() for i in range(1000)]
+                    + [f"c{i:04d}".encode() for i in range(1000)])
+    assert t.stats.rotations == {"rename": 1, "truncate": 1}
+
+
+def test_checkpoint_while_a_rotated_file_is_being_finished(tmp_path):
+    """Positions saved mid-way through a rotated-away file name that file: a restart
+    finishes it by inode, then reads the new file from the start."""
+    log = tmp_path / "access.log"
+    write(log, *[f"a{i:04d}" for i in range(2000)])
+    t = Tailer([str(log)], from_beginning=True, chunk_size=128, max_read_bytes=600)
+    seen = lines_of(t)
+    os.rename(log, tmp_path / "access.log.1")
+    write(log, *[f"b{i:04d}" for i in range(500)])
+    seen += lines_of(t)  # part of the old file only
+    assert t.more and len(seen) < 2000
+    state = t.state()
+    assert state["files"][str(log)]["ino"] == os.stat(tmp_path / "access.log.1").st_ino
+    t.close()
+    t2 = Tailer([str(log)], chunk_size=128, max_read_bytes=600)
+    t2.restore(state)
+    seen += read_all(t2)[0]
+    assert seen == ([f"a{i:04d}".encode() for i in range(2000)]
+                    + [f"b{i:04d}".encode() for i in range(500)])
+
+
+def test_budget_is_shared_fairly_between_files(tmp_path):
+    for name in ("a", "b"):
+        write(tmp_path / f"{name}.log", *[f"{name}{i:04d}" for i in range(1000)])
+    t = Tailer([str(tmp_path / "*.log")], from_beginning=True, chunk_size=256,
+               max_read_bytes=2000)
+    batches = [t.read() for _ in range(4)]
+    assert {p for b in batches for p, _ in b} == {str(tmp_path / "a.log"),
+                                                 str(tmp_path / "b.log")}
+    got = [ln for b in batches for _, lines in b for ln in lines] + read_all(t)[0]
+    assert sorted(got) == sorted(f"{n}{i:04d}".encode() for n in "ab" for i in range(1000))
