@@ -348,7 +348,6 @@ class SimServer:
                       include_usage: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         rid = live.sim.request_id
         obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -364,11 +363,12 @@ class SimServer:
             return b"data: " + orjson.dumps({"id": rid, "object": obj, "created": created,
                                              "model": model, "choices": [choice]}) + b"\n\n"
 
-        if chat:
-            await resp.write(chunk(None, None, role=True))
         text = ""
         reason = None
         try:
+            await resp.prepare(request)
+            if chat:
+                await resp.write(chunk(None, None, role=True))
             async for n, finished in self._next_tokens(live):
                 piece = "".join(next(words) for _ in range(n))
                 text += piece
@@ -381,15 +381,19 @@ class SimServer:
                 await resp.write(chunk(piece, reason))
                 if finished:
                     break
+            if include_usage:
+                usage = _usage(live.sim.num_prompt, live.sim.num_generated)
+                await resp.write(b"data: " + orjson.dumps({
+                    "id": rid, "object": obj, "created": created, "model": model,
+                    "choices": [], "usage": usage}) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
         except ConnectionAbortedError:
-            return resp  # pod stopped: the stream is cut as a dying pod would
-        if include_usage:
-            usage = _usage(live.sim.num_prompt, live.sim.num_generated)
-            await resp.write(b"data: " + orjson.dumps({
-                "id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                "usage": usage}) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+            pass  # pod stopped: the stream is cut as a dying pod would
+        except ConnectionResetError as e:  # aiohttp's ClientConnectionResetError is one
+            # the client went away under a write before aiohttp cancelled this handler;
+            # _serve's cleanup aborts the request in the engine, so its KV blocks come back
+            log.debug("%s: client went away mid-stream (%s)", rid, e)
         return resp
 
     async def _models(self, request: web.Request) -> web.Response:

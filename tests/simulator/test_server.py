@@ -272,6 +272,50 @@ def test_client_disconnect_mid_stream_frees_kv():
         assert st.finished.get("abort") == 1
 
 
+def test_write_to_a_vanished_client_is_quiet_and_frees_kv(monkeypatch, caplog):
+    """The client's connection dies under a write, before aiohttp's connection_lost can
+    cancel the handler: the next write raises ClientConnectionResetError. The request is
+    aborted in the engine (its KV blocks come back) and only a debug line is logged."""
+    import logging
+    import http.client
+    from aiohttp import web
+
+    write = web.StreamResponse.write
+    writes = 0
+
+    async def dying_write(self, data):
+        nonlocal writes
+        writes += 1
+        if writes == 3:  # the socket breaks: transport closing, connection_lost pending
+            self._req.transport.abort()
+        return await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", dying_write)
+    caplog.set_level(logging.DEBUG)
+    with run_fleet_in_thread(1, time_scale=5) as fleet:
+        server = fleet.servers[0]
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", "/v1/completions", body=json.dumps({
+            "model": BASE, "prompt": "x " * 400, "max_tokens": 2000, "stream": True,
+            "ignore_eos": True}), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            resp.read()  # the stream ends at the cut
+        conn.close()
+        for _ in range(200):
+            if server.engine.stats().kv_usage == 0 and not server.engine.has_work():
+                break
+            time.sleep(0.02)
+        st = server.engine.stats()
+        assert st.kv_usage == 0 and st.num_running == 0
+        assert st.finished.get("abort") == 1
+    assert writes >= 3
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not loud, [r.getMessage() for r in loud]
+    assert any(r.name == "simulator.server" and r.levelno == logging.DEBUG
+               and "went away" in r.getMessage() for r in caplog.records)
+
+
 def test_stopped_pod_cuts_streams_and_refuses(pod):
     with run_fleet_in_thread(2, time_scale=20) as fleet:
         call_in_fleet(fleet, fleet.servers[0].stop())
