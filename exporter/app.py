@@ -154,11 +154,18 @@ class ExporterApp:
         return n
 
     async def _tail_loop(self) -> None:
+        # Saved once per checkpoint_interval while lines come, and once more when they stop
+        # (else the last positions would stay unsaved while the log is idle, and a rotation
+        # then and another while we are down would hide the file in between).
+        unsaved = False  # lines read or a rotation seen since the last checkpoint
         while True:
+            rotations = sum(self.stats.rotations.values())
             n = self.poll()
-            if self.options.positions and (
-                    n and time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval):
+            unsaved = unsaved or n > 0 or sum(self.stats.rotations.values()) != rotations
+            if self.options.positions and unsaved and (
+                    time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval):
                 self.checkpoint()
+                unsaved = False
             await asyncio.sleep(0 if n or self.tailer.more else self.options.poll_interval)
 
     # ---- HTTP --------------------------------------------------------------------------
