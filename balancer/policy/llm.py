@@ -81,7 +81,9 @@ class LLMPolicy:
                     scores[i] += pw * m / nh
         rand = self._rng.random  # one draw per pod, in pod order: the tie-break
         ranked = zip(scores, [rand() for _ in pods], range(len(pods)))
-        scored = heapq.nlargest(1 + cfg.fallbacks, ranked)  # = sorted(reverse=True)[:k]
+        k = 1 + cfg.fallbacks  # nlargest(k) = sorted(reverse=True)[:k], cheaper past ~20
+        scored = heapq.nlargest(k, ranked) if len(pods) > 20 else sorted(ranked,
+                                                                          reverse=True)[:k]
         top = pods[scored[0][2]]
         if matched.get(top.address) and queues[scored[0][2]] <= q_min + cfg.prefix_queue_slack:
             best_reason = "prefix"

@@ -59,20 +59,27 @@ class PrefixIndex:
         return matched
 
     def add(self, address: str, hashes: list[int]) -> None:
-        lru = self._lru.setdefault(address, OrderedDict())
+        lru = self._lru.get(address)
+        if lru is None:
+            lru = self._lru[address] = OrderedDict()
+        pods_of, limit, seen = self._pods_of, self.lru_per_pod, lru.move_to_end
         for h in hashes:
             if h in lru:
-                lru.move_to_end(h)
+                seen(h)
                 continue
             lru[h] = None
-            self._pods_of.setdefault(h, set()).add(address)
-            if len(lru) > self.lru_per_pod:
+            holders = pods_of.get(h)
+            if holders is None:
+                pods_of[h] = {address}
+            else:
+                holders.add(address)
+            if len(lru) > limit:
                 old, _ = lru.popitem(last=False)
-                pods = self._pods_of.get(old)
+                pods = pods_of.get(old)
                 if pods is not None:
                     pods.discard(address)
                     if not pods:
-                        del self._pods_of[old]
+                        del pods_of[old]
 
     def forget(self, address: str) -> None:
         """Drop a pod (it left the pool or restarted with an empty cache)."""
