@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadclient import Outcome, replay
@@ -90,37 +92,53 @@ def sample(proc: Proc, series: Series, t: float) -> None:
                                  open_fds(proc.popen.pid)))
 
 
-def metric_sum(url: str, name: str) -> float:
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
+def sample_sum(text: str, name: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name)
 
 
+def metric_sum(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        return sample_sum(r.read().decode(), name)
+
+
 async def _drive(url: str, reqs, time_scale: float, procs: dict[str, Proc],
-                 every: float, series: dict[str, Series], progress: dict) -> list[Outcome]:
+                 every: float, series: dict[str, Series], progress: dict,
+                 traffic: list[tuple[float, float, int]]) -> list[Outcome]:
+    """Replay `reqs`; every `every` seconds sample the processes and the balancer's
+    in-flight count into `traffic` as (t, in flight, requests finished)."""
     t0 = time.monotonic()
 
     def done(o: Outcome) -> None:
         progress["ok" if o.ok else "failed"] += 1
 
-    async def sampler() -> None:
+    async def sampler(http: aiohttp.ClientSession) -> None:
         while True:
             t = time.monotonic() - t0
             for name, proc in procs.items():
                 sample(proc, series[name], t)
+            try:
+                async with http.get(url + "/metrics") as r:
+                    inflight = sample_sum(await r.text(),
+                                          "llmtraffic_balancer_inflight_requests")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                inflight = float("nan")
+            finished = progress["ok"] + progress["failed"]
+            traffic.append((round(t, 1), inflight, finished))
             b, e = series["balancer"].samples[-1], series["exporter"].samples[-1]
             print(f"t={t:7.1f}s  balancer rss={b.rss_mb:7.1f} MB fds={b.fds:4d}  "
-                  f"exporter rss={e.rss_mb:7.1f} MB fds={e.fds:4d}  "
-                  f"ok={progress['ok']} failed={progress['failed']}", flush=True)
+                  f"exporter rss={e.rss_mb:7.1f} MB fds={e.fds:4d}  in flight "
+                  f"{inflight:4.0f}  ok={progress['ok']} failed={progress['failed']}",
+                  flush=True)
             await asyncio.sleep(every)
 
-    task = asyncio.create_task(sampler())
-    try:
-        return await replay(url, reqs, time_scale=time_scale, host=None, on_done=done)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        task = asyncio.create_task(sampler(http))
+        try:
+            return await replay(url, reqs, time_scale=time_scale, host=None, on_done=done)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         t = time.monotonic() - t0
         for name, proc in procs.items():
             sample(proc, series[name], t)
@@ -149,16 +167,17 @@ def run(minutes: float, load: float = 0.9, pods: int = 4, time_scale: float = 1.
             procs = {"balancer": balancer, "exporter": exporter}
             series = {name: Series(name) for name in procs}
             progress = {"ok": 0, "failed": 0}
+            traffic: list[tuple[float, float, int]] = []
             t0 = time.monotonic()
             outcomes = asyncio.run(_drive(url, reqs, time_scale, procs, every, series,
-                                          progress))
+                                          progress, traffic))
             elapsed = time.monotonic() - t0
             tokens = _token_sums(url, exporter_url)
             cpu = {"balancer_cpu_s": balancer.cpu_seconds(),
                    "exporter_cpu_s": exporter.cpu_seconds(),
                    "pods_cpu_s": fleet.proc.cpu_seconds()}
     errors = sorted({o.error for o in outcomes if o.error})[:3]
-    return {"workload": workload, "minutes": minutes, "load": load, "pods": pods,
+    return {**_load_figures(traffic, warmup, duration),"workload": workload, "minutes": minutes, "load": load, "pods": pods,
             "time_scale": time_scale, "capacity_rps": capacity, "rate_rps": rate,
             "elapsed_s": elapsed, "warmup_s": warmup, "requests": len(outcomes),
             "ok": sum(o.ok for o in outcomes), "failed": sum(not o.ok for o in outcomes),
@@ -166,6 +185,20 @@ def run(minutes: float, load: float = 0.9, pods: int = 4, time_scale: float = 1.
             "processes": {n: s.summary(warmup) for n, s in series.items()},
             "samples": {n: [(x.t, x.rss_mb, x.fds) for x in s.samples]
                         for n, s in series.items()}}
+
+
+def _load_figures(traffic: list[tuple[float, float, int]], warmup: float,
+                  duration: float) -> dict:
+    """In flight at the balancer after warm-up and when arrivals end, and the rate requests
+    finished in between: a fleet keeping up holds in-flight flat and finishes at the
+    offered rate; memory then grows only by what leaks."""
+    during = [x for x in traffic if warmup <= x[0] <= duration] or traffic[-1:] \
+        or [(0.0, 0.0, 0)]
+    first, last = during[0], during[-1]
+    span = last[0] - first[0]
+    return {"inflight_after_warmup": first[1], "inflight_end_of_arrivals": last[1],
+            "inflight_peak": max((x[1] for x in traffic), default=0.0),
+            "finished_rps": (last[2] - first[2]) / span if span > 0 else float("nan")}
 
 
 def _token_sums(balancer_url: str, exporter_url: str, wait: float = 15.0) -> dict:
@@ -189,6 +222,13 @@ def report(r: dict) -> str:
             f"{r['warmup_s']:.0f} s",
             f"requests: {r['requests']} sent, {r['ok']} ok, {r['failed']} failed"
             + (f" (e.g. {r['errors']})" if r["errors"] else ""),
+            f"in flight at the balancer: {r['inflight_after_warmup']:.0f} after warm-up, "
+            f"{r['inflight_end_of_arrivals']:.0f} when arrivals ended (peak "
+            f"{r['inflight_peak']:.0f}); finished {r['finished_rps']:.2f} req/s of "
+            f"{r['rate_rps'] * r['time_scale']:.2f} offered"
+            + (" (the fleet fell behind: memory follows the backlog)"
+               if r["inflight_end_of_arrivals"] > 1.5 * max(1.0, r["inflight_after_warmup"])
+               else ""),
             f"completion tokens: balancer {r['balancer_completion_tokens']:.0f}, exporter "
             f"{r['exporter_completion_tokens']:.0f} ("
             + ("equal" if r["balancer_completion_tokens"] == r["exporter_completion_tokens"]
@@ -239,8 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.minutes <= 0 or not 0 < args.load or args.pods < 1:
         ap.error("--minutes and --load must be positive, --pods at least 1")
-    r = run(args.minutes, args.load, args.pods, args.time_scale, args.seed, args.workload,
-            args.every, args.warmup, args.workdir)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
+    try:
+        r = run(args.minutes, args.load, args.pods, args.time_scale, args.seed, args.workload,
+                args.every, args.warmup, args.workdir)
+    except KeyboardInterrupt:
+        print("soak: interrupted; the processes were stopped", file=sys.stderr)
+        return 130
     print(report(r))
     if args.json_out:
         with open(args.json_out, "w") as f:

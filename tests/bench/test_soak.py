@@ -28,6 +28,9 @@ def test_growth_is_measured_from_the_end_of_warm_up():
                    "warmup_s": 30, "requests": 10, "ok": 10, "failed": 0, "errors": [],
                    "balancer_completion_tokens": 5.0, "exporter_completion_tokens": 5.0,
                    "balancer_cpu_s": 1, "exporter_cpu_s": 1, "pods_cpu_s": 1,
+                   "inflight_after_warmup": 20.0, "inflight_end_of_arrivals": 60.0,
+                   "inflight_peak": 61.0, "finished_rps": 4.0,
                    "processes": {"balancer": r}})
     assert "10 ok, 0 failed" in text and "(equal)" in text
+    assert "20 after warm-up, 60 when arrivals ended" in text and "fell behind" in text
     assert "goal: balancer RSS growth after warm-up < 10%: missed (+10.0%)" in text
