@@ -88,24 +88,34 @@ class OraclePolicy:
     """Clairvoyant reference: exact engine state, zero staleness, the request's true output
     length; picks the pod where this request's TTFT, plus the delay it causes to requests
     already starving there for a LoRA slot, is least if nothing else arrived meanwhile.
-    A bound for comparisons, not a production policy.
+    A reference for comparisons, not a production policy.
 
     Each pod's TTFT is `Engine.predict_ttft`'s: a copy of the engine with the request
     queued is stepped until its first token. The copies are raced (the one furthest behind
     in virtual time steps next), so the first to finish is the minimum and the slower pods
-    are only stepped that far. Ties go to the lower address; deterministic.
+    are only stepped that far. Deterministic; exact ties go to the lower address.
 
-    Minimising only its own TTFT, a request of an adapter that is running on a pod is
-    admitted there ahead of requests waiting for a LoRA slot and keeps its adapter's slot
-    busy for its whole output: greedy picks starve them (p99 TTFT 11 s vs 6 s on
-    seed-lora). `starvation_aware` adds that delay (both futures stepped until those
-    requests have their first token)."""
+    Two corrections to pure greed, both measured on seed-lora at load 0.9 (8 seeds):
+    * `starvation_aware`: a request of an adapter running on a pod is admitted there ahead
+      of requests waiting for a LoRA slot and keeps the slot busy for its whole output;
+      that delay to them is added to its cost (both futures stepped until those requests
+      have their first token). p99 TTFT 11.0 s -> 5.9 s on seed 1.
+    * `affinity_tolerance` (s): among pods within this of the least cost, one already
+      running the adapter wins (fewer distinct adapters per batch, slots left for other
+      adapters). Geometric-mean p90 over seeds 1-8: 0.61 s (0) -> 0.45 s (0.3) -> 0.49 s
+      (0.6).
+
+    Greedy per request, it is still not a lower bound: it cannot see that a pick fills KV
+    or a slot that the next arrivals would need, and a policy keeping adapters more
+    tightly grouped can beat its p90 (not its p99) on seed-lora."""
 
     name = "oracle"
 
-    def __init__(self, engines: dict[str, Engine], starvation_aware: bool = True) -> None:
+    def __init__(self, engines: dict[str, Engine], starvation_aware: bool = True,
+                 affinity_tolerance: float = 0.3) -> None:
         self._engines = engines
         self.starvation_aware = starvation_aware
+        self.affinity_tolerance = affinity_tolerance
         self.output_len = 1  # the next request's true output length (the cluster tells)
 
     def pick(self, request: LLMRequest, snapshot) -> Pick | Shed:
@@ -116,17 +126,32 @@ class OraclePolicy:
                                            snapshot.now, self.output_len), False)
                 for p in snapshot.pods]
         heapq.heapify(race)
-        while True:
+        best = math.inf
+        near: list[tuple[float, str]] = []  # finished within `affinity_tolerance` of best
+        while race:
             key, address, probe, final = race[0]
-            if final or probe.elapsed == math.inf:
-                return Pick(address, (), "oracle:min-ttft")
-            if probe.done:
+            if key > best + self.affinity_tolerance or key == math.inf:
+                break
+            if final:
+                heapq.heappop(race)
+                best = min(best, key)
+                near.append((key, address))
+            elif probe.done:
                 harm = self._harm(self._engines[address], probe) \
                     if self.starvation_aware else 0.0
                 heapq.heapreplace(race, (probe.elapsed + harm, address, probe, True))
-                continue
-            probe.advance()
-            heapq.heapreplace(race, (probe.elapsed, address, probe, False))
+            else:
+                probe.advance()
+                heapq.heapreplace(race, (probe.elapsed, address, probe, False))
+        if not near:  # nothing can be scheduled anywhere
+            return Pick(min(p.address for p in snapshot.pods), (), "oracle:none")
+        adapter = request.adapter
+
+        def rank(c: tuple[float, str]) -> tuple[bool, float, str]:
+            running = adapter is None or any(
+                r.adapter == adapter for r in self._engines[c[1]].running)
+            return (not running, c[0], c[1])
+        return Pick(min(near, key=rank)[1], (), "oracle:min-ttft")
 
     def _harm(self, engine: Engine, probe: TTFTProbe) -> float:
         """Delay the request adds to requests already waiting on `engine` for a LoRA slot:

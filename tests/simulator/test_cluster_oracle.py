@@ -204,3 +204,25 @@ def test_oracle_does_not_overtake_requests_starving_for_a_lora_slot():
     assert aware.pick(req, snap).address == "10.0.0.2:8000"
     aware.output_len = 1  # a one-token answer barely holds the slot: the faster pod wins
     assert aware.pick(req, snap).address == "10.0.0.1:8000"
+
+
+def test_oracle_prefers_a_pod_running_the_adapter_within_the_tolerance():
+    rng = random.Random(12)
+    other = engine(max_loras=2)  # idle: "a" would take a free slot
+    running = engine(max_loras=2)  # runs "a" plus a little more prefill work ahead
+    running.add_request(SimRequest("a0", ids(rng, 64), 400, 0.0, "a"), 0.0)
+    advance(running, 0.0, 2)
+    running.add_request(SimRequest("base", ids(rng, 300), 40, 0.1), 0.1)
+    engines = {"10.0.0.1:8000": other, "10.0.0.2:8000": running}
+    prompt = "hello world " * 60
+    token_ids = tokenizer.encode(prompt)
+    t_other = other.predict_ttft(token_ids, "a", 0.1)
+    t_running = running.predict_ttft(token_ids, "a", 0.1)
+    assert t_other < t_running < t_other + 0.3
+    req = LLMRequest("a", "a", "a", prompt, 150)
+    snap = _snapshot(list(engines), 0.1)
+    assert OraclePolicy(engines).pick(req, snap).address == "10.0.0.2:8000"
+    assert OraclePolicy(engines, affinity_tolerance=0.0).pick(req, snap).address == \
+        "10.0.0.1:8000"
+    base = LLMRequest("m", "m", None, prompt, 150)  # no adapter: the least TTFT wins
+    assert OraclePolicy(engines).pick(base, snap).address == "10.0.0.1:8000"
