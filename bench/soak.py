@@ -146,7 +146,8 @@ async def _drive(url: str, reqs, time_scale: float, procs: dict[str, Proc],
 
 def run(minutes: float, load: float = 0.9, pods: int = 4, time_scale: float = 1.0,
         seed: int = 1, workload: str = "seed-lora", every: float = 5.0,
-        warmup_s: float | None = None, workdir: Path | None = None) -> dict:
+        warmup_s: float | None = None, workdir: Path | None = None,
+        policy: str = "llm") -> dict:
     duration = minutes * 60.0
     capacity = pods * measure_capacity(workload, seed=seed)
     rate = load * capacity
@@ -160,7 +161,7 @@ def run(minutes: float, load: float = 0.9, pods: int = 4, time_scale: float = 1.
         with Stack(root) as stack:
             fleet = start_fleet(stack, "pods", pods, POOL, time_scale=time_scale, seed=seed)
             access = root / "access.log"
-            url = start_balancer(stack, "balancer", fleet, "llm", access_log=access)
+            url = start_balancer(stack, "balancer", fleet, policy, access_log=access)
             balancer = stack.procs[-1]
             exporter_url = start_exporter(stack, [access], [fleet], root / "enriched.log")
             exporter = stack.procs[-1]
@@ -177,7 +178,8 @@ def run(minutes: float, load: float = 0.9, pods: int = 4, time_scale: float = 1.
                    "exporter_cpu_s": exporter.cpu_seconds(),
                    "pods_cpu_s": fleet.proc.cpu_seconds()}
     errors = sorted({o.error for o in outcomes if o.error})[:3]
-    return {**_load_figures(traffic, warmup, duration),"workload": workload, "minutes": minutes, "load": load, "pods": pods,
+    return {**_load_figures(traffic, warmup, duration), "policy": policy,
+            "workload": workload, "minutes": minutes, "load": load, "pods": pods,
             "time_scale": time_scale, "capacity_rps": capacity, "rate_rps": rate,
             "elapsed_s": elapsed, "warmup_s": warmup, "requests": len(outcomes),
             "ok": sum(o.ok for o in outcomes), "failed": sum(not o.ok for o in outcomes),
@@ -216,7 +218,8 @@ def _token_sums(balancer_url: str, exporter_url: str, wait: float = 15.0) -> dic
 
 
 def report(r: dict) -> str:
-    rows = [f"soak: {r['workload']} {r['minutes']:g} min at {r['load']:.0%} load "
+    rows = [f"soak: {r['workload']} {r['minutes']:g} min at {r['load']:.0%} load, policy "
+            f"{r.get('policy', 'llm')} "
             f"({r['rate_rps']:.2f} req/s of {r['capacity_rps']:.2f}), {r['pods']} pods, "
             f"time scale {r['time_scale']:g}; {r['elapsed_s']:.0f} s wall, warm-up "
             f"{r['warmup_s']:.0f} s",
@@ -267,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="pods run this many times faster than real time (default: "
                     "%(default)s)")
     ap.add_argument("--workload", default="seed-lora", help="default: %(default)s")
+    ap.add_argument("--policy", default="llm",
+                    help="the balancer's policy (default: %(default)s; the llm policy's "
+                    "prefix index grows until its LRU is full, round-robin holds no "
+                    "per-request state)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--every", type=float, default=5.0,
                     help="seconds between RSS/fd samples (default: %(default)s)")
@@ -282,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
     try:
         r = run(args.minutes, args.load, args.pods, args.time_scale, args.seed, args.workload,
-                args.every, args.warmup, args.workdir)
+                args.every, args.warmup, args.workdir, args.policy)
     except KeyboardInterrupt:
         print("soak: interrupted; the processes were stopped", file=sys.stderr)
         return 130
