@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, fields
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, Callable, Protocol
 
@@ -230,9 +231,69 @@ class LineParser(Protocol):
     def parse(self, line: bytes) -> LLMRecord: ...
 
 
+#: Distinct key sets ("shapes") a plan compiles a builder for; lines of other shapes take
+#: the generic loop. A gateway's format gives one or a few shapes.
+MAX_SHAPES = 64
+
+#: Conversion code per converter, for one value `{v}` in a compiled builder (see
+#: _Plan.compile_shape); any exception sends the line through the generic loop, which decides
+#: as it always did.
+_CODE = {
+    _to_str: """\
+    if type({v}) is str:
+        if {v} == "-":
+            {v} = None
+    elif {v} is not None:
+        {v} = to_str({v})
+""",
+    _to_int: """\
+    if type({v}) is int and 0 <= {v} <= MAX_INT:
+        pass
+    elif type({v}) is str and {v} != "-":
+        {v} = int({v})
+        if not 0 <= {v} <= MAX_INT:
+            raise ValueError
+    elif {v} is None or {v} == "-":
+        {v} = None
+    else:
+        {v} = to_int({v})
+""",
+    _to_float: """\
+    if type({v}) is int and {v} >= 0:
+        {v} = float({v})
+    elif type({v}) is str and {v} != "-":
+        {v} = float({v})
+        if not 0.0 <= {v} < INF:
+            raise ValueError
+    elif {v} is None or {v} == "-":
+        {v} = None
+    else:
+        {v} = to_float({v})
+""",
+    _to_bool: """\
+    if {v} is None or {v} == "-":
+        {v} = None
+    else:
+        {v} = to_bool({v})
+""",
+}
+
+
+_Builder = Callable[[dict], LLMRecord | None]  # None: the line is not of its shape
+
+#: Names a compiled builder binds as defaults (locals are the fastest names to load).
+_BUILDER_LOCALS = ("get", "type", "str", "int", "float", "len", "new", "LLMRecord", "MAX_INT",
+                   "INF", "to_str", "to_int", "to_float", "to_bool")
+
+
 class _Plan:
     """key -> (field, rank, converter, shared) so a line costs one lookup per key it has;
-    only `shared` fields (more than one key can fill them) need the rank bookkeeping."""
+    only `shared` fields (more than one key can fill them) need the rank bookkeeping.
+
+    `record` compiles, per shape (the line's keys) where every field has at most one
+    candidate key, a builder that reads exactly those keys and converts inline; other
+    shapes, and any line whose values the builder does not accept, take `record_generic`,
+    so the result (record or ParseError) is always the generic loop's."""
 
     def __init__(self, mapping: FieldMapping) -> None:
         plan: dict[str, tuple[str, int, Callable[[Any], Any]]] = {}
@@ -246,8 +307,78 @@ class _Plan:
             keys_per_field[f] = keys_per_field.get(f, 0) + 1
         self.by_key: dict[str, tuple[str, int, Callable[[Any], Any], bool]] = {
             k: (f, rank, conv, keys_per_field[f] > 1) for k, (f, rank, conv) in plan.items()}
+        self._shapes: dict[tuple[str, ...], _Builder | None] = {}
+        self._last: _Builder = lambda obj: None
 
     def record(self, obj: dict[str, Any]) -> LLMRecord:
+        try:
+            rec = self._last(obj)
+            if rec is not None:
+                return rec
+            build = self._builder(obj)
+            if build is not None:
+                rec = build(obj)
+                if rec is not None:
+                    self._last = build
+                    return rec
+        except Exception:  # a value the builder does not take: the generic loop decides
+            pass
+        return self.record_generic(obj)
+
+    def _builder(self, obj: dict[str, Any]) -> _Builder | None:
+        shape = tuple(obj)
+        try:
+            return self._shapes[shape]
+        except KeyError:
+            pass
+        if len(self._shapes) >= MAX_SHAPES:
+            return None  # too many shapes: new ones take the generic loop
+        build = self._shapes[shape] = self.compile_shape(shape)
+        return build
+
+    def compile_shape(self, shape: tuple[str, ...]) -> _Builder | None:
+        """A builder for lines with exactly the keys of `shape` (None from it for any other
+        line), or None when a field has several candidate keys in the shape (the winner
+        then depends on values and order: the generic loop handles it)."""
+        by_field: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+        others: list[str] = []
+        for k in shape:
+            hit = self.by_key.get(k)
+            if hit is None:
+                others.append(k)
+                continue
+            if hit[0] in by_field:
+                return None
+            by_field[hit[0]] = (k, hit[2])
+        names = list(by_field)
+        v = [f"v{i}" for i in range(len(names))]
+        code = [f"def build(o, {', '.join(f'{n}={n}' for n in _BUILDER_LOCALS)}):\n"
+                f"    if len(o) != {len(shape)}:\n        return None\n    try:\n"]
+        if names:  # one C call fetches every value (KeyError: another shape)
+            code.append(f"        {', '.join(v)}, = get(o){',' if len(v) == 1 else ''}\n")
+        if others:
+            code.append("        if " + " or ".join(f"{k!r} not in o" for k in others)
+                        + ":\n            return None\n")
+        code.append("    except KeyError:\n        return None\n")
+        code += [_CODE[by_field[f][1]].format(v=var) for f, var in zip(names, v)]
+        code.append("    r = new(LLMRecord)\n")
+        code += [f"    r.{f} = {var}\n" for f, var in zip(names, v)]
+        absent = [f for f in FIELD_NAMES if f not in by_field]
+        if absent:
+            code.append("    " + "".join(f"r.{f} = " for f in absent) + "None\n")
+        code.append("    return r\n")
+        keys = [by_field[f][0] for f in names]
+        env: dict[str, Any] = {
+            "get": (lambda o: (o[keys[0]],)) if len(keys) == 1 else itemgetter(*keys),
+            "type": type, "str": str, "int": int, "float": float, "len": len,
+            "new": LLMRecord.__new__, "LLMRecord": LLMRecord, "MAX_INT": MAX_INT,
+            "INF": float("inf"), "to_str": _to_str, "to_int": _to_int, "to_float": _to_float,
+            "to_bool": _to_bool}
+        exec(compile("".join(code), f"<accesslog builder {len(self._shapes)}>", "exec"), env)
+        return env["build"]
+
+    def record_generic(self, obj: dict[str, Any]) -> LLMRecord:
+        """The generic loop: one lookup per key, ranks for shared fields."""
         rec = LLMRecord()
         ranks: dict[str, int] = {}
         by_key = self.by_key
@@ -281,16 +412,19 @@ class JsonLineParser:
         self.max_line_bytes = max_line_bytes
 
     def parse(self, line: bytes) -> LLMRecord:
-        _check(line, self.max_line_bytes)
+        if len(line) > self.max_line_bytes:
+            raise ParseError("too_long", f"{len(line)} bytes > {self.max_line_bytes}")
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
+            if not line.strip():  # a blank line never loads: tell it apart only then
+                raise ParseError("empty") from None
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
                 raise ParseError("not_utf8") from None
             raise ParseError("invalid_json", str(e)[:80]) from None
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             raise ParseError("not_object", type(obj).__name__)
         return self.plan.record(obj)
 
