@@ -139,18 +139,18 @@ class ExporterApp:
         n = 0
         parse = self.parser.parse
         observe = self.counters.observe
-        enricher = self.enricher
+        write = self.enricher.write if self.enricher is not None else None
         for _path, lines in self.tailer.read():
+            n += len(lines)
             for line in lines:
-                n += 1
                 try:
                     rec = parse(line)
                 except ParseError as e:
                     self.stats.parse_error(e.reason)
                     continue
                 observe(rec)
-                if enricher is not None:
-                    enricher.write(rec)
+                if write is not None:
+                    write(rec)
         return n
 
     async def _tail_loop(self) -> None:

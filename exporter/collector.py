@@ -8,6 +8,7 @@ import math
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Callable, Iterator
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -19,6 +20,7 @@ from exporter.accesslog import FIELD_NAMES, LLMRecord
 from exporter.store import MetricsStore
 
 OTHER = "other"
+_CACHEABLE = (str, int, type(None))  # label values whose equality means the same label
 UNKNOWN = ""
 MAX_LABEL_CHARS = 128
 
@@ -71,6 +73,12 @@ class TokenCounters:
         self.duration: dict[str, _Hist] = {}
         self._seen: dict[str, set[str]] = {d: set() for d in self.dimensions}
         self.overflow: dict[str, int] = {}
+        # dimension values (the model alone, or a tuple) -> (label key, code -> requests key);
+        # a field's values keep one type (the parser's converters see to it), so equal
+        # values mean equal labels
+        self._keys: dict[object, tuple[tuple[str, ...], dict]] = {}
+        self._model_only = self.dimensions == ("model",)
+        self._values = attrgetter(*self.dimensions) if len(self.dimensions) > 1 else None
 
     def _capped(self, dim: str, value: object) -> str:
         v = clean_label(value)
@@ -83,23 +91,61 @@ class TokenCounters:
         seen.add(v)
         return v
 
+    def _entry(self, raw: object, values: tuple) -> tuple[tuple[str, ...], dict]:
+        """(label key, response_code -> requests key) for a record's dimension values;
+        remembered only when no value was folded into `other` (each such record counts
+        toward the overflow) and every value is a str, int or None (equal means same
+        label)."""
+        key = tuple(self._capped(d, v) for d, v in zip(self.dimensions, values))
+        entry: tuple[tuple[str, ...], dict] = (key, {})
+        if (len(self._keys) < self.max_values * 4
+                and all(type(v) in _CACHEABLE for v in values)
+                and all(clean_label(v) in self._seen[d]  # folded values never are
+                        for d, v in zip(self.dimensions, values))):
+            self._keys[raw] = entry
+        return entry
+
     def observe(self, rec: LLMRecord) -> bool:
         """Count one record; False (and nothing counted) when it carries no model."""
-        if not rec.model:
+        model = rec.model
+        if not model:
             return False
-        key = tuple(self._capped(d, getattr(rec, d)) for d in self.dimensions)
-        model = key[0]
-        if rec.prompt_tokens is not None:
-            self.prompt[key] = self.prompt.get(key, 0.0) + rec.prompt_tokens
-        if rec.completion_tokens is not None:
-            self.completion[key] = self.completion.get(key, 0.0) + rec.completion_tokens
-        code = "" if rec.response_code is None else str(rec.response_code)
-        rk = (model, code)
-        self.requests[rk] = self.requests.get(rk, 0.0) + 1
-        if rec.ttft_ms is not None:
-            hist_in(self.ttft, model, m.TTFT.buckets).observe(rec.ttft_ms / 1000)
-        if rec.duration_ms is not None:
-            hist_in(self.duration, model, m.DURATION.buckets).observe(rec.duration_ms / 1000)
+        if self._model_only:
+            entry = self._keys.get(model)
+            if entry is None:
+                entry = self._entry(model, (model,))
+        else:
+            raw = self._values(rec)
+            entry = self._keys.get(raw)
+            if entry is None:
+                entry = self._entry(raw, raw)
+        key, codes = entry
+        p = rec.prompt_tokens
+        if p is not None:
+            prompt = self.prompt
+            prompt[key] = prompt.get(key, 0.0) + p
+        c = rec.completion_tokens
+        if c is not None:
+            completion = self.completion
+            completion[key] = completion.get(key, 0.0) + c
+        code = rec.response_code
+        rk = codes.get(code)
+        if rk is None:
+            rk = codes[code] = (key[0], "" if code is None else str(code))
+        requests = self.requests
+        requests[rk] = requests.get(rk, 0.0) + 1
+        t = rec.ttft_ms
+        if t is not None:
+            h = self.ttft.get(key[0]) or hist_in(self.ttft, key[0], m.TTFT.buckets)
+            x = t / 1000
+            h.counts[bisect_left(h.buckets, x)] += 1
+            h.sum += x
+        d = rec.duration_ms
+        if d is not None:
+            h = self.duration.get(key[0]) or hist_in(self.duration, key[0], m.DURATION.buckets)
+            x = d / 1000
+            h.counts[bisect_left(h.buckets, x)] += 1
+            h.sum += x
         return True
 
     # ---- checkpoint --------------------------------------------------------------------
@@ -124,6 +170,7 @@ class TokenCounters:
         self.duration = {k: _Hist(m.DURATION.buckets, list(c), s)
                          for k, (c, s) in state["duration"].items()}
         self.overflow = dict(state.get("overflow", {}))
+        self._keys.clear()
         for key in [*self.prompt, *self.completion]:
             for d, v in zip(self.dimensions, key):
                 self._seen[d].add(v)

@@ -144,3 +144,60 @@ def test_enrich_fields_pod_resolution_and_no_secrets(tmp_path):
     text = path.read_text().lower()
     for secret in ("authorization", "api-key", "api_key", "cookie", "bearer"):
         assert secret not in text
+
+
+def test_observe_with_cached_keys_counts_what_the_plain_rules_count():
+    """Keys are remembered per dimension values; a reference that caps every label of
+    every record (the rules as written) must count the same, overflow included."""
+    import random
+
+    from exporter.collector import OTHER, clean_label
+
+    def reference(records, dims, cap):
+        seen = {d: set() for d in dims}
+        overflow, prompt, completion, requests, dur = {}, {}, {}, {}, {}
+
+        def capped(d, value):
+            v = clean_label(value)
+            if v in seen[d]:
+                return v
+            if len(seen[d]) >= cap:
+                overflow[d] = overflow.get(d, 0) + 1
+                return OTHER
+            seen[d].add(v)
+            return v
+
+        for r in records:
+            if not r.model:
+                continue
+            key = tuple(capped(d, getattr(r, d)) for d in dims)
+            if r.prompt_tokens is not None:
+                prompt[key] = prompt.get(key, 0.0) + r.prompt_tokens
+            if r.completion_tokens is not None:
+                completion[key] = completion.get(key, 0.0) + r.completion_tokens
+            rk = (key[0], "" if r.response_code is None else str(r.response_code))
+            requests[rk] = requests.get(rk, 0.0) + 1
+            if r.duration_ms is not None:
+                dur[key[0]] = dur.get(key[0], 0) + 1
+        return prompt, completion, requests, overflow, dur
+
+    rng = random.Random(7)
+    models = ["a", "b", "a\x00", "c\n", "", None, "other", "d", "e", "f"]
+    values = {"pool": ["p", None, "q\t", "r", "s"], "response_code": [200, 429, None, 503],
+              "stream": [True, False, None], "ttft_ms": [0.0, -0.0, 1.5, None]}
+    for dims in [("model",), ("model", "pool"), ("model", "response_code", "stream"),
+                 ("model", "ttft_ms")]:
+        for cap in (2, 3, 200):
+            records = [LLMRecord(model=rng.choice(models), prompt_tokens=rng.choice([1, None]),
+                                 completion_tokens=rng.choice([2, None]),
+                                 duration_ms=rng.choice([5.0, None]),
+                                 **{d: rng.choice(values[d]) for d in dims if d != "model"},
+                                 **({"response_code": rng.choice(values["response_code"])}
+                                    if "response_code" not in dims else {}))
+                       for _ in range(600)]
+            c = TokenCounters(dims, cap)
+            for r in records:
+                c.observe(r)
+            got = (c.prompt, c.completion, c.requests, c.overflow,
+                   {k: sum(h.counts) for k, h in c.duration.items()})
+            assert got == reference(records, c.dimensions, cap), (dims, cap)
