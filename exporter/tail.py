@@ -222,10 +222,13 @@ class Tailer:
                 eof = True
                 break
             total += len(data)
-            buf = f.partial + data if f.partial else data
-            parts = buf.split(b"\n")
+            parts = data.split(b"\n")
+            cr = b"\r" in data
+            if f.partial:  # only the first line is copied, not the whole chunk
+                cr = cr or b"\r" in f.partial
+                parts[0] = f.partial + parts[0]
             f.partial = parts.pop()
-            if b"\r" in buf:
+            if cr:
                 parts = [ln[:-1] if ln.endswith(b"\r") else ln for ln in parts]
             lines += parts
         f.offset = f.fh.tell() - len(f.partial)

@@ -214,3 +214,17 @@ def test_budget_is_shared_fairly_between_files(tmp_path):
                                                  str(tmp_path / "b.log")}
     got = [ln for b in batches for _, lines in b for ln in lines] + read_all(t)[0]
     assert sorted(got) == sorted(f"{n}{i:04d}".encode() for n in "ab" for i in range(1000))
+
+
+def test_crlf_lines_split_at_every_chunk_boundary(tmp_path):
+    log = tmp_path / "a.log"
+    with open(log, "wb") as f:
+        f.write(b"".join(f"l{i}\r\n".encode() for i in range(50)) + b"tail\r")
+    for chunk in (1, 2, 3, 5):
+        t = Tailer([str(log)], from_beginning=True, chunk_size=chunk, max_read_bytes=7)
+        assert read_all(t)[0] == [f"l{i}".encode() for i in range(50)]
+        with open(log, "ab") as f:
+            f.write(b"\n")
+        assert lines_of(t) == [b"tail"]
+        with open(log, "r+b") as f:
+            f.truncate(os.path.getsize(log) - 1)
