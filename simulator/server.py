@@ -118,6 +118,7 @@ class SimServer:
         self._task: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._t0 = 0.0
+        self._last_arrival = 0.0
         self.port = options.port
         self.url = ""
 
@@ -172,15 +173,24 @@ class SimServer:
 
     # ---- engine loop -------------------------------------------------------------------
     async def _loop(self) -> None:
+        """Steps run back to back on the engine's own clock: a step starts where the last
+        one ended (or at the newest arrival, or now after idling), and its tokens are
+        delivered once wall time reaches its end. So a late event loop (a busy host) delays
+        delivery but does not cost the simulated GPU capacity, as it would not on a GPU."""
+        t_engine = 0.0
         while True:
             if not self.engine.has_work():
                 self._wake.clear()
                 await self._wake.wait()
-            res = self.engine.step(self.vnow())
+                t_engine = max(t_engine, self.vnow())
+            start = max(t_engine, self._last_arrival)
+            res = self.engine.step(start)
             if res.duration <= 0 and not res.outputs:
+                t_engine = self.vnow()
                 await asyncio.sleep(0.001)
                 continue
-            await asyncio.sleep(self.to_wall(res.duration))
+            t_engine = start + res.duration
+            await asyncio.sleep(max(0.0, self.to_wall(t_engine - self.vnow())))
             self._deliver(res)
 
     def _deliver(self, res: StepResult) -> None:
@@ -295,6 +305,7 @@ class SimServer:
         live = _Live(sim, asyncio.Queue(), time.monotonic())
         self._live[rid] = live
         self.engine.add_request(sim, sim.arrival)
+        self._last_arrival = sim.arrival  # no step may start before a request it holds
         self.metrics.observe_arrival(sim)
         self._wake.set()
         created = int(time.time())
