@@ -1,6 +1,7 @@
 """Approximate prefix-cache index (as GIE's prefix scorer): the prompt cut into 64-character
 blocks, chained xxhash64 with the target model mixed into block 0; hash -> pods, with a
-per-pod LRU. A pod's score is the fraction of the prompt's leading blocks it has seen."""
+per-pod LRU. A pod's score is the prefill it would save, net of the prefill queued ahead of
+the request there beyond the least-loaded pod, as a fraction of the prompt."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ import xxhash
 BLOCK_CHARS = 64
 MAX_BLOCKS = 256
 LRU_PER_POD = 31_250
+#: Prompt tokens per index block, at about 4 characters per token (Llama-2's SentencePiece
+#: and OpenAI's rule of thumb; the balancer's own `prompt_tokens` estimate uses the same).
+TOKENS_PER_BLOCK = BLOCK_CHARS // 4
+
+
+def net_saved(matched_blocks: int, queue_excess: float, tokens_per_queued: float,
+              prompt_tokens: int) -> float:
+    """Prefix score in 0..1: prefill tokens the cached prefix saves (matched blocks x
+    TOKENS_PER_BLOCK) minus prefill tokens queued on this pod beyond the shortest queue
+    (`queue_excess` requests x `tokens_per_queued`), as a fraction of the prompt. So a
+    long cached prefix outweighs a short queue, and no prefix outweighs a long one."""
+    saved = matched_blocks * TOKENS_PER_BLOCK
+    net = saved - queue_excess * tokens_per_queued
+    return net / max(prompt_tokens, saved) if net > 0 else 0.0
 
 
 def block_hashes(model: str, prompt: str, block_chars: int = BLOCK_CHARS,

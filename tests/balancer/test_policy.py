@@ -202,3 +202,67 @@ def test_unknown_policy_lists_names():
 def test_policy_config_validates():
     with pytest.raises(Exception, match="kv_threshold"):
         PolicyConfig(kv_threshold=2)
+
+
+# ---- prefix saved vs queue cost; LoRA affinity vs queue (the tuned defaults) --------------
+def test_net_saved_formula():
+    from balancer.policy.prefix import TOKENS_PER_BLOCK, net_saved
+    assert TOKENS_PER_BLOCK == 16
+    assert net_saved(64, 0, 500, 1088) == pytest.approx(1024 / 1088)
+    assert net_saved(64, 2, 100, 1088) == pytest.approx((1024 - 200) / 1088)
+    assert net_saved(64, 11, 100, 1088) == 0.0  # the queue ahead costs more than it saves
+    assert net_saved(10, 0, 0, 100) == 1.0  # never above 1 when the estimate is short
+
+
+def _warm(policy: LLMPolicy, store: MetricsStore, prompt: str, n: int) -> int:
+    """Send `n` requests sharing `prompt`'s prefix; returns the pod they went to."""
+    first = idx(policy.pick(req(prompt=prompt + "q0"), store.snapshot(NOW)))
+    for i in range(1, n):
+        assert idx(policy.pick(req(prompt=prompt + f"q{i}"), store.snapshot(NOW))) == first
+    return first
+
+
+def test_cached_prefix_outweighs_one_more_queued_request():
+    """GIE's min-max queue score gives a pod with one queued request 0 while the others
+    get 1: with equal weights that cancelled the whole prefix (shared-prefix hit rate 0.61).
+    A long cached prefix now wins unless the queue ahead costs more prefill than it saves."""
+    prompt = "a system prompt shared by a group of requests, long enough to matter. " * 60
+    store = store_with(PodMetrics(), PodMetrics(), PodMetrics(), PodMetrics())
+    policy = LLMPolicy(seed=5)
+    home = _warm(policy, store, prompt, 12)
+    for k in range(4):
+        store.update(f"10.0.0.{k}:8000", PodMetrics(waiting=1 if k == home else 0), NOW)
+    pick = policy.pick(req(prompt=prompt + "next"), store.snapshot(NOW))
+    assert idx(pick) == home and pick.reason == "llm:prefix"
+    for k in range(4):
+        store.update(f"10.0.0.{k}:8000", PodMetrics(waiting=40 if k == home else 0), NOW)
+    pick = policy.pick(req(prompt=prompt + "later"), store.snapshot(NOW))
+    assert idx(pick) != home and pick.reason == "llm:load"
+
+
+def test_a_pod_seen_only_with_cold_prompts_needs_a_shorter_queue_for_its_prefix():
+    """Queued requests cost what their prompts left uncached: on a pod that just got a cold
+    long prompt, two queued requests already cost more than the prefix saves."""
+    prompt = "another shared system prompt, also long enough to be worth caching. " * 30
+    store = store_with(PodMetrics(), PodMetrics())
+    policy = LLMPolicy(seed=6)
+    home = idx(policy.pick(req(prompt=prompt + "q0"), store.snapshot(NOW)))
+    other = 1 - home
+    store.update(f"10.0.0.{home}:8000", PodMetrics(waiting=2), NOW)
+    store.update(f"10.0.0.{other}:8000", PodMetrics(waiting=0), NOW)
+    assert idx(policy.pick(req(prompt=prompt + "q1"), store.snapshot(NOW))) == other
+
+
+def test_lora_affinity_holds_against_a_short_queue_not_a_long_one():
+    running = PodMetrics(running_adapters=("sql-lora", "x"), max_lora=4)
+    free = PodMetrics(running_adapters=("x",), max_lora=4)
+    policy = LLMPolicy(seed=7)
+    s = store_with(PodMetrics(running_adapters=running.running_adapters, max_lora=4,
+                              waiting=1),
+                   PodMetrics(running_adapters=free.running_adapters, max_lora=4),
+                   PodMetrics(running_adapters=free.running_adapters, max_lora=4, waiting=4))
+    assert idx(policy.pick(req("sql-lora"), s.snapshot(NOW))) == 0
+    s = store_with(PodMetrics(running_adapters=running.running_adapters, max_lora=4,
+                              waiting=4),
+                   PodMetrics(running_adapters=free.running_adapters, max_lora=4))
+    assert idx(policy.pick(req("sql-lora"), s.snapshot(NOW))) == 1
