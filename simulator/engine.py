@@ -206,7 +206,9 @@ class Engine:
         self.running: list[SimRequest] = []
         self._by_id: dict[str, SimRequest] = {}
         self.warm_loras: OrderedDict[str, None] = OrderedDict()  # host-memory LRU
-        self.gpu_loras: set[str] = set()  # adapters loaded in GPU slots
+        # adapters loaded in GPU slots, least recently loaded first (a fixed eviction order:
+        # a set's order would follow string hashes and change with PYTHONHASHSEED)
+        self.gpu_loras: OrderedDict[str, None] = OrderedDict()
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.prefix_queries = 0
@@ -418,12 +420,13 @@ class Engine:
         self.warm_loras.move_to_end(adapter)
         while len(self.warm_loras) > self.config.max_cpu_loras:
             self.warm_loras.popitem(last=False)
-        self.gpu_loras.add(adapter)
+        self.gpu_loras[adapter] = None
+        self.gpu_loras.move_to_end(adapter)
         if len(self.gpu_loras) > self.config.max_loras:
             running = {r.adapter for r in self.running}
             for a in list(self.gpu_loras):
                 if a not in running and len(self.gpu_loras) > self.config.max_loras:
-                    self.gpu_loras.discard(a)
+                    del self.gpu_loras[a]
 
     # ---- finishing -----------------------------------------------------------------------
     def _check_finished(self, req: SimRequest) -> str | None:
@@ -483,7 +486,7 @@ class Engine:
         e._by_id = {r.request_id: r for r in e.running}
         e._by_id.update((r.request_id, r) for r in e.waiting)
         e.warm_loras = self.warm_loras.copy()
-        e.gpu_loras = set(self.gpu_loras)
+        e.gpu_loras = OrderedDict(self.gpu_loras)
         e.prompt_tokens, e.generation_tokens = self.prompt_tokens, self.generation_tokens
         e.prefix_queries, e.prefix_hits = self.prefix_queries, self.prefix_hits
         e.preemptions = self.preemptions
