@@ -5,6 +5,7 @@ discovery; and the one place a finished request's record goes."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 import logging
 import time
 
@@ -56,6 +57,18 @@ class BalancerCore:
         self.scraper = Scraper(self.store, interval=scrape_interval, timeout=scrape_timeout,
                                stats=self.exporter_stats)
         self._tasks: list[asyncio.Task] = []
+
+    @classmethod
+    def from_options(cls, discovery: Discovery, options: Any,
+                     store: MetricsStore | None = None) -> "BalancerCore":
+        """From the fields ProxyOptions and ExtProcOptions share."""
+        return cls(discovery, policy=options.policy, policy_config=options.policy_config,
+                   seed=options.seed, access_log=options.access_log,
+                   scrape_interval=options.scrape_interval,
+                   scrape_timeout=options.scrape_timeout, store=store,
+                   breaker_failures=options.breaker_failures,
+                   breaker_cooldown=options.breaker_cooldown,
+                   max_label_values=options.max_label_values)
 
     def apply(self, view: ClusterView) -> None:
         """A new membership: pods into the store, resources into the router."""

@@ -454,14 +454,7 @@ class ExtProcServer:
     def __init__(self, discovery: Discovery, options: ExtProcOptions,
                  store: MetricsStore | None = None) -> None:
         self.options = options
-        self.core = BalancerCore(discovery, policy=options.policy,
-                                 policy_config=options.policy_config, seed=options.seed,
-                                 access_log=options.access_log,
-                                 scrape_interval=options.scrape_interval,
-                                 scrape_timeout=options.scrape_timeout, store=store,
-                                 breaker_failures=options.breaker_failures,
-                                 breaker_cooldown=options.breaker_cooldown,
-                                 max_label_values=options.max_label_values)
+        self.core = BalancerCore.from_options(discovery, options, store)
         self.picker = Picker(self.core, options)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None

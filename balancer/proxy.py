@@ -95,14 +95,7 @@ class BalancerApp:
                  store: MetricsStore | None = None) -> None:
         self.options = options
         self.discovery = discovery
-        self.core = BalancerCore(discovery, policy=options.policy,
-                                 policy_config=options.policy_config, seed=options.seed,
-                                 access_log=options.access_log,
-                                 scrape_interval=options.scrape_interval,
-                                 scrape_timeout=options.scrape_timeout, store=store,
-                                 breaker_failures=options.breaker_failures,
-                                 breaker_cooldown=options.breaker_cooldown,
-                                 max_label_values=options.max_label_values)
+        self.core = BalancerCore.from_options(discovery, options, store)
         core = self.core
         self.store, self.policy, self.router = core.store, core.policy, core.router
         self.stats, self.exporter_stats, self.counters = core.stats, core.exporter_stats, \

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from bench.workloads import BASE_MODEL, CHARS_PER_TOKEN, filler_text
+
 if TYPE_CHECKING:
     from exporter.store import PodMetrics
 
-BASE_MODEL = "meta-llama/Llama-2-7b-hf"
 POOL = "vllm-llama2-7b-pool"
 POOL_LABELS = {"app": POOL}
 HOST = "test.com"  # the seed LLMRoute's host
@@ -48,22 +49,8 @@ SEED_FILES = ("inferencepool.yaml", "inferencemodel.yaml", "llmroute.yaml")
 ADAPTER_SHARE = 0.7  # pick-latency workload: share of requests for a LoRA adapter
 PICK_GOAL_P50_US, PICK_GOAL_P99_US = 50.0, 200.0
 ADDED_P50_GOAL_MS, RPS_GOAL_RATIO = 1.0, 0.60
-WORDS = ("the", "service", "request", "answer", "model", "cache", "token", "pool", "route",
-         "latency", "summary", "report", "customer", "order", "table", "query", "window",
-         "account", "region", "quarter", "plan", "risk", "step", "policy", "user", "data")
-
 
 # ---- workload ------------------------------------------------------------------------------
-
-def _words(rng: random.Random, chars: int) -> str:
-    out: list[str] = []
-    n = 0
-    while n < chars:
-        w = rng.choice(WORDS)
-        out.append(w)
-        n += len(w) + 1
-    return " ".join(out)
-
 
 class Prompts:
     """Prompts of about 1-2 KB: one of a few shared system prompts (~1 KB, so requests share
@@ -72,12 +59,13 @@ class Prompts:
     def __init__(self, rng: random.Random, systems: int = 12) -> None:
         self.rng = rng
         self.systems = [f"System prompt {i}: you are a careful assistant. "
-                        + _words(rng, rng.randint(800, 1100)) + "\n" for i in range(systems)]
+                        + filler_text(rng, rng.randint(800, 1100) // CHARS_PER_TOKEN) + "\n"
+                        for i in range(systems)]
 
     def next(self) -> str:
         r = self.rng
         return (r.choice(self.systems) + f"User #{r.randrange(10**9)}: "
-                + _words(r, r.randint(100, 900)) + "\nAssistant:")
+                + filler_text(r, r.randint(100, 900) // CHARS_PER_TOKEN) + "\nAssistant:")
 
 
 def models_yaml() -> str:

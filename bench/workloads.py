@@ -47,7 +47,7 @@ def _lognormal(rng: random.Random, mean: float, sigma: float, lo: int, hi: int) 
     return max(lo, min(hi, int(rng.lognormvariate(mu, sigma))))
 
 
-def _text(rng: random.Random, tokens: int) -> str:
+def filler_text(rng: random.Random, tokens: int) -> str:
     """Random text of exactly `tokens * CHARS_PER_TOKEN` characters."""
     n = tokens * CHARS_PER_TOKEN
     words: list[str] = []
@@ -82,7 +82,7 @@ def seed_lora(rate: float, duration: float, seed: int = 1, *,
             rng.choices(SEED_ADAPTERS, weights)[0]
         p = _lognormal(rng, SHAREGPT_PROMPT_MEAN, 1.0, 4, 1536)
         o = _lognormal(rng, SHAREGPT_OUTPUT_MEAN, 0.8, 4, 1024)
-        out.append(WorkloadRequest(i, t, model, _text(rng, p), max_tokens=o, output_len=o,
+        out.append(WorkloadRequest(i, t, model, filler_text(rng, p), max_tokens=o, output_len=o,
                                    group=model))
     return out
 
@@ -95,14 +95,14 @@ def shared_prefix(rate: float, duration: float, seed: int = 1, *, groups: int = 
     Groups are equally popular; each pod's KV cache holds only part of all the prefixes,
     so where a request lands decides whether its prefix is a cache hit."""
     rng = random.Random(seed)
-    prefixes = [f"[system {g:02d}] " + _text(rng, system_prompt_tokens)
+    prefixes = [f"[system {g:02d}] " + filler_text(rng, system_prompt_tokens)
                 for g in range(groups)]
     # keep prefixes a whole number of tokens so that prefix ids are a prefix of prompt ids
     prefixes = [p[: len(p) // CHARS_PER_TOKEN * CHARS_PER_TOKEN] for p in prefixes]
     out: list[WorkloadRequest] = []
     for i, t in enumerate(_arrivals(rate, duration, rng)):
         g = rng.randrange(groups)
-        prompt = prefixes[g] + _text(rng, question_tokens)
+        prompt = prefixes[g] + filler_text(rng, question_tokens)
         out.append(WorkloadRequest(i, t, BASE_MODEL, prompt, max_tokens=output_tokens,
                                    output_len=output_tokens, group=f"prefix-{g:02d}"))
     return out
