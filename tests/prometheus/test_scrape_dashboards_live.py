@@ -182,9 +182,12 @@ def test_relabel_scrape_rules_and_every_dashboard_query(prom: PrometheusServer) 
     assert not empty, f"recording rules without data: {empty}"
     kv = prom.query('pool:vllm_kv_cache_usage_perc:max{pool="pool-a"}')
     assert float(kv[0]["value"][1]) == 0.5
-    ttft = {s["metric"]["pool"]: float(s["value"][1]) for s in prom.query(
+    # both pools once the rule has evaluated over scrapes of both (a loaded machine may
+    # scrape one pod a round later than the other)
+    ttft = {s["metric"]["pool"]: float(s["value"][1]) for s in prom.wait_for(
         'pool_quantile:vllm_time_to_first_token_seconds:histogram_quantile_rate5m'
-        '{quantile="0.5"}')}
+        '{quantile="0.5"}',
+        predicate=lambda r: {"pool-a", "pool-b"} <= {x["metric"]["pool"] for x in r})}
     assert ttft["pool-a"] < ttft["pool-b"]  # pool-b's pages observe a slower TTFT
 
 
