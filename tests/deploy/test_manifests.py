@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import aiohttp
+import jsonschema
 import pytest
 import yaml
 
@@ -364,14 +365,12 @@ REJECTED = [
 
 @pytest.mark.parametrize("doc", SEED_CRS + [V1_POOL], ids=lambda d: f"{d['kind']}-{d['apiVersion']}")
 def test_the_crd_schemas_and_the_parser_accept_the_same_objects(doc: dict) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(doc, schema_for(doc["apiVersion"], doc["kind"]))
     assert parse_resource(doc) is not None
 
 
 @pytest.mark.parametrize("doc", REJECTED, ids=["criticality", "port", "no-ports", "no-rules"])
 def test_the_crd_schemas_and_the_parser_reject_the_same_objects(doc: dict) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     assert [d["kind"] for d in SEED_CRS] == ["InferenceModel", "InferencePool", "LLMRoute"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema_for(doc["apiVersion"], doc["kind"]))
