@@ -118,9 +118,15 @@ def test_terminating_pods_are_not_routable_and_ipv6_is_bracketed() -> None:
 
 
 # ---- discovery --------------------------------------------------------------------------
-async def test_initial_list_builds_the_view_from_the_seed_and_ready_pods(fake) -> None:
+
+def apply_seed(fake) -> None:
+    """The seed's InferencePool, InferenceModel and LLMRoute, as a cluster would hold them."""
     for obj in seed_objects():
         fake.apply(obj)
+
+
+async def test_initial_list_builds_the_view_from_the_seed_and_ready_pods(fake) -> None:
+    apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     fake.apply(pod("vllm-1", "10.0.0.2", APP, ready=False))
     fake.apply(pod("vllm-2", None, APP, phase="Pending"))
@@ -146,8 +152,7 @@ async def test_initial_list_builds_the_view_from_the_seed_and_ready_pods(fake) -
 
 
 async def test_pods_joining_and_leaving_change_membership(fake) -> None:
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     fake.apply(pod("vllm-1", "10.0.0.2", APP, ready=False))
     d = discovery_for(fake)
@@ -172,8 +177,7 @@ async def test_pods_joining_and_leaving_change_membership(fake) -> None:
 
 
 async def test_resource_changes_and_an_invalid_object(fake, caplog) -> None:
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     d = discovery_for(fake)
     d.view()
@@ -199,8 +203,7 @@ async def test_resource_changes_and_an_invalid_object(fake, caplog) -> None:
 
 
 async def test_expired_watch_relists_and_converges(fake) -> None:
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     fake.apply(pod("vllm-1", "10.0.0.2", APP))
     d = discovery_for(fake)
@@ -222,8 +225,7 @@ async def test_expired_watch_relists_and_converges(fake) -> None:
 
 
 async def test_a_watch_from_a_compacted_version_gets_410_and_relists(fake) -> None:
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     d = discovery_for(fake)
     d.view()  # lists at version N...
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
@@ -235,8 +237,7 @@ async def test_a_watch_from_a_compacted_version_gets_410_and_relists(fake) -> No
 
 async def test_api_server_gone_keeps_the_last_view_and_says_so(fake, caplog) -> None:
     caplog.set_level(logging.INFO, logger="balancer.kube")
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     d = discovery_for(fake)
     d.view()
@@ -265,8 +266,7 @@ async def test_unreachable_at_start_gives_an_empty_view_then_catches_up(fake) ->
     d = discovery_for(fake)
     view = await asyncio.to_thread(d.view)
     assert view.pods == [] and not view.resources.pools and not d.api_up
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     async with Running(d) as r:
         fake.come_back()
@@ -319,8 +319,7 @@ async def test_a_crd_that_is_not_installed_is_empty_not_an_outage(caplog) -> Non
 async def test_the_proxy_exposes_discovery_health(fake) -> None:
     from balancer.proxy import BalancerApp, ProxyOptions
 
-    for obj in seed_objects():
-        fake.apply(obj)
+    apply_seed(fake)
     app = BalancerApp(discovery_for(fake), ProxyOptions())
     assert "llmtraffic_discovery_api_up 1.0" in generate_latest(app.registry).decode()
 

@@ -253,11 +253,7 @@ def test_client_disconnect_mid_stream_frees_kv():
     import http.client
     with run_fleet_in_thread(1, time_scale=5) as fleet:
         server = fleet.servers[0]
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", "/v1/completions", body=json.dumps({
-            "model": BASE, "prompt": "x " * 400, "max_tokens": 2000, "stream": True,
-            "ignore_eos": True}), headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
+        conn, resp = start_long_stream(server)
         for _ in range(3):
             resp.readline()
         assert server.engine.stats().kv_usage > 0
@@ -288,11 +284,7 @@ def test_write_to_a_vanished_client_is_quiet_and_frees_kv(monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     with run_fleet_in_thread(1, time_scale=5) as fleet:
         server = fleet.servers[0]
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", "/v1/completions", body=json.dumps({
-            "model": BASE, "prompt": "x " * 400, "max_tokens": 2000, "stream": True,
-            "ignore_eos": True}), headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
+        conn, resp = start_long_stream(server)
         with pytest.raises((http.client.IncompleteRead, ConnectionError)):
             resp.read()  # the stream ends at the cut
         conn.close()
@@ -340,3 +332,14 @@ def assert_aborted_and_freed(server) -> None:
     st = server.engine.stats()
     assert st.kv_usage == 0 and st.num_running == 0
     assert st.finished.get("abort") == 1
+
+
+def start_long_stream(server):
+    """A streaming request of 2,000 tokens over a plain socket the test can cut."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("POST", "/v1/completions", body=json.dumps({
+        "model": BASE, "prompt": "x " * 400, "max_tokens": 2000, "stream": True,
+        "ignore_eos": True}), headers={"Content-Type": "application/json"})
+    return conn, conn.getresponse()
