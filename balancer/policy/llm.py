@@ -15,7 +15,7 @@ from balancer.policy.prefix import (LRU_PER_POD, TOKENS_PER_BLOCK, PrefixIndex, 
                                     net_saved)
 from balancer.policy.queue import queue_scores
 from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
-from exporter.store import Snapshot
+from exporter.store import PodState, Snapshot
 
 
 #: Weight of the newest request in a pod's moving average of uncached prompt tokens.
@@ -56,8 +56,16 @@ class PolicyConfig(BaseModel):
                                    "this on some fresh pod means not saturated (GIE: 5)")
     kv_threshold: float = Field(0.8, ge=0, le=1, description="saturation: KV usage at or "
                                 "below this on some fresh pod (GIE: 0.8)")
-    prefix_lru_per_pod: int = Field(LRU_PER_POD, gt=0, description="prefix index entries "
-                                     "per pod (GIE: 31,250)")
+    prefix_lru_per_pod: int = Field(LRU_PER_POD, gt=0, description="most prefix index "
+                                     "entries per pod (GIE: 31,250)")
+    prefix_capacity_factor: float = Field(
+        2.0, ge=0, description="size each pod's prefix index from its KV cache: this many "
+        "times the 64-character blocks its cache holds (num_gpu_blocks x block_size from "
+        "vllm:cache_config_info, at 16 tokens per index block), at most prefix_lru_per_pod. "
+        "A pod cannot hold more prefix than its cache, so a larger index only remembers "
+        "evicted prefixes (false hits) and grows the balancer's memory; the factor allows "
+        "for tokenizers denser than 4 characters per token. 0 = always prefix_lru_per_pod. "
+        "(A10 llama2-7b pod: 560 x 16 tokens -> 1,120 entries)")
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After on a shed 429")
     fallbacks: int = Field(2, ge=0, description="next-best pods returned for retries")
 
@@ -72,6 +80,15 @@ class LLMPolicy:
         # per pod: moving average of the uncached prompt tokens of the requests sent there
         # (the prefill work one more queued request stands for)
         self._uncached: dict[str, float] = {}
+
+    def index_limit(self, state: PodState) -> int:
+        """Prefix-index entries kept for this pod (see `prefix_capacity_factor`)."""
+        cfg, m = self.config, state.metrics
+        if m is None or cfg.prefix_capacity_factor <= 0 or m.num_gpu_blocks <= 0 \
+                or m.block_size <= 0:
+            return cfg.prefix_lru_per_pod
+        blocks = cfg.prefix_capacity_factor * m.num_gpu_blocks * m.block_size / TOKENS_PER_BLOCK
+        return max(1, min(cfg.prefix_lru_per_pod, int(blocks)))
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
         cfg = self.config
@@ -122,7 +139,7 @@ class LLMPolicy:
         else:
             best_reason = "load"
         if hashes:
-            self.prefix.add(top.address, hashes)
+            self.prefix.add(top.address, hashes, self.index_limit(top))
             u = max(0, request.prompt_tokens - matched.get(top.address, 0) * TOKENS_PER_BLOCK)
             old = self._uncached.get(top.address)
             self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)

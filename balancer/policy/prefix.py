@@ -73,11 +73,14 @@ class PrefixIndex:
             matched[p] = n
         return matched
 
-    def add(self, address: str, hashes: list[int]) -> None:
+    def add(self, address: str, hashes: list[int], limit: int | None = None) -> None:
+        """Record that `address` was sent these blocks. `limit` bounds this pod's entries
+        (default `lru_per_pod`); a pod whose limit shrank sheds its oldest entries here."""
         lru = self._lru.get(address)
         if lru is None:
             lru = self._lru[address] = OrderedDict()
-        pods_of, limit, seen = self._pods_of, self.lru_per_pod, lru.move_to_end
+        pods_of, seen = self._pods_of, lru.move_to_end
+        limit = self.lru_per_pod if limit is None else min(limit, self.lru_per_pod)
         for h in hashes:
             if h in lru:
                 seen(h)
@@ -88,7 +91,7 @@ class PrefixIndex:
                 pods_of[h] = {address}
             else:
                 holders.add(address)
-            if len(lru) > limit:
+            while len(lru) > limit:
                 old, _ = lru.popitem(last=False)
                 pods = pods_of.get(old)
                 if pods is not None:
@@ -104,6 +107,10 @@ class PrefixIndex:
                 pods.discard(address)
                 if not pods:
                     del self._pods_of[h]
+
+    def entries(self, address: str) -> int:
+        """How many blocks the index holds for one pod."""
+        return len(self._lru.get(address, ()))
 
     def __len__(self) -> int:
         return len(self._pods_of)

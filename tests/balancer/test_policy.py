@@ -78,6 +78,29 @@ def test_prefix_index_leading_match_and_lru():
     assert index.match(h) == {}
 
 
+def test_prefix_index_is_sized_from_each_pods_kv_cache():
+    """A pod cannot cache more prefix than its KV cache holds: its index keeps
+    factor x num_gpu_blocks x block_size / 16 entries, so the balancer's memory stays
+    bounded by the fleet rather than growing toward 31,250 entries per pod."""
+    small = PodMetrics(num_gpu_blocks=8, block_size=16)  # 128 tokens -> 16 entries at x2
+    store = store_with(small, PodMetrics())  # the second pod has no cache_config_info
+    policy = LLMPolicy(PolicyConfig(queue_weight=0, kv_weight=0), seed=1)
+    snap = store.snapshot(NOW)
+    assert policy.index_limit(snap.pods[0]) == 16
+    assert policy.index_limit(snap.pods[1]) == policy.config.prefix_lru_per_pod
+    assert LLMPolicy(PolicyConfig(prefix_capacity_factor=0)).index_limit(snap.pods[0]) \
+        == policy.config.prefix_lru_per_pod
+    for i in range(40):  # distinct 5-block prompts to every pod the policy picks
+        policy.pick(req(prompt=f"{i:04d}" * 16 * 5), snap)
+    assert 0 < policy.prefix.entries("10.0.0.0:8000") <= 16
+    # a limit that shrinks (the pod restarted smaller) sheds the oldest entries at once
+    index = PrefixIndex(lru_per_pod=100)
+    index.add("a", block_hashes("m", "z" * 64 * 50))
+    index.add("a", block_hashes("m", "w" * 64), limit=10)
+    assert index.entries("a") == 10
+    assert index.match(block_hashes("m", "w" * 64)) == {"a": 1}
+
+
 # ---- the llm policy ------------------------------------------------------------------------
 def test_llm_prefers_pod_with_adapter_loaded_then_free_slot():
     policy = LLMPolicy(seed=1)
