@@ -152,8 +152,62 @@ def plot(runs: Sequence[RoutingRun], path: str) -> None:
     plt.close(fig)
 
 
-def write_json(runs: Sequence[RoutingRun], path: str) -> None:
+def seed_summary(runs: Sequence[RoutingRun]) -> dict[str, dict[str, dict]]:
+    """Per workload and policy, over the runs' seeds: geometric means of TTFT p90 and p99,
+    and the geometric-mean ratio of p90 to `oracle`'s and to `round-robin`'s on the same
+    seed (when those policies ran), with the worst single-seed ratio to oracle."""
+    out: dict[str, dict[str, dict]] = {}
+    by_workload: dict[str, list[RoutingRun]] = {}
+    for run in runs:
+        by_workload.setdefault(run.workload, []).append(run)
+    for workload, group in by_workload.items():
+        table: dict[str, dict] = {}
+        for name in group[0].policies:
+            p90 = [r.policies[name]["ttft_p90_s"] for r in group]
+            row = {"seeds": [r.seed for r in group], "ttft_p90_s_gmean": _gmean(p90),
+                   "ttft_p99_s_gmean": _gmean([r.policies[name]["ttft_p99_s"]
+                                               for r in group])}
+            for ref in ("oracle", "round-robin"):
+                if ref in group[0].policies and ref != name:
+                    ratios = [r.policies[name]["ttft_p90_s"] / r.policies[ref]["ttft_p90_s"]
+                              for r in group]
+                    row[f"p90_vs_{ref}_gmean"] = _gmean(ratios)
+                    if ref == "oracle":
+                        row["p90_vs_oracle_worst"] = max(ratios)
+                        row["p90_vs_oracle_per_seed"] = ratios
+            table[name] = row
+        out[workload] = table
+    return out
+
+
+def _gmean(values: Sequence[float]) -> float:
+    ok = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(map(math.log, ok)) / len(ok)) if ok and len(ok) == len(values) \
+        else math.nan
+
+
+def format_seed_summary(summary: dict[str, dict[str, dict]]) -> str:
+    lines = []
+    for workload, table in summary.items():
+        seeds = ",".join(map(str, next(iter(table.values()))["seeds"]))
+        lines.append(f"workload={workload} over seeds {seeds} (geometric means)")
+        lines.append(f"{'policy':<16}{'ttft_p90_s':>12}{'ttft_p99_s':>12}"
+                     f"{'p90/oracle':>12}{'worst':>8}{'p90/rr':>9}")
+        for name, row in table.items():
+            def cell(key: str, width: int) -> str:
+                v = row.get(key)
+                return f"{v:>{width}.2f}" if v is not None else f"{'-':>{width}}"
+            lines.append(f"{name:<16}{row['ttft_p90_s_gmean']:>12.3f}"
+                         f"{row['ttft_p99_s_gmean']:>12.3f}{cell('p90_vs_oracle_gmean', 12)}"
+                         f"{cell('p90_vs_oracle_worst', 8)}{cell('p90_vs_round-robin_gmean', 9)}")
+    return "\n".join(lines)
+
+
+def write_json(runs: Sequence[RoutingRun], path: str,
+               summary: dict[str, dict[str, dict]] | None = None) -> None:
     data = runs[0].as_dict() if len(runs) == 1 else {"runs": [r.as_dict() for r in runs]}
+    if summary:
+        data["summary"] = summary
     with open(path, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")

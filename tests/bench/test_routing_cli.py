@@ -1,0 +1,60 @@
+"""`llmtraffic bench routing` from the command line: the JSON shape the issue names, and the
+multi-seed summary (geometric means and ratios computed from the per-seed runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from llmtraffic.cli import main
+
+KEYS = {"ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "e2e_p90_s", "queue_time_mean_s",
+        "throughput_tok_s", "completed", "shed", "failed", "kv_usage_mean",
+        "kv_usage_spread", "prefix_hit_rate"}
+
+
+def _run(tmp_path, *extra: str) -> dict:
+    out = tmp_path / "routing.json"
+    assert main(["bench", "routing", "--workload", "seed-lora", "--pods", "2",
+                 "--duration", "20", "--policies", "round-robin,llm,oracle",
+                 "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_single_seed_json_has_the_issue_shape(tmp_path, capsys):
+    data = _run(tmp_path, "--seed", "3")
+    assert data["workload"] == "seed-lora" and data["pods"] == 2 and data["seed"] == 3
+    assert data["capacity_rps"] > 0
+    assert set(data["policies"]) == {"round-robin", "llm", "oracle"}
+    for row in data["policies"].values():
+        assert KEYS <= set(row)
+        assert row["completed"] > 0
+    assert "summary" not in data
+    assert "over seeds" not in capsys.readouterr().out
+
+
+def test_several_seeds_end_with_geometric_means_and_ratios(tmp_path, capsys):
+    data = _run(tmp_path, "--seed", "1,2")
+    runs = data["runs"]
+    assert [r["seed"] for r in runs] == [1, 2]
+    llm = data["summary"]["seed-lora"]["llm"]
+    p90 = [r["policies"]["llm"]["ttft_p90_s"] for r in runs]
+    assert llm["seeds"] == [1, 2]
+    assert math.isclose(llm["ttft_p90_s_gmean"], math.sqrt(p90[0] * p90[1]))
+    ratios = [r["policies"]["llm"]["ttft_p90_s"] / r["policies"]["oracle"]["ttft_p90_s"]
+              for r in runs]
+    assert llm["p90_vs_oracle_per_seed"] == ratios
+    assert math.isclose(llm["p90_vs_oracle_gmean"], math.sqrt(ratios[0] * ratios[1]))
+    assert llm["p90_vs_oracle_worst"] == max(ratios)
+    assert "p90_vs_oracle_gmean" not in data["summary"]["seed-lora"]["oracle"]
+    assert "over seeds 1,2" in capsys.readouterr().out
+
+
+def test_bad_seed_list_is_a_usage_error(capsys):
+    try:
+        main(["bench", "routing", "--seed", "1,x"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("expected a usage error")
+    assert "expected a seed or a comma list" in capsys.readouterr().err
