@@ -15,7 +15,7 @@ import orjson
 
 from balancer.config import Model, Pool, Resources
 from balancer.policy.request import LLMRequest, Pick, Policy, Shed
-from exporter.store import MetricsStore, Snapshot
+from exporter.store import MetricsStore, PodState, Snapshot
 
 if TYPE_CHECKING:
     from balancer.breaker import CircuitBreaker
@@ -284,7 +284,7 @@ class Router:
             pods = self.breaker.mark(pods, snap.now)
         members = Snapshot(snap.now, pods)
         request = LLMRequest(model=name, target_model=target,
-                             adapter=None if target in _base_models(members) else target,
+                             adapter=None if _is_base_model(target, pods) else target,
                              prompt=text, prompt_tokens=len(text) // CHARS_PER_TOKEN + 1,
                              criticality=model.criticality, pool=pool.name)
         t0 = time.perf_counter()
@@ -304,6 +304,7 @@ class Router:
         return Decision(pool, model, request, pick, out, stream, wants_usage, took)
 
 
-def _base_models(snapshot: Snapshot) -> set[str]:
-    """Base model names the pods report (`model_name` labels); other targets are adapters."""
-    return {m for p in snapshot.pods if p.metrics is not None for m in p.metrics.models}
+def _is_base_model(target: str, pods: tuple[PodState, ...]) -> bool:
+    """Whether some pod reports `target` as its base model (`model_name` label); other
+    targets are adapters. Stops at the first pod that does."""
+    return any(target in m.models for p in pods if (m := p.metrics) is not None)

@@ -8,7 +8,7 @@ import random
 
 from pydantic import BaseModel, Field
 
-from balancer.policy.filters import healthy, ready, saturated
+from balancer.policy.filters import saturated, usable
 from balancer.policy.kvcache import kv_scores
 from balancer.policy.lora import lora_score, lora_scores
 from balancer.policy.prefix import (LRU_PER_POD, TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
@@ -92,7 +92,7 @@ class LLMPolicy:
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
         cfg = self.config
-        pods = healthy(ready(snapshot.pods))
+        pods = usable(snapshot.pods)
         if not pods:
             return no_endpoint(snapshot)
         if request.criticality == "Sheddable" and saturated(pods, cfg.queue_threshold,
@@ -115,24 +115,19 @@ class LLMPolicy:
             lw = cfg.lora_weight
             scores = [s + lw * x for s, x in zip(scores, lora_scores(pods, request.adapter))]
         prefix: dict[int, float] = {}  # pod index -> prefix score, for the matched pods
-        if matched:  # index the pods once, then visit only the few matched ones
+        if matched:  # visit only the few matched pods
             ntok, unc, floor = request.prompt_tokens, self._uncached, cfg.prefix_queue_tokens
-            where = {p.pod.address: i for i, p in enumerate(pods)}
-            for address, m in matched.items():
-                i = where.get(address)
-                if i is not None:
-                    x = net_saved(m, queues[i] - q_min, max(floor, unc.get(address, ntok)),
+            for i, p in enumerate(pods):
+                m = matched.get(p.pod.address)
+                if m is not None:
+                    x = net_saved(m, queues[i] - q_min, max(floor, unc.get(p.pod.address, ntok)),
                                   ntok)
                     if x > 0:
                         prefix[i] = x
                         scores[i] += cfg.prefix_weight * x
-        rand = self._rng.random  # one draw per pod, in pod order: the tie-break
-        ranked = zip(scores, [rand() for _ in pods], range(len(pods)))
-        k = 1 + cfg.fallbacks  # nlargest(k) = sorted(reverse=True)[:k], cheaper past ~20
-        scored = heapq.nlargest(k, ranked) if len(pods) > 20 else sorted(ranked,
-                                                                          reverse=True)[:k]
-        top = pods[scored[0][2]]
-        if scored[0][2] in prefix:
+        order = _ranked(scores, 1 + cfg.fallbacks, self._rng)
+        top = pods[order[0]]
+        if order[0] in prefix:
             best_reason = "prefix"
         elif request.adapter is not None and lora_score(top, request.adapter) >= 1.0:
             best_reason = "lora"
@@ -143,6 +138,21 @@ class LLMPolicy:
             u = max(0, request.prompt_tokens - matched.get(top.address, 0) * TOKENS_PER_BLOCK)
             old = self._uncached.get(top.address)
             self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)
-        return Pick(top.address,
-                    tuple(pods[i].address for _, _, i in scored[1:]),
+        return Pick(top.address, tuple(pods[i].address for i in order[1:]),
                     f"llm:{best_reason}")
+
+
+def _ranked(scores: list[float], k: int, rng: random.Random) -> list[int]:
+    """Indices of the `k` best scores, best first. The best is drawn uniformly among the
+    pods that tie for it (one draw, only on a tie); the rest follow by score, ties in pod
+    order. (Cheaper than ranking every pod with its own random key.)"""
+    best = max(scores)
+    tied = [i for i, s in enumerate(scores) if s == best]
+    if len(tied) > 1:
+        first = tied.pop(rng.randrange(len(tied)))
+        if len(tied) >= k - 1:
+            return [first, *tied[:k - 1]]
+        rest = heapq.nlargest(k, range(len(scores)), key=scores.__getitem__)
+        return [first, *[i for i in rest if i != first][:k - 1]]
+    return heapq.nlargest(k, range(len(scores)), key=scores.__getitem__) if len(scores) > k \
+        else sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
