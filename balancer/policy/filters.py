@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from exporter.store import PodState
 
 
@@ -24,8 +26,8 @@ def usable(pods: tuple[PodState, ...]) -> list[PodState]:
     return [p for p in pods if p.pod.ready and p.last_error is None] or ready(pods)
 
 
-def saturated(pods: list[PodState], queue_threshold: float, kv_threshold: float) -> bool:
+def saturated(fresh: np.ndarray, queues: np.ndarray, kv_usage: np.ndarray,
+              queue_threshold: float, kv_threshold: float) -> bool:
     """GIE's rule: saturated when no pod has fresh metrics with queue <= threshold and KV
-    usage <= threshold."""
-    return not any(p.fresh and p.queue <= queue_threshold and p.kv_usage <= kv_threshold
-                   for p in pods)
+    usage <= threshold (one array element per candidate pod)."""
+    return not (fresh & (queues <= queue_threshold) & (kv_usage <= kv_threshold)).any()

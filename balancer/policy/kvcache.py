@@ -6,7 +6,11 @@ from __future__ import annotations
 from exporter.store import PodState
 
 
+def kv_score(pod: PodState) -> float:
+    # 1 - min(1, max(0, usage)) without two builtin calls; NaN clamps to 0 as max does
+    u = pod.kv_usage
+    return 1.0 - (u if u <= 1.0 else 1.0) if u > 0.0 else 1.0
+
+
 def kv_scores(pods: list[PodState]) -> list[float]:
-    # 1 - min(1, max(0, usage)) without two builtin calls per pod; NaN clamps to 0 as max does
-    return [1.0 - (u if u <= 1.0 else 1.0) if u > 0.0 else 1.0
-            for u in [p.kv_usage for p in pods]]
+    return [kv_score(p) for p in pods]

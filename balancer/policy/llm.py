@@ -3,14 +3,14 @@ prefix affinity), then the highest score wins (seeded random tie-break)."""
 
 from __future__ import annotations
 
-import heapq
 import random
 
+import numpy as np
 from pydantic import BaseModel, Field
 
-from balancer.policy.filters import saturated, usable
-from balancer.policy.kvcache import kv_scores
-from balancer.policy.lora import lora_score, lora_scores
+from balancer.policy.columns import PodColumns
+from balancer.policy.filters import saturated
+from balancer.policy.lora import lora_score
 from balancer.policy.prefix import (LRU_PER_POD, TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
                                     net_saved)
 from balancer.policy.queue import queue_scores
@@ -80,6 +80,16 @@ class LLMPolicy:
         # per pod: moving average of the uncached prompt tokens of the requests sent there
         # (the prefill work one more queued request stands for)
         self._uncached: dict[str, float] = {}
+        self._columns = PodColumns()  # per-pod values kept from pick to pick
+
+    def remember(self, top: PodState, request: LLMRequest, hashes: list[int],
+                 matched_blocks: int) -> None:
+        """After a pick: the prefix index learns what `top` was sent, and its moving
+        average of uncached prompt tokens takes this request's."""
+        self.prefix.add(top.address, hashes, self.index_limit(top))
+        u = max(0, request.prompt_tokens - matched_blocks * TOKENS_PER_BLOCK)
+        old = self._uncached.get(top.address)
+        self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)
 
     def index_limit(self, state: PodState) -> int:
         """Prefix-index entries kept for this pod (see `prefix_capacity_factor`)."""
@@ -91,42 +101,50 @@ class LLMPolicy:
         return max(1, min(cfg.prefix_lru_per_pod, int(blocks)))
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
-        cfg = self.config
-        pods = usable(snapshot.pods)
-        if not pods:
+        cfg, cols = self.config, self._columns
+        cols.refresh(snapshot.pods)
+        # filters.usable: ready and healthy; every ready pod when none is healthy
+        where = cols.usable if cols.usable.any() else cols.ready
+        if not where.any():
             return no_endpoint(snapshot)
-        if request.criticality == "Sheddable" and saturated(pods, cfg.queue_threshold,
-                                                            cfg.kv_threshold):
+        sub = None if where.all() else np.flatnonzero(where)  # candidate -> column
+
+        def col(a: np.ndarray) -> np.ndarray:
+            return a if sub is None else a[sub]
+        queues = col(cols.queue)
+        if request.criticality == "Sheddable" and saturated(
+                col(cols.fresh), queues, col(cols.kv_usage), cfg.queue_threshold,
+                cfg.kv_threshold):
             return Shed(429, "pool saturated: no pod with queue <= "
                         f"{cfg.queue_threshold:g} and KV cache <= {cfg.kv_threshold:g}",
                         cfg.retry_after_s)
-        queues = [p.queue for p in pods]
-        q_scores = queue_scores(queues)
-        kv = kv_scores(pods)
+        # score = queue + KV (+ LoRA) (+ prefix), summed in that order
+        scores = cfg.queue_weight * queue_scores(queues) + cfg.kv_weight * col(cols.kv)
+        if request.adapter is not None:
+            scores = scores + cfg.lora_weight * col(cols.lora(request.adapter))
         hashes = block_hashes(request.adapter or request.target_model, request.prompt) \
             if cfg.prefix_weight > 0 else []
         matched = self.prefix.match(hashes) if hashes else {}
-        q_min = min(queues)
-        # score = queue + KV (+ LoRA) (+ prefix), summed in that order; one list per term
-        # rather than one Python loop doing all per pod (this runs for every pod per pick)
-        qw, kw = cfg.queue_weight, cfg.kv_weight
-        scores = [qw * q + kw * k for q, k in zip(q_scores, kv)]
-        if request.adapter is not None:
-            lw = cfg.lora_weight
-            scores = [s + lw * x for s, x in zip(scores, lora_scores(pods, request.adapter))]
-        prefix: dict[int, float] = {}  # pod index -> prefix score, for the matched pods
-        if matched:  # visit only the few matched pods
+        prefix: dict[int, float] = {}  # candidate -> prefix score, for the matched pods
+        if matched:  # Python floats here: numpy scalars cost more than they save
             ntok, unc, floor = request.prompt_tokens, self._uncached, cfg.prefix_queue_tokens
-            for i, p in enumerate(pods):
-                m = matched.get(p.pod.address)
-                if m is not None:
-                    x = net_saved(m, queues[i] - q_min, max(floor, unc.get(p.pod.address, ntok)),
-                                  ntok)
+            ql = queues.tolist()
+            q_min = min(ql)
+            pos = cols.index if sub is None else {
+                cols.states[c].pod.address: j for j, c in enumerate(sub.tolist())}
+            for address, m in matched.items():
+                j = pos.get(address)
+                if j is not None:
+                    x = net_saved(m, ql[j] - q_min, max(floor, unc.get(address, ntok)), ntok)
                     if x > 0:
-                        prefix[i] = x
-                        scores[i] += cfg.prefix_weight * x
+                        prefix[j] = x
+            if prefix:
+                at = np.fromiter(prefix, np.intp, len(prefix))
+                scores[at] += cfg.prefix_weight * np.fromiter(prefix.values(), np.float64,
+                                                              len(prefix))
         order = _ranked(scores, 1 + cfg.fallbacks, self._rng)
-        top = pods[order[0]]
+        states = cols.states if sub is None else [cols.states[c] for c in sub.tolist()]
+        top = states[order[0]]
         if order[0] in prefix:
             best_reason = "prefix"
         elif request.adapter is not None and lora_score(top, request.adapter) >= 1.0:
@@ -134,25 +152,18 @@ class LLMPolicy:
         else:
             best_reason = "load"
         if hashes:
-            self.prefix.add(top.address, hashes, self.index_limit(top))
-            u = max(0, request.prompt_tokens - matched.get(top.address, 0) * TOKENS_PER_BLOCK)
-            old = self._uncached.get(top.address)
-            self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)
-        return Pick(top.address, tuple(pods[i].address for i in order[1:]),
+            self.remember(top, request, hashes, matched.get(top.address, 0))
+        return Pick(top.address, tuple(states[i].address for i in order[1:]),
                     f"llm:{best_reason}")
 
 
-def _ranked(scores: list[float], k: int, rng: random.Random) -> list[int]:
+def _ranked(scores: np.ndarray, k: int, rng: random.Random) -> list[int]:
     """Indices of the `k` best scores, best first. The best is drawn uniformly among the
     pods that tie for it (one draw, only on a tie); the rest follow by score, ties in pod
-    order. (Cheaper than ranking every pod with its own random key.)"""
-    best = max(scores)
-    tied = [i for i, s in enumerate(scores) if s == best]
-    if len(tied) > 1:
-        first = tied.pop(rng.randrange(len(tied)))
-        if len(tied) >= k - 1:
-            return [first, *tied[:k - 1]]
-        rest = heapq.nlargest(k, range(len(scores)), key=scores.__getitem__)
-        return [first, *[i for i in rest if i != first][:k - 1]]
-    return heapq.nlargest(k, range(len(scores)), key=scores.__getitem__) if len(scores) > k \
-        else sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+    order."""
+    order = np.argsort(-scores, kind="stable")[:k + 1].tolist()
+    if len(order) > 1 and scores[order[1]] == scores[order[0]]:  # a tie for the best
+        tied = np.flatnonzero(scores == scores[order[0]])
+        first = int(tied[rng.randrange(len(tied))])
+        return [first, *[i for i in order if i != first][:k - 1]]
+    return order[:k]

@@ -9,18 +9,21 @@ RUNNING, FREE_SLOT, WAITING, NONE = 1.0, 0.8, 0.6, 0.0
 
 
 def lora_score(pod: PodState, adapter: str | None) -> float:
-    return lora_scores((pod,), adapter)[0]
-
-
-def lora_scores(pods: list[PodState] | tuple[PodState, ...],
-                adapter: str | None) -> list[float]:
-    """One score per pod, from the last known adapters, even when stale: they change
-    slowly. (One loop over the pods: the policy calls this for every pod on every pick.)"""
+    """From the last known adapters, even when stale: they change slowly."""
     if adapter is None:
-        return [1.0] * len(pods)
-    return [FREE_SLOT if (m := pod.metrics) is None
-            else RUNNING if adapter in m.running_adapters
-            else FREE_SLOT if m.max_lora <= 0 or len(m.running_adapters) < m.max_lora
-            else WAITING if adapter in m.waiting_adapters
-            else NONE
-            for pod in pods]
+        return 1.0
+    m = pod.metrics
+    if m is not None and adapter in m.running_adapters:
+        return RUNNING
+    base = slot_score(pod)
+    if base == NONE and m is not None and adapter in m.waiting_adapters:
+        return WAITING
+    return base
+
+
+def slot_score(pod: PodState) -> float:
+    """The score of an adapter neither running nor waiting there: FREE_SLOT when the pod
+    has a free adapter slot (or no metrics yet), else NONE."""
+    m = pod.metrics
+    return FREE_SLOT if m is None or m.max_lora <= 0 or len(m.running_adapters) < m.max_lora \
+        else NONE

@@ -91,13 +91,13 @@ class PrefixIndex:
                 pods_of[h] = {address}
             else:
                 holders.add(address)
-            while len(lru) > limit:
-                old, _ = lru.popitem(last=False)
-                pods = pods_of.get(old)
-                if pods is not None:
-                    pods.discard(address)
-                    if not pods:
-                        del pods_of[old]
+        for _ in range(len(lru) - limit):  # the least recently sent blocks go
+            old, _ = lru.popitem(last=False)
+            pods = pods_of.get(old)
+            if pods is not None:
+                pods.discard(address)
+                if not pods:
+                    del pods_of[old]
 
     def forget(self, address: str) -> None:
         """Drop a pod (it left the pool or restarted with an empty cache)."""

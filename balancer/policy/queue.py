@@ -5,10 +5,14 @@ q is `PodState.queue`: waiting requests plus those sent since the last scrape
 
 from __future__ import annotations
 
+from typing import Sequence
 
-def queue_scores(queues: list[float]) -> list[float]:
-    lo, hi = min(queues), max(queues)
+import numpy as np
+
+
+def queue_scores(queues: Sequence[float] | np.ndarray) -> np.ndarray:
+    q = np.asarray(queues, dtype=np.float64)
+    lo, hi = q.min(), q.max()
     if hi == lo:
-        return [1.0] * len(queues)
-    span = hi - lo
-    return [(hi - q) / span for q in queues]
+        return np.ones(len(q))
+    return (hi - q) / (hi - lo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from balancer.policy.filters import saturated
@@ -46,8 +47,8 @@ def idx(pick: Pick | Shed) -> int:
 
 # ---- scorer formulas -----------------------------------------------------------------------
 def test_queue_score_formula():
-    assert queue_scores([0, 5, 10]) == [1.0, 0.5, 0.0]
-    assert queue_scores([3, 3]) == [1.0, 1.0]
+    assert queue_scores([0, 5, 10]).tolist() == [1.0, 0.5, 0.0]
+    assert queue_scores([3, 3]).tolist() == [1.0, 1.0]
 
 
 def test_kv_score_formula():
@@ -176,7 +177,9 @@ def test_sheddable_is_shed_when_saturated_and_critical_never():
     ok = store_with(PodMetrics(waiting=9), PodMetrics(waiting=3, kv_usage=0.5))
     assert isinstance(policy.pick(req(crit="Sheddable"), ok.snapshot(NOW)), Pick)
     stale = store_with(PodMetrics(waiting=0), stale=(0,))
-    assert saturated(list(stale.snapshot(NOW).pods), 5, 0.8)
+    pods = stale.snapshot(NOW).pods
+    assert saturated(np.array([p.fresh for p in pods]), np.array([p.queue for p in pods]),
+                     np.array([p.kv_usage for p in pods]), 5, 0.8)
 
 
 def test_no_pods_is_503():
