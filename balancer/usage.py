@@ -5,7 +5,6 @@ picker: the routing fields of a decision, token usage from a JSON body or from S
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import orjson
@@ -14,8 +13,17 @@ from balancer.router import Decision
 from exporter.accesslog import LLMRecord
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as Envoy's %START_TIME% prints it: 2026-01-02T03:04:05.678Z."""
+    global _second
+    t = time.time()
+    s = int(t)
+    if s != _second[0]:
+        _second = (s, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)))
+    return f"{_second[1]}.{int((t - s) * 1000):03d}Z"
 
 
 def describe(rec: LLMRecord, d: Decision) -> None:

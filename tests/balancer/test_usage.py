@@ -1,0 +1,19 @@
+"""Small pieces of `balancer/usage.py` the access log depends on."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+from balancer.usage import now_iso
+
+
+def test_now_iso_is_envoys_start_time_format_and_current():
+    before = datetime.now(timezone.utc)
+    stamps = [now_iso() for _ in range(2000)]  # crosses whole seconds sometimes: reuse path
+    after = datetime.now(timezone.utc)
+    for s in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", s), s
+        t = datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        assert before - timedelta(milliseconds=1) <= t <= after
+    assert stamps == sorted(stamps)
