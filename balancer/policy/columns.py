@@ -5,6 +5,7 @@ with a few vector operations instead of a dozen Python passes."""
 
 from __future__ import annotations
 
+from itertools import compress
 from operator import is_not
 
 import numpy as np
@@ -26,7 +27,7 @@ class PodColumns:
         if len(old) != len(pods):
             self._rebuild(pods)
             return
-        changed = np.flatnonzero(np.fromiter(map(is_not, pods, old), bool, len(pods))).tolist()
+        changed = list(compress(range(len(pods)), map(is_not, pods, old)))
         if not changed:
             return
         if any(pods[k].pod.address != old[k].pod.address for k in changed):
@@ -68,6 +69,7 @@ class PodColumns:
         self.fresh = np.zeros(n, dtype=bool)
         self.ready = np.zeros(n, dtype=bool)
         self.usable = np.zeros(n, dtype=bool)  # ready and no error (filters.usable)
+        self.n_ready = self.n_usable = 0
         self.index: dict[str, int] = {p.pod.address: k for k, p in enumerate(pods)}
         self._running: dict[str, set[int]] = {}
         self._waiting: dict[str, set[int]] = {}
@@ -81,8 +83,10 @@ class PodColumns:
         self.kv_usage[k] = p.kv_usage
         self.slot[k] = slot_score(p)
         self.fresh[k] = p.fresh
-        self.ready[k] = p.pod.ready
-        self.usable[k] = p.pod.ready and p.last_error is None
+        ready, usable = p.pod.ready, p.pod.ready and p.last_error is None
+        self.n_ready += ready - bool(self.ready[k])
+        self.n_usable += usable - bool(self.usable[k])
+        self.ready[k], self.usable[k] = ready, usable
         m = p.metrics
         if m is not None:
             for a in m.running_adapters:

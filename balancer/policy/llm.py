@@ -104,10 +104,11 @@ class LLMPolicy:
         cfg, cols = self.config, self._columns
         cols.refresh(snapshot.pods)
         # filters.usable: ready and healthy; every ready pod when none is healthy
-        where = cols.usable if cols.usable.any() else cols.ready
-        if not where.any():
+        where, count = (cols.usable, cols.n_usable) if cols.n_usable else \
+            (cols.ready, cols.n_ready)
+        if not count:
             return no_endpoint(snapshot)
-        sub = None if where.all() else np.flatnonzero(where)  # candidate -> column
+        sub = None if count == len(where) else np.flatnonzero(where)  # candidate -> column
 
         def col(a: np.ndarray) -> np.ndarray:
             return a if sub is None else a[sub]

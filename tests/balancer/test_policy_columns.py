@@ -135,6 +135,8 @@ def test_vectorised_picks_equal_pod_by_pod_picks(size):
         req = request(rng)
         a, b = fast.pick(req, snap), slow.pick(req, snap)
         assert a == b, (k, a, b)
+        cols = fast._columns
+        assert (cols.n_usable, cols.n_ready) == (cols.usable.sum(), cols.ready.sum())
         if isinstance(a, Pick):
             store.acquire(a.address)
             reasons.add(a.reason)
