@@ -107,6 +107,8 @@ def alert_groups() -> list[dict[str, Any]]:
     ready = q.gauge(m.POOL_READY_PODS)
     errors = q.rate_sum(q.counter(m.PARSE_ERRORS), "", W, "job, instance")
     lines = q.rate_sum(q.counter(m.LINES_READ), "", W, "job, instance")
+    circuit_open = q.gauge(m.BALANCER_CIRCUIT_OPEN)
+    api_up = q.gauge(m.DISCOVERY_API_UP)
     alerts = [
         _alert("LLMKVCacheSaturated", f"{KV_AVG_BY_POOL} > {KV_SATURATED_RATIO}", "10m",
                "warning",
@@ -166,6 +168,29 @@ def alert_groups() -> list[dict[str, Any]]:
                f"For 5 minutes the balancer has refused more than {SHED_RATIO:.0%} of the "
                "pool's requests (429 for Sheddable traffic on a saturated pool, 503 with no "
                f"endpoint). Scale the pool out; see {q.counter(m.BALANCER_SHED)} by reason."),
+        _alert("LLMBalancerCircuitOpen", f"{circuit_open} == 1", "5m", "warning",
+               "Balancer keeps pod {{ $labels.pod }} (pool {{ $labels.pool }}) out: its "
+               "circuit has been open for 5 minutes",
+               "The balancer's circuit breaker opened on this pod after failed answers in a "
+               "row (5xx, failed connects, no response), and no probe request since (one per "
+               "--breaker-cooldown) has succeeded. Meanwhile the balancer sends the pod nothing "
+               "but those probes, so the pool serves with one pod fewer. Check the pod's logs "
+               "and what it answers (5xx, crash loop, out of memory, a wedged engine) and "
+               f"restart it if it does not recover; {q.counter(m.BALANCER_CIRCUIT_OPENS)} "
+               "counts how often it re-opened. 5 minutes spans many cooldowns, so a short "
+               "burst of errors that the breaker rides out by itself does not alert; on an "
+               "idle pool the circuit also stays half-open until a request comes to probe "
+               "with."),
+        _alert("LLMDiscoveryAPIDown", f"{api_up} == 0", "5m", "warning",
+               "Balancer {{ $labels.instance }} cannot reach the Kubernetes API",
+               "For 5 minutes the balancer's list/watch calls have not reached the API "
+               "server. It keeps routing on the last known pods and pools: that set is "
+               "frozen, so new pods get no traffic and removed ones are still picked (until "
+               "their circuit opens); if the API was never reached since start, it knows no "
+               "pods at all. Check the network path and DNS to the API server, the API server "
+               "itself, and the balancer ServiceAccount's RBAC (deploy/balancer/rbac.yaml); "
+               f"see {q.counter(m.DISCOVERY_ERRORS)} by resource and the balancer log. 5 "
+               "minutes rides out a control-plane restart or upgrade."),
     ]
     return [{"name": "llmtraffic.alerts", "rules": alerts}]
 
