@@ -242,6 +242,10 @@ class Router:
         self.clock = clock
         self.breaker = breaker  # pods it blocks reach the policy marked unhealthy
         self._rng = random.Random(seed)
+        # (pool, target) -> whether a pod there serves `target` as its base model; valid
+        # while membership and the pods' reported model names stay as they were
+        self._base: dict[tuple[str, str], bool] = {}
+        self._base_version = (-1, -1)
 
     def pool_for(self, host: str | None) -> Pool:
         pool = self.resources.pool_for_host(host)
@@ -284,7 +288,7 @@ class Router:
             pods = self.breaker.mark(pods, snap.now)
         members = Snapshot(snap.now, pods)
         request = LLMRequest(model=name, target_model=target,
-                             adapter=None if _is_base_model(target, pods) else target,
+                             adapter=None if self._is_base(pool.name, target, pods) else target,
                              prompt=text, prompt_tokens=len(text) // CHARS_PER_TOKEN + 1,
                              criticality=model.criticality, pool=pool.name)
         t0 = time.perf_counter()
@@ -302,6 +306,17 @@ class Router:
             opts["include_usage"] = True  # so tokens are counted; dropped again if not asked
             out["stream_options"] = opts
         return Decision(pool, model, request, pick, out, stream, wants_usage, took)
+
+
+    def _is_base(self, pool: str, target: str, pods: tuple[PodState, ...]) -> bool:
+        version = (self.store.generation, self.store.models_version)
+        if version != self._base_version:
+            self._base.clear()
+            self._base_version = version
+        known = self._base.get((pool, target))
+        if known is None:
+            known = self._base[pool, target] = _is_base_model(target, pods)
+        return known
 
 
 def _is_base_model(target: str, pods: tuple[PodState, ...]) -> bool:

@@ -3,6 +3,7 @@ and the balancer's in-flight counts. The exporter writes it; the balancer reads 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -104,15 +105,20 @@ class Snapshot:
 
     now: float
     pods: tuple[PodState, ...]
+    #: The pools the pods belong to, when the store knows (lets `in_pool` skip the scan
+    #: when every pod is in the one pool asked for).
+    pools: frozenset[str] | None = None
 
     def by_address(self) -> dict[str, PodState]:
         return {p.pod.address: p for p in self.pods}
 
     def in_pool(self, pool: str) -> tuple[PodState, ...]:
+        if self.pools is not None and len(self.pools) == 1 and pool in self.pools:
+            return self.pods
         return tuple([p for p in self.pods if p.pod.pool == pool])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: the store keeps a set of changed entries
 class _Entry:
     pod: Pod
     metrics: PodMetrics | None = None
@@ -122,6 +128,7 @@ class _Entry:
     inflight: int = 0
     sent_since_scrape: int = 0
     state: PodState | None = None  # the last PodState handed out; None once anything changed
+    slot: int = 0  # position in the store's list of states
 
 
 class MetricsStore:
@@ -135,6 +142,14 @@ class MetricsStore:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self.generation = 0  # bumped on every membership change
+        self.models_version = 0  # bumped when a pod's reported model names change
+        # what `snapshot` hands out, kept between calls: the states in membership order,
+        # the entries changed since (rebuilt then), and when some fresh pod turns stale
+        self._states: list[PodState | None] = []
+        self._dirty: set[_Entry] = set()
+        self._stale_at = math.inf
+        self._built_at = -math.inf  # `now` of the last rebuild (a clock going back redoes all)
+        self._pools: frozenset[str] = frozenset()
 
     # --- membership (discovery writes) ---------------------------------------------------
     def set_pods(self, pods: Iterable[Pod]) -> None:
@@ -151,6 +166,11 @@ class MetricsStore:
                     new[pod.address] = _Entry(pod)
             self._entries = new
             self.generation += 1
+            for k, e in enumerate(new.values()):
+                e.slot = k
+            self._states = [None] * len(new)
+            self._dirty = set(new.values())
+            self._pools = frozenset(e.pod.pool for e in new.values())
 
     def pods(self) -> list[Pod]:
         with self._lock:
@@ -167,11 +187,14 @@ class MetricsStore:
             e = self._entries.get(address)
             if e is None:
                 return
+            if e.metrics is None or e.metrics.models != metrics.models:
+                self.models_version += 1
             e.metrics = metrics
             e.scraped_at = now
             e.last_error = None
             e.sent_since_scrape = 0
             e.state = None
+            self._dirty.add(e)
 
     def mark_error(self, address: str, error: str, now: float) -> None:
         """Record a failed scrape: the pod keeps its last metrics but they age into staleness."""
@@ -182,6 +205,7 @@ class MetricsStore:
             e.last_error = error
             e.errors += 1
             e.state = None
+            self._dirty.add(e)
 
     def scrape_errors(self, address: str) -> int:
         e = self._entries.get(address)
@@ -196,6 +220,7 @@ class MetricsStore:
                 e.inflight += 1
                 e.sent_since_scrape += 1
                 e.state = None
+                self._dirty.add(e)
 
     def release(self, address: str) -> None:
         """A request to `address` finished (any outcome)."""
@@ -204,6 +229,7 @@ class MetricsStore:
             if e is not None and e.inflight > 0:
                 e.inflight -= 1
                 e.state = None
+                self._dirty.add(e)
 
     def inflight(self, address: str) -> int:
         e = self._entries.get(address)
@@ -211,20 +237,28 @@ class MetricsStore:
 
     # --- reading -------------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:
-        """Every pod's state at `now`. A pod whose entry has not changed since the last
-        snapshot, and whose freshness at `now` is the same, is handed out again as is."""
-        stale_after = self.stale_after
-        states = []
+        """Every pod's state at `now`. Only entries changed since the last snapshot are
+        rebuilt (all of them once some pod's metrics may have turned stale); the others
+        are handed out again as the same objects."""
         with self._lock:
-            for e in self._entries.values():
-                fresh = (e.metrics is not None and e.scraped_at is not None
-                         and e.last_error is None and now - e.scraped_at <= stale_after)
-                st = e.state
-                if st is None or st.fresh is not fresh:
-                    st = e.state = PodState(e.pod, e.metrics, e.scraped_at, e.last_error,
-                                            e.inflight, e.sent_since_scrape, fresh)
-                states.append(st)
-        return Snapshot(now, tuple(states))
-
+            stale_after, states = self.stale_after, self._states
+            if now >= self._stale_at or now < self._built_at:
+                self._dirty.update(self._entries.values())
+                self._stale_at = math.inf  # recomputed exactly from every entry below
+            if self._dirty:
+                stale_at = self._stale_at
+                for e in self._dirty:
+                    fresh = (e.metrics is not None and e.scraped_at is not None
+                             and e.last_error is None and now - e.scraped_at <= stale_after)
+                    st = e.state
+                    if st is None or st.fresh is not fresh:
+                        st = e.state = PodState(e.pod, e.metrics, e.scraped_at, e.last_error,
+                                                e.inflight, e.sent_since_scrape, fresh)
+                    if fresh:  # an early bound when a pod was re-scraped: only costs a rescan
+                        stale_at = min(stale_at, e.scraped_at + stale_after)  # type: ignore
+                    states[e.slot] = st
+                self._dirty.clear()
+                self._stale_at, self._built_at = stale_at, now
+            return Snapshot(now, tuple(states), self._pools)  # type: ignore[arg-type]
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})

@@ -10,6 +10,11 @@ from typing import Sequence
 import numpy as np
 
 
+def queue_score(q: float, lo: float, hi: float) -> float:
+    """One pod's score, given the candidates' least and greatest queue."""
+    return 1.0 if hi == lo else (hi - q) / (hi - lo)
+
+
 def queue_scores(queues: Sequence[float] | np.ndarray) -> np.ndarray:
     q = np.asarray(queues, dtype=np.float64)
     lo, hi = q.min(), q.max()

@@ -12,7 +12,7 @@ from balancer.policy.filters import saturated
 from balancer.policy.kvcache import kv_scores
 from balancer.policy.llm import LLMPolicy, PolicyConfig
 from balancer.policy.lora import lora_score
-from balancer.policy.prefix import PrefixIndex, block_hashes
+from balancer.policy.prefix import BLOCK_CHARS, PrefixIndex, block_hashes
 from balancer.policy.queue import queue_scores
 from balancer.policy.registry import make_policy
 from balancer.policy.request import LLMRequest, Pick, Shed
@@ -66,14 +66,14 @@ def test_lora_score_order():
 
 
 def test_prefix_index_leading_match_and_lru():
-    h = block_hashes("m", "x" * 64 * 5)
+    h = block_hashes("m", "x" * BLOCK_CHARS * 5)
     assert len(h) == 5
-    assert block_hashes("other", "x" * 64 * 5)[0] != h[0]  # model mixed into block 0
+    assert block_hashes("other", "x" * BLOCK_CHARS * 5)[0] != h[0]  # model mixed into block 0
     index = PrefixIndex(lru_per_pod=8)
     index.add("a", h[:3])
     index.add("b", h)
     assert index.match(h) == {"a": 3, "b": 5}
-    index.add("a", block_hashes("m", "y" * 64 * 8))  # pushes a's old entries out
+    index.add("a", block_hashes("m", "y" * BLOCK_CHARS * 8))  # pushes a's old entries out
     assert index.match(h) == {"b": 5}
     index.forget("b")
     assert index.match(h) == {}
@@ -83,7 +83,7 @@ def test_prefix_index_is_sized_from_each_pods_kv_cache():
     """A pod cannot cache more prefix than its KV cache holds: its index keeps
     factor x num_gpu_blocks x block_size / 16 entries, so the balancer's memory stays
     bounded by the fleet rather than growing toward 31,250 entries per pod."""
-    small = PodMetrics(num_gpu_blocks=8, block_size=16)  # 128 tokens -> 16 entries at x2
+    small = PodMetrics(num_gpu_blocks=16, block_size=16)  # 256 tokens -> 16 entries at x2
     store = store_with(small, PodMetrics())  # the second pod has no cache_config_info
     policy = LLMPolicy(PolicyConfig(queue_weight=0, kv_weight=0), seed=1)
     snap = store.snapshot(NOW)
@@ -92,14 +92,14 @@ def test_prefix_index_is_sized_from_each_pods_kv_cache():
     assert LLMPolicy(PolicyConfig(prefix_capacity_factor=0)).index_limit(snap.pods[0]) \
         == policy.config.prefix_lru_per_pod
     for i in range(40):  # distinct 5-block prompts to every pod the policy picks
-        policy.pick(req(prompt=f"{i:04d}" * 16 * 5), snap)
+        policy.pick(req(prompt=f"{i:04d}" * (BLOCK_CHARS // 4) * 5), snap)
     assert 0 < policy.prefix.entries("10.0.0.0:8000") <= 16
     # a limit that shrinks (the pod restarted smaller) sheds the oldest entries at once
     index = PrefixIndex(lru_per_pod=100)
-    index.add("a", block_hashes("m", "z" * 64 * 50))
-    index.add("a", block_hashes("m", "w" * 64), limit=10)
+    index.add("a", block_hashes("m", "z" * BLOCK_CHARS * 50))
+    index.add("a", block_hashes("m", "w" * BLOCK_CHARS), limit=10)
     assert index.entries("a") == 10
-    assert index.match(block_hashes("m", "w" * 64)) == {"a": 1}
+    assert index.match(block_hashes("m", "w" * BLOCK_CHARS)) == {"a": 1}
 
 
 # ---- the llm policy ------------------------------------------------------------------------
@@ -233,10 +233,10 @@ def test_policy_config_validates():
 # ---- prefix saved vs queue cost; LoRA affinity vs queue (the tuned defaults) --------------
 def test_net_saved_formula():
     from balancer.policy.prefix import TOKENS_PER_BLOCK, net_saved
-    assert TOKENS_PER_BLOCK == 16
-    assert net_saved(64, 0, 500, 1088) == pytest.approx(1024 / 1088)
-    assert net_saved(64, 2, 100, 1088) == pytest.approx((1024 - 200) / 1088)
-    assert net_saved(64, 11, 100, 1088) == 0.0  # the queue ahead costs more than it saves
+    assert TOKENS_PER_BLOCK == 32  # 128-character blocks at ~4 characters per token
+    assert net_saved(32, 0, 500, 1088) == pytest.approx(1024 / 1088)
+    assert net_saved(32, 2, 100, 1088) == pytest.approx((1024 - 200) / 1088)
+    assert net_saved(32, 11, 100, 1088) == 0.0  # the queue ahead costs more than it saves
     assert net_saved(10, 0, 0, 100) == 1.0  # never above 1 when the estimate is short
 
 
