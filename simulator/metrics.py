@@ -166,6 +166,46 @@ def _scalar_prefix(kind: str, name: str, doc: str, labels: str) -> str:
     return f"{_header(name, doc, kind)}{name}{labels} "
 
 
+def histogram_specs(legacy: bool, max_model_len: int) -> \
+        list[tuple[str, str, str, tuple[float, ...]]]:
+    """(attribute, vLLM name, help, buckets) of every histogram a pod exposes, as vLLM
+    declares them: V1 names, or the legacy V0 ones."""
+    tokens_125 = tuple(v.build_1_2_5_buckets(max_model_len))
+    specs = [
+        ("ttft", v.TTFT, "Histogram of time to first token in seconds.", v.TTFT_BUCKETS),
+        ("e2e", v.E2E_LATENCY, "Histogram of e2e request latency in seconds.",
+         v.REQUEST_LATENCY_BUCKETS),
+        ("prompt_hist", v.REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.",
+         tokens_125),
+        ("gen_hist", v.REQUEST_GENERATION_TOKENS, "Number of generation tokens processed.",
+         tokens_125),
+        ("max_tokens_hist", v.REQUEST_MAX_TOKENS,
+         "Histogram of the max_tokens request parameter.", tokens_125),
+    ]
+    if legacy:
+        return specs + [
+            ("itl", v.LEGACY_TIME_PER_OUTPUT_TOKEN,
+             "Histogram of time per output token in seconds.", v.TOKEN_LATENCY_BUCKETS),
+            ("queue", v.LEGACY_TIME_IN_QUEUE,
+             "Histogram of time the request spent in the queue in seconds.",
+             v.REQUEST_LATENCY_BUCKETS)]
+    return specs + [
+        ("itl", v.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds.",
+         v.TOKEN_LATENCY_BUCKETS),
+        ("tpot", v.TIME_PER_OUTPUT_TOKEN,
+         "Histogram of time_per_output_token_seconds per request.", v.TOKEN_LATENCY_BUCKETS),
+        ("queue", v.QUEUE_TIME, "Histogram of time spent in WAITING phase.",
+         v.REQUEST_LATENCY_BUCKETS),
+        ("inference", v.INFERENCE_TIME, "Histogram of time spent in RUNNING phase.",
+         v.REQUEST_LATENCY_BUCKETS),
+        ("prefill", v.PREFILL_TIME, "Histogram of time spent in PREFILL phase.",
+         v.REQUEST_LATENCY_BUCKETS),
+        ("decode", v.DECODE_TIME, "Histogram of time spent in DECODE phase.",
+         v.REQUEST_LATENCY_BUCKETS),
+        ("iteration", v.ITERATION_TOKENS, "Histogram of number of tokens per engine_step.",
+         v.ITERATION_TOKENS_BUCKETS)]
+
+
 class PodMetricsExporter:
     """Histograms observed as requests progress; gauges and counters read from the engine
     at scrape time (so they are exact)."""
@@ -183,42 +223,8 @@ class PodMetricsExporter:
             self.histograms.append(h)
             return h
 
-        self.ttft = hist(v.TTFT, "Histogram of time to first token in seconds.",
-                         v.TTFT_BUCKETS)
-        self.e2e = hist(v.E2E_LATENCY, "Histogram of e2e request latency in seconds.",
-                        v.REQUEST_LATENCY_BUCKETS)
-        tokens_125 = v.build_1_2_5_buckets(max_len)
-        self.prompt_hist = hist(v.REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.",
-                                tokens_125)
-        self.gen_hist = hist(v.REQUEST_GENERATION_TOKENS,
-                             "Number of generation tokens processed.", tokens_125)
-        self.max_tokens_hist = hist(v.REQUEST_MAX_TOKENS,
-                                    "Histogram of the max_tokens request parameter.",
-                                    tokens_125)
-        if legacy:
-            self.itl = hist(v.LEGACY_TIME_PER_OUTPUT_TOKEN,
-                            "Histogram of time per output token in seconds.",
-                            v.TOKEN_LATENCY_BUCKETS)
-            self.queue = hist(v.LEGACY_TIME_IN_QUEUE,
-                              "Histogram of time the request spent in the queue in seconds.",
-                              v.REQUEST_LATENCY_BUCKETS)
-        else:
-            self.itl = hist(v.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds.",
-                            v.TOKEN_LATENCY_BUCKETS)
-            self.tpot = hist(v.TIME_PER_OUTPUT_TOKEN,
-                             "Histogram of time_per_output_token_seconds per request.",
-                             v.TOKEN_LATENCY_BUCKETS)
-            self.queue = hist(v.QUEUE_TIME, "Histogram of time spent in WAITING phase.",
-                              v.REQUEST_LATENCY_BUCKETS)
-            self.inference = hist(v.INFERENCE_TIME,
-                                  "Histogram of time spent in RUNNING phase.",
-                                  v.REQUEST_LATENCY_BUCKETS)
-            self.prefill = hist(v.PREFILL_TIME, "Histogram of time spent in PREFILL phase.",
-                                v.REQUEST_LATENCY_BUCKETS)
-            self.decode = hist(v.DECODE_TIME, "Histogram of time spent in DECODE phase.",
-                               v.REQUEST_LATENCY_BUCKETS)
-            self.iteration = hist(v.ITERATION_TOKENS, "Histogram of number of tokens per "
-                                  "engine_step.", v.ITERATION_TOKENS_BUCKETS)
+        for attr, name, doc, buckets in histogram_specs(legacy, max_len):
+            setattr(self, attr, hist(name, doc, buckets))
         self._build_state_prefixes(label_map)
         self._lora_state: tuple = ()
         self._lora_ts = time.time()

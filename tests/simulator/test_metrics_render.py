@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString
 from exporter import vllm as v
 from simulator.engine import EngineStats
 from simulator.metrics import (LABELS, THROUGHPUT_WINDOW_S, PodMetricsExporter,
-                               _count_line)
+                               _count_line, histogram_specs)
 from simulator.server import SEED_ADAPTERS, SimFleet
 
 
@@ -42,41 +42,8 @@ class ReferenceExporter:
         def hist(name: str, doc: str, buckets) -> Histogram:
             return Histogram(name, doc, LABELS, buckets=buckets, registry=r)
 
-        tokens_125 = v.build_1_2_5_buckets(server.config.max_model_len)
-        self.ttft = hist(v.TTFT, "Histogram of time to first token in seconds.",
-                         v.TTFT_BUCKETS)
-        self.e2e = hist(v.E2E_LATENCY, "Histogram of e2e request latency in seconds.",
-                        v.REQUEST_LATENCY_BUCKETS)
-        self.prompt_hist = hist(v.REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.",
-                                tokens_125)
-        self.gen_hist = hist(v.REQUEST_GENERATION_TOKENS,
-                             "Number of generation tokens processed.", tokens_125)
-        self.max_tokens_hist = hist(v.REQUEST_MAX_TOKENS,
-                                    "Histogram of the max_tokens request parameter.",
-                                    tokens_125)
-        if legacy:
-            self.itl = hist(v.LEGACY_TIME_PER_OUTPUT_TOKEN,
-                            "Histogram of time per output token in seconds.",
-                            v.TOKEN_LATENCY_BUCKETS)
-            self.queue = hist(v.LEGACY_TIME_IN_QUEUE,
-                              "Histogram of time the request spent in the queue in seconds.",
-                              v.REQUEST_LATENCY_BUCKETS)
-        else:
-            self.itl = hist(v.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds.",
-                            v.TOKEN_LATENCY_BUCKETS)
-            self.tpot = hist(v.TIME_PER_OUTPUT_TOKEN,
-                             "Histogram of time_per_output_token_seconds per request.",
-                             v.TOKEN_LATENCY_BUCKETS)
-            self.queue = hist(v.QUEUE_TIME, "Histogram of time spent in WAITING phase.",
-                              v.REQUEST_LATENCY_BUCKETS)
-            self.inference = hist(v.INFERENCE_TIME, "Histogram of time spent in RUNNING phase.",
-                                  v.REQUEST_LATENCY_BUCKETS)
-            self.prefill = hist(v.PREFILL_TIME, "Histogram of time spent in PREFILL phase.",
-                                v.REQUEST_LATENCY_BUCKETS)
-            self.decode = hist(v.DECODE_TIME, "Histogram of time spent in DECODE phase.",
-                               v.REQUEST_LATENCY_BUCKETS)
-            self.iteration = hist(v.ITERATION_TOKENS, "Histogram of number of tokens per "
-                                  "engine_step.", v.ITERATION_TOKENS_BUCKETS)
+        for attr, name, doc, buckets in histogram_specs(legacy, server.config.max_model_len):
+            setattr(self, attr, hist(name, doc, buckets))
         r.register(_ReferenceState(self))
 
     def observe_arrival(self, sim) -> None:
