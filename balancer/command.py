@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from balancer.config import ConfigError
-from balancer.policy.llm import PolicyConfig
+from balancer.policy.settings import PolicyConfig
 from balancer.policy.registry import POLICY_NAMES
 
 log = logging.getLogger(__name__)

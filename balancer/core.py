@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from balancer.breaker import CircuitBreaker
 from balancer.discovery import ClusterView, Discovery
-from balancer.policy.llm import PolicyConfig
+from balancer.policy.settings import PolicyConfig
 from balancer.policy.registry import make_policy
 from balancer.router import Router
 from balancer.stats import BalancerCollector, BalancerStats

@@ -61,7 +61,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from balancer.core import BalancerCore
 from balancer.discovery import Discovery
-from balancer.policy.llm import PolicyConfig
+from balancer.policy.settings import PolicyConfig
 from balancer.router import ApiError, Decision, decode_body
 from balancer.usage import LineBuffer, SseTap, describe, now_iso, usage_from_json
 from exporter.accesslog import LLMRecord

@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 
 from balancer.core import BalancerCore
 from balancer.discovery import Discovery
-from balancer.policy.llm import PolicyConfig
+from balancer.policy.settings import PolicyConfig
 from balancer.router import ApiError, Decision, decode_body
 from balancer.usage import SseTap, describe, now_iso, usage_from_json
 from exporter.accesslog import LLMRecord

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from exporter.store import PodState
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def ready(pods: tuple[PodState, ...]) -> list[PodState]:

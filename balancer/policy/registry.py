@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from balancer.policy.leastrequest import LeastRequest
-from balancer.policy.llm import LLMPolicy, PolicyConfig
 from balancer.policy.randompick import RandomPick
 from balancer.policy.request import Policy
 from balancer.policy.roundrobin import RoundRobin
+from balancer.policy.settings import PolicyConfig
 
 POLICY_NAMES = ("llm", "round-robin", "random", "least-request")
 
@@ -14,6 +14,7 @@ POLICY_NAMES = ("llm", "round-robin", "random", "least-request")
 def make_policy(name: str, config: PolicyConfig | None = None,
                 seed: int | None = None) -> Policy:
     if name == "llm":
+        from balancer.policy.llm import LLMPolicy  # numpy: loaded by the balancer only
         return LLMPolicy(config, seed)
     if name == "round-robin":
         return RoundRobin(seed)
