@@ -14,6 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from balancer.config import ConfigError
+from balancer.eventloop import CHOICES, EventLoopError, loop_name
+from balancer.eventloop import run as run_loop
 from balancer.policy.settings import PolicyConfig
 from balancer.policy.registry import POLICY_NAMES
 
@@ -91,6 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="distinct model names kept per metric label; the rest are counted "
                    "as 'other' (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="seed the policy's tie-breaks")
+    p.add_argument("--loop", choices=CHOICES, default="auto",
+                   help="event loop: uvloop (about a quarter less CPU and added latency per "
+                   "request), asyncio, or auto = uvloop when installed for the proxy and "
+                   "asyncio for --mode extproc (gRPC's own) (default: %(default)s)")
     p.set_defaults(func=_run)
 
 
@@ -127,9 +133,10 @@ def make_discovery(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        loop_name(args.loop)
         discovery = make_discovery(args)
         policy_config = load_policy_config(args.policy_config)
-    except (ConfigError, ImportError) as e:
+    except (ConfigError, ImportError, EventLoopError) as e:
         print(f"llmtraffic balancer: {e}", file=sys.stderr)
         return 2
     if args.breaker_failures < 1 or not args.breaker_cooldown > 0 \
@@ -151,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
                               breaker_failures=args.breaker_failures,
                               breaker_cooldown=args.breaker_cooldown,
                               max_label_values=args.max_label_values)
-        return asyncio.run(_serve(serve_extproc(discovery, opts)))
+        return run_loop(_serve(serve_extproc(discovery, opts)),
+                        "asyncio" if args.loop == "auto" else args.loop)
     from balancer.proxy import BalancerApp, ProxyOptions
 
     opts = ProxyOptions(listen=args.listen or "0.0.0.0:8080", policy=args.policy,
@@ -165,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
                         breaker_failures=args.breaker_failures,
                         breaker_cooldown=args.breaker_cooldown,
                         max_label_values=args.max_label_values)
-    return asyncio.run(_serve_proxy(BalancerApp(discovery, opts)))
+    return run_loop(_serve_proxy(BalancerApp(discovery, opts)), args.loop)
 
 
 async def _serve_proxy(app) -> int:
@@ -183,7 +191,8 @@ async def _serve_proxy(app) -> int:
         await app.stop()
         return 2
     print(f"llmtraffic balancer: http://{app.options.listen.rsplit(':', 1)[0]}:{app.port} "
-          f"policy={app.policy.name} pods={len(app.store.pods())}", flush=True)
+          f"policy={app.policy.name} pods={len(app.store.pods())} "
+          f"loop={type(loop).__module__.split('.')[0]}", flush=True)
     await stop.wait()
     await app.stop()
     return 0

@@ -440,7 +440,8 @@ FLOOR = "bare aiohttp proxy"  # reference: the least any aiohttp proxy costs
 
 async def _serve_bare_proxy(port: int, pods: list[str]) -> None:
     """A round-robin reverse proxy with nothing else (no parsing, routing, logging or
-    metrics): the floor under any Python aiohttp proxy, llmtraffic's included."""
+    metrics): the floor under any Python aiohttp proxy, llmtraffic's included (on the same
+    event loop as `llmtraffic balancer`'s default)."""
     import itertools
 
     import aiohttp
@@ -799,7 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.serve_bare_proxy:  # the reference proxy's own process (see start_floor)
         port, *pods = args.serve_bare_proxy
-        asyncio.run(_serve_bare_proxy(int(port), pods))
+        from balancer.eventloop import run as run_loop
+
+        run_loop(_serve_bare_proxy(int(port), pods), "auto")
         return 0
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
