@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from llmtraffic.prometheus import free_port
@@ -11,3 +13,19 @@ from llmtraffic.prometheus import free_port
 def port() -> int:
     """A free loopback TCP port."""
     return free_port()
+
+
+@pytest.fixture
+def port_pair() -> int:
+    """A loopback port P such that P and P + 1 are both free (for `--base-port` commands
+    that bind consecutive ports; a lone free port's neighbour may be some other test's)."""
+    for _ in range(100):
+        base = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", base))
+                b.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no two consecutive free loopback ports found")

@@ -305,7 +305,8 @@ def test_stopped_pod_cuts_streams_and_refuses(pod):
             assert r.status == 200
 
 
-def test_sim_command_prints_urls_serves_and_stops_on_sigint(port):
+def test_sim_command_prints_urls_serves_and_stops_on_sigint(port_pair):
+    port = port_pair
     proc = subprocess.Popen([sys.executable, "-m", "llmtraffic", "sim", "--pods", "2",
                              "--base-port", str(port), "--time-scale", "20",
                              "--seed-adapters"],
