@@ -90,7 +90,7 @@ class BalancerStats:
                 hist_in(self.ttft, key, m.BALANCER_TTFT.buckets).observe(rec.ttft_ms / 1e3)
             if rec.duration_ms is not None:
                 hist_in(self.duration, key,
-                           m.BALANCER_DURATION.buckets).observe(rec.duration_ms / 1e3)
+                        m.BALANCER_DURATION.buckets).observe(rec.duration_ms / 1e3)
 
 
 class BalancerCollector(Collector):

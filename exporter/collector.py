@@ -134,18 +134,10 @@ class TokenCounters:
             rk = codes[code] = (key[0], "" if code is None else str(code))
         requests = self.requests
         requests[rk] = requests.get(rk, 0.0) + 1
-        t = rec.ttft_ms
-        if t is not None:
-            h = self.ttft.get(key[0]) or hist_in(self.ttft, key[0], m.TTFT.buckets)
-            x = t / 1000
-            h.counts[bisect_left(h.buckets, x)] += 1
-            h.sum += x
-        d = rec.duration_ms
-        if d is not None:
-            h = self.duration.get(key[0]) or hist_in(self.duration, key[0], m.DURATION.buckets)
-            x = d / 1000
-            h.counts[bisect_left(h.buckets, x)] += 1
-            h.sum += x
+        if rec.ttft_ms is not None:
+            hist_in(self.ttft, key[0], m.TTFT.buckets).observe(rec.ttft_ms / 1000)
+        if rec.duration_ms is not None:
+            hist_in(self.duration, key[0], m.DURATION.buckets).observe(rec.duration_ms / 1000)
         return True
 
     # ---- checkpoint --------------------------------------------------------------------
