@@ -29,7 +29,7 @@ class CircuitBreaker:
     """`sent` when a request goes to a pod, then exactly one of `succeeded`, `failed` or
     `abandoned` (no verdict: the client left). `mark(pods, now)` is what the router applies
     to a snapshot: pods that must not be picked get `last_error` set, which the policies'
-    `healthy` filter skips (all pods stay when every one is broken: the last resort)."""
+    `usable` filter skips (all pods stay when every one is broken: the last resort)."""
 
     def __init__(self, failures: int = 5, cooldown: float = 10.0) -> None:
         if failures < 1:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Coroutine, Literal, TypeVar
+from typing import Any, Coroutine, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-LoopChoice = Literal["auto", "uvloop", "asyncio"]
 CHOICES: tuple[str, ...] = ("auto", "uvloop", "asyncio")
 
 
@@ -21,6 +20,8 @@ class EventLoopError(RuntimeError):
 
 def loop_name(choice: str) -> str:
     """The loop `run(..., choice)` will use: 'uvloop' or 'asyncio'."""
+    if choice not in CHOICES:
+        raise EventLoopError(f"unknown event loop {choice!r}; choose one of {', '.join(CHOICES)}")
     if choice == "asyncio":
         return "asyncio"
     try:
@@ -30,8 +31,6 @@ def loop_name(choice: str) -> str:
             raise EventLoopError("--loop uvloop: uvloop is not installed (pip install uvloop; "
                                  "it has no Windows build), or use --loop asyncio") from None
         return "asyncio"
-    if choice not in ("auto", "uvloop"):
-        raise EventLoopError(f"unknown event loop {choice!r}; choose one of {', '.join(CHOICES)}")
     return "uvloop"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -181,9 +182,10 @@ def seed_summary(runs: Sequence[RoutingRun]) -> dict[str, dict[str, dict]]:
 
 
 def _gmean(values: Sequence[float]) -> float:
-    ok = [v for v in values if v > 0 and math.isfinite(v)]
-    return math.exp(sum(map(math.log, ok)) / len(ok)) if ok and len(ok) == len(values) \
-        else math.nan
+    """Geometric mean; NaN when some value is not a positive finite number."""
+    if not values or not all(x > 0 and math.isfinite(x) for x in values):
+        return math.nan
+    return statistics.geometric_mean(values)
 
 
 def format_seed_summary(summary: dict[str, dict[str, dict]]) -> str:

@@ -14,18 +14,11 @@ def ready(pods: tuple[PodState, ...]) -> list[PodState]:
     return [p for p in pods if p.pod.ready]
 
 
-def healthy(pods: list[PodState]) -> list[PodState]:
-    """Pods whose last scrape did not fail; all pods when none qualifies (last resort).
-
-    Stale-but-not-failing pods stay: the balancer then judges them by in-flight counts."""
-    ok = [p for p in pods if p.last_error is None]
-    return ok or pods
-
-
 def usable(pods: tuple[PodState, ...]) -> list[PodState]:
-    """What any policy may pick from: ready and healthy (`healthy(ready(pods))` in one pass).
-    `last_error` is set by a failed scrape or a failed connect (the store) and by an open
-    circuit (the router's breaker)."""
+    """What any policy may pick from: ready pods whose last scrape or connect did not fail;
+    every ready pod when none qualifies (last resort). `last_error` is set by a failed
+    scrape or a failed connect (the store) and by an open circuit (the router's breaker).
+    Stale-but-not-failing pods stay: the balancer then judges them by in-flight counts."""
     return [p for p in pods if p.pod.ready and p.last_error is None] or ready(pods)
 
 

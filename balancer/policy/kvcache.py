@@ -11,6 +11,3 @@ def kv_score(pod: PodState) -> float:
     u = pod.kv_usage
     return 1.0 - (u if u <= 1.0 else 1.0) if u > 0.0 else 1.0
 
-
-def kv_scores(pods: list[PodState]) -> list[float]:
-    return [kv_score(p) for p in pods]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from balancer.policy.filters import saturated
-from balancer.policy.kvcache import kv_scores
+from balancer.policy.kvcache import kv_score
 from balancer.policy.llm import LLMPolicy, PolicyConfig
 from balancer.policy.lora import lora_score
 from balancer.policy.prefix import BLOCK_CHARS, PrefixIndex, block_hashes
@@ -53,7 +53,7 @@ def test_queue_score_formula():
 
 def test_kv_score_formula():
     s = store_with(PodMetrics(kv_usage=0.25), PodMetrics(kv_usage=0.9)).snapshot(NOW)
-    assert kv_scores(list(s.pods)) == pytest.approx([0.75, 0.1])
+    assert [kv_score(p) for p in s.pods] == pytest.approx([0.75, 0.1])
 
 
 def test_lora_score_order():
