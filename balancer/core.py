@@ -38,6 +38,10 @@ class BalancerCore:
         self.discovery = discovery
         self.store = store or MetricsStore()
         self.policy = make_policy(policy, policy_config, seed)
+        if getattr(self.policy, "native", True) is False:
+            from balancer.policy.native import missing
+            log.warning("llm policy: the native core is not built, so picks run in pure "
+                        "Python (several times slower on large pools): %s", missing)
         self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
         view = discovery.view()
         self.router = Router(view.resources, self.store, self.policy, seed=seed,

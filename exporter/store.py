@@ -81,9 +81,12 @@ class PodState:
     kv_usage: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # derived once here, not on every read: policies read them for every pod per pick
+        # derived once here, not on every read: policies read them for every pod per pick.
+        # A page whose waiting count or KV usage is not a number >= 0 (NaN, -1, inf) is
+        # not trusted: the pod is judged by its in-flight count, as when stale.
         m = self.metrics
-        if self.fresh and m is not None:
+        if self.fresh and m is not None and 0.0 <= m.waiting < math.inf \
+                and 0.0 <= m.kv_usage < math.inf:
             self.queue = m.waiting + self.sent_since_scrape
             self.kv_usage = m.kv_usage
         else:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from exporter.store import PodState
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 def ready(pods: tuple[PodState, ...]) -> list[PodState]:
@@ -22,8 +17,10 @@ def usable(pods: tuple[PodState, ...]) -> list[PodState]:
     return [p for p in pods if p.pod.ready and p.last_error is None] or ready(pods)
 
 
-def saturated(fresh: np.ndarray, queues: np.ndarray, kv_usage: np.ndarray,
-              queue_threshold: float, kv_threshold: float) -> bool:
-    """GIE's rule: saturated when no pod has fresh metrics with queue <= threshold and KV
-    usage <= threshold (one array element per candidate pod)."""
-    return not (fresh & (queues <= queue_threshold) & (kv_usage <= kv_threshold)).any()
+def saturated(pods: list[PodState], queue_threshold: float, kv_threshold: float) -> bool:
+    """GIE's rule: saturated when no candidate pod has fresh metrics with queue <= threshold
+    and KV usage <= threshold."""
+    for p in pods:
+        if p.fresh and p.queue <= queue_threshold and p.kv_usage <= kv_threshold:
+            return False
+    return True

@@ -5,19 +5,7 @@ q is `PodState.queue`: waiting requests plus those sent since the last scrape
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import numpy as np
-
 
 def queue_score(q: float, lo: float, hi: float) -> float:
     """One pod's score, given the candidates' least and greatest queue."""
     return 1.0 if hi == lo else (hi - q) / (hi - lo)
-
-
-def queue_scores(queues: Sequence[float] | np.ndarray) -> np.ndarray:
-    q = np.asarray(queues, dtype=np.float64)
-    lo, hi = q.min(), q.max()
-    if hi == lo:
-        return np.ones(len(q))
-    return (hi - q) / (hi - lo)

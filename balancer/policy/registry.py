@@ -14,7 +14,7 @@ POLICY_NAMES = ("llm", "round-robin", "random", "least-request")
 def make_policy(name: str, config: PolicyConfig | None = None,
                 seed: int | None = None) -> Policy:
     if name == "llm":
-        from balancer.policy.llm import LLMPolicy  # numpy: loaded by the balancer only
+        from balancer.policy.llm import LLMPolicy  # the native core: balancer only
         return LLMPolicy(config, seed)
     if name == "round-robin":
         return RoundRobin(seed)

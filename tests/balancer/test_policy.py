@@ -1,11 +1,13 @@
 """Pure policies on hand-built snapshots: each scorer's formula, affinity, in-flight
-accounting against herding, stale-metrics fallback, shedding by criticality."""
+accounting against herding, stale-metrics fallback, shedding by criticality. Every test
+runs twice: with the llm policy's native core and with its pure-Python reference."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
+import math
+
 import pytest
 
 from balancer.policy.filters import saturated
@@ -13,12 +15,32 @@ from balancer.policy.kvcache import kv_score
 from balancer.policy.llm import LLMPolicy, PolicyConfig
 from balancer.policy.lora import lora_score
 from balancer.policy.prefix import BLOCK_CHARS, PrefixIndex, block_hashes
-from balancer.policy.queue import queue_scores
+from balancer.policy import native
+from balancer.policy.queue import queue_score
 from balancer.policy.registry import make_policy
 from balancer.policy.request import LLMRequest, Pick, Shed
 from exporter.store import MetricsStore, Pod, PodMetrics
 
 NOW = 100.0
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def core(request, monkeypatch):
+    """The llm policy (and `prefix_index`) use the native core, or the Python reference."""
+    if request.param == "native":
+        assert native.core is not None, f"native core not built: {native.missing}"
+    else:
+        monkeypatch.setattr(native, "core", None)
+    return request.param
+
+
+def prefix_index(lru_per_pod: int):
+    """The prefix index the llm policy would use now."""
+    return (native.core.PrefixIndex if native.core else PrefixIndex)(lru_per_pod)
+
+
+def hashes_of(model: str, prompt: str) -> list[int]:
+    return (native.core.block_hashes if native.core else block_hashes)(model, prompt)
 
 
 def store_with(*metrics: PodMetrics | None, stale: tuple[int, ...] = (),
@@ -47,8 +69,8 @@ def idx(pick: Pick | Shed) -> int:
 
 # ---- scorer formulas -----------------------------------------------------------------------
 def test_queue_score_formula():
-    assert queue_scores([0, 5, 10]).tolist() == [1.0, 0.5, 0.0]
-    assert queue_scores([3, 3]).tolist() == [1.0, 1.0]
+    assert [queue_score(q, 0, 10) for q in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert queue_score(3, 3, 3) == 1.0
 
 
 def test_kv_score_formula():
@@ -66,14 +88,14 @@ def test_lora_score_order():
 
 
 def test_prefix_index_leading_match_and_lru():
-    h = block_hashes("m", "x" * BLOCK_CHARS * 5)
+    h = hashes_of("m", "x" * BLOCK_CHARS * 5)
     assert len(h) == 5
-    assert block_hashes("other", "x" * BLOCK_CHARS * 5)[0] != h[0]  # model mixed into block 0
-    index = PrefixIndex(lru_per_pod=8)
+    assert hashes_of("other", "x" * BLOCK_CHARS * 5)[0] != h[0]  # model mixed into block 0
+    index = prefix_index(8)
     index.add("a", h[:3])
     index.add("b", h)
     assert index.match(h) == {"a": 3, "b": 5}
-    index.add("a", block_hashes("m", "y" * BLOCK_CHARS * 8))  # pushes a's old entries out
+    index.add("a", hashes_of("m", "y" * BLOCK_CHARS * 8))  # pushes a's old entries out
     assert index.match(h) == {"b": 5}
     index.forget("b")
     assert index.match(h) == {}
@@ -95,11 +117,11 @@ def test_prefix_index_is_sized_from_each_pods_kv_cache():
         policy.pick(req(prompt=f"{i:04d}" * (BLOCK_CHARS // 4) * 5), snap)
     assert 0 < policy.prefix.entries("10.0.0.0:8000") <= 16
     # a limit that shrinks (the pod restarted smaller) sheds the oldest entries at once
-    index = PrefixIndex(lru_per_pod=100)
-    index.add("a", block_hashes("m", "z" * BLOCK_CHARS * 50))
-    index.add("a", block_hashes("m", "w" * BLOCK_CHARS), limit=10)
+    index = prefix_index(100)
+    index.add("a", hashes_of("m", "z" * BLOCK_CHARS * 50))
+    index.add("a", hashes_of("m", "w" * BLOCK_CHARS), limit=10)
     assert index.entries("a") == 10
-    assert index.match(block_hashes("m", "w" * BLOCK_CHARS)) == {"a": 1}
+    assert index.match(hashes_of("m", "w" * BLOCK_CHARS)) == {"a": 1}
 
 
 # ---- the llm policy ------------------------------------------------------------------------
@@ -177,9 +199,23 @@ def test_sheddable_is_shed_when_saturated_and_critical_never():
     ok = store_with(PodMetrics(waiting=9), PodMetrics(waiting=3, kv_usage=0.5))
     assert isinstance(policy.pick(req(crit="Sheddable"), ok.snapshot(NOW)), Pick)
     stale = store_with(PodMetrics(waiting=0), stale=(0,))
-    pods = stale.snapshot(NOW).pods
-    assert saturated(np.array([p.fresh for p in pods]), np.array([p.queue for p in pods]),
-                     np.array([p.kv_usage for p in pods]), 5, 0.8)
+    assert saturated(list(stale.snapshot(NOW).pods), 5, 0.8)
+
+
+def test_a_pod_reporting_nonsense_is_judged_by_its_inflight_count():
+    """NaN, negative or infinite waiting counts or KV usage on a pod's page are not
+    trusted: that pod's load is its in-flight count, and the others are still ranked."""
+    bad = [PodMetrics(waiting=math.nan), PodMetrics(waiting=-1.0), PodMetrics(waiting=math.inf),
+           PodMetrics(kv_usage=math.nan)]
+    for m in bad:
+        store = store_with(m, PodMetrics(waiting=4), PodMetrics(waiting=1))
+        for _ in range(3):
+            store.acquire("10.0.0.0:8000")
+        assert store.snapshot(NOW).pods[0].queue == 3.0
+        assert store.snapshot(NOW).pods[0].kv_usage == 0.0
+        policy = LLMPolicy(seed=1)
+        picks = [idx(policy.pick(req(), store.snapshot(NOW))) for _ in range(5)]
+        assert picks == [2] * 5, (m, picks)
 
 
 def test_no_pods_is_503():

@@ -1,7 +1,8 @@
-"""The `llm` policy scores large pools with vector operations over columns kept from pick
-to pick, small ones pod by pod; both must pick exactly alike (address, fallbacks, reason,
-sheds), over thousands of picks on fleets churned like the live balancer churns its store
-(scrapes, in-flight counts, errors, pods going unready, membership changes)."""
+"""The `llm` policy's native core (`balancer.policy._native`) must pick exactly as the
+pure-Python reference does (address, fallbacks, reason, sheds, the random tie-break), over
+thousands of picks on fleets churned like the live balancer churns its store (scrapes,
+in-flight counts, errors, pods going unready, membership changes). The test command builds
+the native core; these tests fail, not skip, when it is missing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import random
 
 import pytest
 
-from balancer.policy.llm import VECTOR_FROM, LLMPolicy
+from balancer.policy import native
+from balancer.policy.llm import LLMPolicy
+from balancer.policy.prefix import block_hashes
+from balancer.policy.settings import PolicyConfig
 from balancer.policy.request import LLMRequest, Pick
 from exporter.store import MetricsStore, Pod, PodMetrics
 
@@ -59,9 +63,19 @@ def request(rng: random.Random) -> LLMRequest:
                       pool="pool")
 
 
-@pytest.mark.parametrize("size", [1, 3, 20, 100])
-def test_vectorised_picks_equal_pod_by_pod_picks(size):
-    assert 3 < VECTOR_FROM < 100  # the default sends these sizes both ways
+CONFIGS = {  # the defaults, and weights and limits that reach other branches
+    "defaults": PolicyConfig(),
+    "no-prefix": PolicyConfig(prefix_weight=0, fallbacks=0),
+    "odd": PolicyConfig(queue_weight=0.7, kv_weight=0, lora_weight=3.3, prefix_weight=1.1,
+                        prefix_queue_tokens=0, queue_threshold=0, kv_threshold=0.3,
+                        fallbacks=5, prefix_lru_per_pod=6),
+}
+
+
+@pytest.mark.parametrize("size,config", [(1, "defaults"), (3, "defaults"), (20, "defaults"),
+                                         (100, "defaults"), (7, "no-prefix"), (12, "odd")])
+def test_native_picks_equal_python_picks(size, config):
+    assert native.core is not None, f"the native core is not built: {native.missing}"
     rng = random.Random(size)
     pods = [Pod(f"p{i}", f"10.0.0.{i}:8000", {"app": "x"}, "pool") for i in range(size)]
     store = MetricsStore(stale_after=2.0)
@@ -69,8 +83,8 @@ def test_vectorised_picks_equal_pod_by_pod_picks(size):
     for p in pods:
         if rng.random() < 0.9:
             store.update(p.address, random_metrics(rng), 0.0)
-    fast, slow = LLMPolicy(seed=7), LLMPolicy(seed=7)
-    fast.vector_from, slow.vector_from = 0, 10**9  # force each way of scoring
+    cfg = CONFIGS[config]
+    fast, slow = LLMPolicy(cfg, seed=7, native=True), LLMPolicy(cfg, seed=7, native=False)
     gone: list[Pod] = []
     reasons: set[str] = set()
     for k in range(1500):
@@ -79,8 +93,9 @@ def test_vectorised_picks_equal_pod_by_pod_picks(size):
         req = request(rng)
         a, b = fast.pick(req, snap), slow.pick(req, snap)
         assert a == b, (k, a, b)
-        cols = fast._columns
-        assert (cols.n_usable, cols.n_ready) == (cols.usable.sum(), cols.ready.sum())
+        if k % 50 == 0:  # both prefix indexes hold the same
+            h = block_hashes(req.adapter or req.target_model, req.prompt)
+            assert fast.prefix.match(h) == slow.prefix.match(h)
         if isinstance(a, Pick):
             store.acquire(a.address)
             reasons.add(a.reason)
@@ -88,4 +103,27 @@ def test_vectorised_picks_equal_pod_by_pod_picks(size):
             reasons.add(str(a.status))
         for _ in range(rng.randint(0, 3)):
             churn(store, pods, gone, rng, now)
-    assert {"llm:load", "llm:lora", "llm:prefix"} <= reasons  # every branch was compared
+    want = {"llm:load", "llm:lora"} | ({"llm:prefix"} if cfg.prefix_weight else set())
+    assert want <= reasons  # every branch was compared
+
+
+def test_the_native_core_refuses_bad_arguments_clearly():
+    """Wrong types reach `PodTable.pick` only through a bug; they raise, never crash."""
+    table = native.core.PodTable()
+    store = MetricsStore()
+    store.set_pods([Pod("p0", "10.0.0.0:8000", {}, "pool")])
+    pods = store.snapshot(0.0).pods
+    weights = (1.0,) * 8
+    ok = (pods, None, {}, 10, False, {}, random.Random(1).randrange, weights, 3)
+    top, fallbacks, reason = table.pick(*ok)
+    assert top is pods[0] and fallbacks == () and reason == "llm:load"
+    for at, bad, error in [(0, [*pods], TypeError), (2, [], TypeError), (7, (1.0,), TypeError),
+                           (8, 0, ValueError), (3, "x", TypeError), (0, (object(),),
+                                                                      AttributeError)]:
+        args = list(ok)
+        args[at] = bad
+        with pytest.raises(error):
+            table.pick(*args)
+    with pytest.raises(TypeError):
+        table.pick(*ok[:8])
+    assert table.pick(*ok)[0] is pods[0]  # still consistent after the errors
