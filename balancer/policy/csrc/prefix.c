@@ -42,6 +42,11 @@ typedef struct {
 } Slot;
 
 typedef struct {
+    Py_ssize_t k; /* leading blocks held */
+    uint32_t pod;
+} Matched;
+
+typedef struct {
     PyObject *address; /* strong ref, an exact str; NULL while the id is free */
     uint32_t oldest, newest, count;
     uint32_t next_free; /* free list of pod ids */
@@ -63,6 +68,8 @@ typedef struct {
     size_t hcap;
     uint32_t *alive;   /* scratch: match's pods still holding every block so far */
     size_t acap;
+    Matched *res;      /* scratch: match's result */
+    size_t rcap;
 } PrefixIndex;
 
 /* ---- memory ------------------------------------------------------------------------- */
@@ -454,13 +461,14 @@ static int hash_arg(PyObject *o, const char *fname, Py_ssize_t i, uint64_t *out)
     return 0;
 }
 
-/* The hashes argument (any iterable of ints), converted into self->hbuf; its length, or
- * -1 on error. Iterating a non-list, non-tuple may run Python code: it happens here, before
- * the index is touched. */
-static Py_ssize_t load_hashes(PrefixIndex *self, PyObject *arg, const char *fname) {
-    PyObject *seq = PySequence_Fast(arg, "PrefixIndex: hashes must be a sequence of ints");
-    if (seq == NULL)
-        return -1;
+/* The hashes argument as a list or tuple (a new reference). Iterating anything else may run
+ * Python code, so callers do this first, before they touch the index. */
+static PyObject *hashes_seq(PyObject *arg) {
+    return PySequence_Fast(arg, "PrefixIndex: hashes must be a sequence of ints");
+}
+
+/* hashes_seq's items converted into self->hbuf; their count, or -1 on error. */
+static Py_ssize_t load_hashes(PrefixIndex *self, PyObject *seq, const char *fname) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     if (self->hcap > 4096 && n <= 256) { /* give back what one huge call took */
@@ -469,48 +477,99 @@ static Py_ssize_t load_hashes(PrefixIndex *self, PyObject *arg, const char *fnam
         self->hcap = 0;
     }
     if (reserve((void **)&self->hbuf, &self->hcap, (size_t)n, sizeof(uint64_t),
-                PY_SSIZE_T_MAX) < 0) {
-        Py_DECREF(seq);
+                PY_SSIZE_T_MAX) < 0)
         return -1;
-    }
     for (Py_ssize_t i = 0; i < n; i++)
-        if (hash_arg(items[i], fname, i, &self->hbuf[i]) < 0) {
-            Py_DECREF(seq);
+        if (hash_arg(items[i], fname, i, &self->hbuf[i]) < 0)
             return -1;
-        }
-    Py_DECREF(seq);
     return n;
 }
 
 /* ---- methods ------------------------------------------------------------------------ */
 
-/* out[address of pod] = k */
-static int put(PrefixIndex *self, PyObject *out, uint32_t pod, Py_ssize_t k) {
-    PyObject *v = PyLong_FromSsize_t(k);
-    if (v == NULL)
-        return -1;
-    int rc = PyDict_SetItem(out, self->pods[pod].address, v);
-    Py_DECREF(v);
-    return rc;
-}
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define NOINLINE __declspec(noinline)
+#else
+#define NOINLINE
+#endif
 
-/* Intersect the sorted alive[0..*na) with the holders of one block (sorted too): pods that
- * hold it stay, the others go into `out` with k blocks matched. */
-static int narrow(PrefixIndex *self, PyObject *out, Slot *s, uint32_t *na, Py_ssize_t k) {
-    const Holder *a = holders(s);
-    uint32_t *alive = self->alive, n = s->n, j = 0, w = 0;
-    for (uint32_t i = 0; i < *na; i++) {
+/* Intersect the sorted alive[0..na) with a block's holders a[0..n) (sorted too): the pods
+ * that hold it stay in `alive` (their count is returned), the others go to `res` with k
+ * blocks matched. match's inner loop: kept out of line and free of calls so that its
+ * counters stay in registers. */
+static NOINLINE uint32_t narrow(uint32_t *alive, uint32_t na, const Holder *a, uint32_t n,
+                                Matched *res, uint32_t *nres, Py_ssize_t k) {
+    uint32_t i = 0, j, w, d = *nres;
+    /* most often the same pods hold the next block too: skip the common run */
+    while (i < na && i < n && alive[i] == a[i].pod)
+        i++;
+    if (i == na)
+        return na;
+    int sparse = (uint64_t)(na - i) * 8 < n - i; /* few pods among many holders: leap */
+    for (j = w = i; i < na; i++) {
         uint32_t p = alive[i];
-        while (j < n && a[j].pod < p)
-            j++;
+        if (sparse)
+            j += lower_bound(a + j, n - j, p);
+        else
+            while (j < n && a[j].pod < p)
+                j++;
         if (j < n && a[j].pod == p) {
             alive[w++] = p;
             j++;
-        } else if (put(self, out, p, k) < 0) {
+        } else {
+            res[d].pod = p;
+            res[d++].k = k;
+        }
+    }
+    *nres = d;
+    return w;
+}
+
+/* match's walk, from the holders of hashes[0] (s) on: res[0..return) gets every one of
+ * them, with the leading blocks it holds, in nondecreasing k. */
+static Py_ssize_t walk(PrefixIndex *self, Slot *s, Py_ssize_t n) {
+    uint32_t na = s->n, nres = 0;
+    if (reserve((void **)&self->alive, &self->acap, na, sizeof(uint32_t), MAX_IDS) < 0 ||
+        reserve((void **)&self->res, &self->rcap, na, sizeof(Matched), MAX_IDS) < 0)
+        return -1;
+    uint32_t *alive = self->alive;
+    const Holder *a = holders(s);
+    for (uint32_t i = 0; i < na; i++)
+        alive[i] = a[i].pod;
+    Py_ssize_t k = 1;
+    for (; k < n && na > 0; k++) {
+        s = find(self, self->hbuf[k]);
+        if (s == NULL)
+            break;
+        na = narrow(alive, na, holders(s), s->n, self->res, &nres, k);
+    }
+    for (uint32_t i = 0; i < na; i++) { /* they hold blocks 0..k-1 */
+        self->res[nres].pod = alive[i];
+        self->res[nres++].k = k;
+    }
+    return nres;
+}
+
+/* out[address] = k for each of res[0..count) */
+static int fill(PrefixIndex *self, PyObject *out, Py_ssize_t count) {
+    PyObject *v = NULL;
+    Py_ssize_t vk = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Matched *m = &self->res[i];
+        if (m->k != vk) {
+            Py_XDECREF(v);
+            v = PyLong_FromSsize_t(vk = m->k);
+            if (v == NULL)
+                return -1;
+        }
+        if (PyDict_SetItem(out, self->pods[m->pod].address, v) < 0) {
+            Py_DECREF(v);
             return -1;
         }
     }
-    *na = w;
+    Py_XDECREF(v);
     return 0;
 }
 
@@ -523,36 +582,22 @@ static PyObject *PrefixIndex_match(PrefixIndex *self, PyObject *const *args, Py_
     PyObject *arg[1];
     if (parse_args("match", names, 1, 1, args, nargs, kwnames, arg) < 0)
         return NULL;
-    /* the dict first: allocating it may run the GC (and so finalizers) before we start */
-    PyObject *out = PyDict_New();
-    if (out == NULL)
+    PyObject *seq = hashes_seq(arg[0]), *out = NULL;
+    if (seq == NULL)
         return NULL;
-    Py_ssize_t n = load_hashes(self, arg[0], "match");
+    /* the dict before the walk: allocating it may run the GC, and so finalizers that may
+     * use this very index (and its scratch arrays) */
+    out = PyDict_New();
+    Py_ssize_t n = out == NULL ? -1 : load_hashes(self, seq, "match"), count;
+    Py_DECREF(seq);
     if (n < 0)
         goto fail;
     Slot *s = n > 0 ? find(self, self->hbuf[0]) : NULL;
-    if (s == NULL)
-        return out;
-    if (reserve((void **)&self->alive, &self->acap, s->n, sizeof(uint32_t), MAX_IDS) < 0)
+    if (s != NULL && ((count = walk(self, s, n)) < 0 || fill(self, out, count) < 0))
         goto fail;
-    uint32_t na = s->n;
-    const Holder *a = holders(s);
-    for (uint32_t i = 0; i < na; i++)
-        self->alive[i] = a[i].pod;
-    Py_ssize_t k = 1;
-    for (; k < n && na > 0; k++) {
-        s = find(self, self->hbuf[k]);
-        if (s == NULL)
-            break;
-        if (narrow(self, out, s, &na, k) < 0)
-            goto fail;
-    }
-    for (uint32_t i = 0; i < na; i++) /* they hold blocks 0..k-1 */
-        if (put(self, out, self->alive[i], k) < 0)
-            goto fail;
     return out;
 fail:
-    Py_DECREF(out);
+    Py_XDECREF(out);
     return NULL;
 }
 
@@ -618,12 +663,14 @@ static PyObject *PrefixIndex_add(PrefixIndex *self, PyObject *const *args, Py_ss
         if (l < limit)
             limit = l;
     }
-    PyObject *address = address_arg(arg[0], "add");
-    if (address == NULL)
+    PyObject *seq = hashes_seq(arg[1]);
+    if (seq == NULL)
         return NULL;
-    Py_ssize_t n = load_hashes(self, arg[1], "add");
+    PyObject *address = address_arg(arg[0], "add");
+    Py_ssize_t n = address == NULL ? -1 : load_hashes(self, seq, "add");
     uint32_t id = n < 0 ? NIL : pod_intern(self, address);
-    Py_DECREF(address); /* the index keeps its own reference */
+    Py_XDECREF(address); /* the index keeps its own reference */
+    Py_DECREF(seq);
     if (id == NIL)
         return NULL;
     /* from here on no Python code runs; a MemoryError part way leaves a consistent index
@@ -729,6 +776,7 @@ static void PrefixIndex_dealloc(PrefixIndex *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->hbuf);
     PyMem_Free(self->alive);
+    PyMem_Free(self->res);
     Py_XDECREF(self->ids);
     Py_XDECREF(self->lru_obj);
     Py_TYPE(self)->tp_free((PyObject *)self);
