@@ -135,6 +135,27 @@ def test_leading_runs_across_many_pods():
     assert max(native.match(holed).values()) == 5
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_few_pods_left_among_many_holders(seed):
+    """Block 0 held by a few pods, later blocks by most of 300: match leaps through the long
+    holder lists (and the pods were interned in shuffled order, so ids interleave)."""
+    rng = random.Random(seed)
+    chain = [rng.getrandbits(64) for _ in range(12)]
+    native, ref = _native.PrefixIndex(100), prefix.PrefixIndex(100)
+    addresses = [f"10.3.{i // 250}.{i % 250}:8000" for i in range(300)]
+    rng.shuffle(addresses)
+    for a in addresses:
+        held = [h for k, h in enumerate(chain) if rng.random() < (0.04 if k == 0 else 0.9)]
+        for idx in (native, ref):
+            idx.add(a, held)
+    for _ in range(50):
+        probe = chain[:1] + rng.sample(chain[1:], rng.randint(0, 11))
+        got = native.match(probe)
+        assert got == ref.match(probe)
+        assert len(got) < 40
+    assert native.match(chain) == ref.match(chain) != {}
+
+
 def test_inputs_are_any_iterable_and_keywords_work():
     native, ref = _native.PrefixIndex(lru_per_pod=4), prefix.PrefixIndex(lru_per_pod=4)
     native.add(address="a", hashes=iter([1, 2, 3]), limit=3)
