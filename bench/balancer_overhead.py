@@ -2,7 +2,8 @@
 and 1000 pods, then the live proxy's added latency and requests/s against going direct and
 against `vllm-router --policy round_robin`, side by side on the same simulated pods.
 
-    python -m bench.balancer_overhead [--sizes 10,100,1000] [--picks 3000] [--pods 4]
+    python -m bench.balancer_overhead [--sizes 10,100,1000] [--picks 3000]
+        [--policies llm,llm-python,round-robin] [--pods 4]
         [--requests 600] [--concurrency 32] [--duration 8] [--rounds 3] [--skip-live]
 
 Each program runs in its own process: the simulated pods (one child), each router (one at
@@ -169,13 +170,31 @@ def _bodies(rng: random.Random, n: int) -> list[dict[str, Any]]:
              else BASE_MODEL, "prompt": prompts.next(), "max_tokens": 4} for _ in range(n)]
 
 
+#: The llm policy on its pure-Python reference core (the fallback when the native core is
+#: not built), timed beside the native one.
+LLM_PYTHON = "llm-python"
+
+
+def _policy(name: str, seed: int):
+    from balancer.policy.registry import make_policy
+
+    if name == LLM_PYTHON:
+        from balancer.policy.llm import LLMPolicy
+        return LLMPolicy(seed=seed, native=False)
+    policy = make_policy(name, seed=seed)
+    if getattr(policy, "native", True) is False:
+        from balancer.policy.native import missing
+        raise SystemExit(f"the llm policy's native core is not built ({missing}); "
+                         f"time the Python core alone with --policies {LLM_PYTHON}")
+    return policy
+
+
 def _time_decide(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
                  resources, seed: int) -> PickRun:
-    from balancer.policy.registry import make_policy
     from balancer.router import Router
 
     fleet = Fleet(n_pods, random.Random(seed))
-    router = Router(resources, fleet.store, make_policy(policy_name, seed=seed),
+    router = Router(resources, fleet.store, _policy(policy_name, seed),
                     clock=lambda: NOW, seed=seed)
     run = PickRun(n_pods, policy_name, "decide", [])
     clock = time.perf_counter_ns
@@ -193,13 +212,12 @@ def _time_decide(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
 def _time_pick(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
                resources, seed: int) -> PickRun:
     """The policy alone, on the snapshot and request Router.decide would hand it."""
-    from balancer.policy.registry import make_policy
     from balancer.policy.request import LLMRequest, Pick
     from balancer.router import CHARS_PER_TOKEN
     from exporter.store import Snapshot
 
     fleet = Fleet(n_pods, random.Random(seed))
-    policy = make_policy(policy_name, seed=seed)
+    policy = _policy(policy_name, seed)
     crit = {m.model_name: m.criticality for m in resources.models_in(POOL)}
     run = PickRun(n_pods, policy_name, "pick", [])
     clock = time.perf_counter_ns
@@ -223,7 +241,8 @@ def _time_pick(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
 
 
 def pick_latency(sizes: tuple[int, ...] = (10, 100, 1000), picks: int = 3000,
-                 warmup: int = 300, policies: tuple[str, ...] = ("llm", "round-robin"),
+                 warmup: int = 300,
+                 policies: tuple[str, ...] = ("llm", LLM_PYTHON, "round-robin"),
                  seed: int = 0) -> list[dict[str, Any]]:
     """Rows of {pods, policy, stage, picks, p50_us, p99_us, mean_us, reasons}."""
     from balancer.config import load_resources
@@ -252,6 +271,12 @@ def report_picks(rows: list[dict[str, Any]]) -> str:
                 f"goal llm {r['stage']} at 100 pods: median ≤ {PICK_GOAL_P50_US:.0f} µs: "
                 f"{_met(ok50)} ({r['p50_us']:.1f} µs), p99 ≤ {PICK_GOAL_P99_US:.0f} µs: "
                 f"{_met(ok99)} ({r['p99_us']:.1f} µs)")
+    native = {(r["pods"], r["stage"]): r["p50_us"] for r in rows if r["policy"] == "llm"}
+    for r in rows:
+        ref = native.get((r["pods"], r["stage"]))
+        if r["policy"] == LLM_PYTHON and ref:
+            lines.append(f"llm {r['stage']} at {r['pods']} pods: the Python core's median is "
+                         f"{r['p50_us'] / ref:.1f}x the native core's")
     return "\n".join(lines)
 
 
@@ -775,6 +800,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=_ints, default=(10, 100, 1000),
                     help="pod counts for pick latency (default: 10,100,1000)")
     ap.add_argument("--picks", type=int, default=3000, help="timed picks per row")
+    ap.add_argument("--policies", type=lambda v: tuple(v.split(",")),
+                    default=("llm", LLM_PYTHON, "round-robin"),
+                    help=f"policies to time picks of (default: llm,{LLM_PYTHON},round-robin; "
+                    f"{LLM_PYTHON} is the llm policy on its pure-Python core)")
     ap.add_argument("--skip-picks", action="store_true", help="only the live part")
     ap.add_argument("--skip-live", action="store_true", help="only pick latency")
     ap.add_argument("--pods", type=int, default=4, help="live: simulated pods")
@@ -824,7 +853,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.skip_picks:
         print("# pick latency (Router.decide = snapshot + pick; pick = policy.pick alone)",
               flush=True)
-        print(report_picks(pick_latency(args.sizes, args.picks, seed=args.seed)))
+        print(report_picks(pick_latency(args.sizes, args.picks, policies=args.policies,
+                                        seed=args.seed)))
         print(_load(), flush=True)
     if not args.skip_live:
         print("\n# live proxy overhead", flush=True)

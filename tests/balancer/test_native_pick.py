@@ -127,3 +127,31 @@ def test_the_native_core_refuses_bad_arguments_clearly():
     with pytest.raises(TypeError):
         table.pick(*ok[:8])
     assert table.pick(*ok)[0] is pods[0]  # still consistent after the errors
+
+
+def test_a_balancer_without_the_native_core_says_so_and_still_routes(monkeypatch, caplog):
+    """Without a C compiler at install time the balancer runs the Python core: it warns
+    once at start, saying how to build the native one, and picks as usual."""
+    from pathlib import Path
+
+    from balancer.core import BalancerCore
+    from balancer.discovery import StaticDiscovery
+
+    seed = Path(__file__).resolve().parents[2] / "deploy" / "seed"
+    discovery = StaticDiscovery([str(seed / f) for f in ("inferencepool.yaml",
+                                                         "inferencemodel.yaml",
+                                                         "llmroute.yaml")])
+    monkeypatch.setattr(native, "core", None)
+    monkeypatch.setattr(native, "missing", "No module named 'balancer.policy._native'")
+    with caplog.at_level("WARNING", logger="balancer.core"):
+        core = BalancerCore(discovery)
+    assert core.policy.native is False
+    assert any("native core is not built" in r.getMessage() and "_native" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(RuntimeError, match="not built"):
+        LLMPolicy(native=True)
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="balancer.core"):
+        assert BalancerCore(discovery).policy.native is True
+    assert not caplog.records

@@ -33,6 +33,7 @@ def test_pick_latency_rows_are_sane():
     rows = pick_latency(sizes=(10,), picks=200, warmup=20)
     assert [(r["pods"], r["policy"], r["stage"]) for r in rows] == [
         (10, "llm", "decide"), (10, "llm", "pick"),
+        (10, "llm-python", "decide"), (10, "llm-python", "pick"),
         (10, "round-robin", "decide"), (10, "round-robin", "pick")]
     for r in rows:
         assert r["picks"] == 200
@@ -43,10 +44,12 @@ def test_pick_latency_rows_are_sane():
     llm = rows[0]["reasons"]
     assert set(llm) <= {"llm:prefix", "llm:lora", "llm:load"}
     assert llm.get("llm:prefix", 0) > 0  # the prompts share prefixes
-    assert set(rows[2]["reasons"]) == {"round-robin"}
+    assert rows[2]["reasons"] == llm  # both cores decide alike
+    assert set(rows[4]["reasons"]) == {"round-robin"}
     text = report_picks(rows)
     assert "goal llm" not in text  # the goal names 100 pods only
     assert "round-robin" in text
+    assert "the Python core's median is" in text
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
-"""Building the command line loads every subcommand's module; that must not pull in the
-balancer's numeric code (numpy), so the exporter sidecar and the simulator stay lean."""
+"""Building the command line loads every subcommand's module; that must not pull in
+numpy or matplotlib (the demo's and benchmarks' plots), so the exporter sidecar, the
+simulator and the balancer stay lean."""
 
 from __future__ import annotations
 
