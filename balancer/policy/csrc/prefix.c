@@ -74,16 +74,15 @@ typedef struct {
 
 /* ---- memory ------------------------------------------------------------------------- */
 
-/* Make `*buf` (an array of `*cap` items of `size` bytes) hold at least `need` items,
- * growing by half again. On failure: MemoryError, the array untouched. */
-static int reserve(void **buf, size_t *cap, size_t need, size_t size, size_t max) {
+/* `buf`, an array of `*cap` items of `size` bytes, able to hold at least `need` items
+ * (growing by half again): the array, perhaps moved, with *cap updated; or NULL with
+ * MemoryError and `buf` untouched. `max` bounds the count (ids must stay below NIL). */
+static void *grow(void *buf, size_t *cap, size_t need, size_t size, size_t max) {
     if (need <= *cap)
-        return 0;
-    if (need > max || need > PY_SSIZE_T_MAX / size) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    size_t n = *cap + *cap / 2;
+        return buf;
+    if (need > max || need > PY_SSIZE_T_MAX / size)
+        return PyErr_NoMemory();
+    size_t n = *cap + *cap / 2; /* no overflow: *cap <= PY_SSIZE_T_MAX / size */
     if (n < need)
         n = need;
     if (n < 8)
@@ -92,23 +91,11 @@ static int reserve(void **buf, size_t *cap, size_t need, size_t size, size_t max
         n = max;
     if (n > PY_SSIZE_T_MAX / size)
         n = need;
-    void *p = PyMem_Realloc(*buf, n * size);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    *buf = p;
+    void *p = PyMem_Realloc(buf, n * size);
+    if (p == NULL)
+        return PyErr_NoMemory();
     *cap = n;
-    return 0;
-}
-
-/* reserve() for the uint32_t-counted arrays (pods, nodes). */
-static int reserve32(void **buf, uint32_t *cap, size_t need, size_t size) {
-    size_t c = *cap;
-    if (reserve(buf, &c, need, size, MAX_IDS) < 0)
-        return -1;
-    *cap = (uint32_t)c;
-    return 0;
+    return p;
 }
 
 /* ---- the hash table: hash -> holders -------------------------------------------------- */
@@ -232,9 +219,9 @@ static int holder_insert(Slot *s, uint32_t at, uint32_t pod, uint32_t node) {
             s->h.many = a;
             s->cap = 4;
         } else {
-            void *a = s->h.many;
             size_t cap = s->cap;
-            if (reserve(&a, &cap, (size_t)s->n + 1, sizeof(Holder), MAX_IDS) < 0)
+            Holder *a = grow(s->h.many, &cap, (size_t)s->n + 1, sizeof(Holder), MAX_IDS);
+            if (a == NULL)
                 return -1;
             s->h.many = a;
             s->cap = (uint32_t)cap;
@@ -270,9 +257,12 @@ static uint32_t node_alloc(PrefixIndex *self) {
         self->free_node = self->nodes[id].next;
         return id;
     }
-    if (reserve32((void **)&self->nodes, &self->nodecap, (size_t)self->nnodes + 1,
-                  sizeof(Node)) < 0)
+    size_t cap = self->nodecap;
+    Node *a = grow(self->nodes, &cap, (size_t)self->nnodes + 1, sizeof(Node), MAX_IDS);
+    if (a == NULL)
         return NIL;
+    self->nodes = a;
+    self->nodecap = (uint32_t)cap;
     return self->nnodes++;
 }
 
@@ -342,9 +332,12 @@ static uint32_t pod_intern(PrefixIndex *self, PyObject *address) {
         return id;
     id = self->free_pod;
     if (id == NIL) {
-        if (reserve32((void **)&self->pods, &self->podcap, (size_t)self->npods + 1,
-                      sizeof(Pod)) < 0)
+        size_t cap = self->podcap;
+        Pod *a = grow(self->pods, &cap, (size_t)self->npods + 1, sizeof(Pod), MAX_IDS);
+        if (a == NULL)
             return NIL;
+        self->pods = a;
+        self->podcap = (uint32_t)cap;
         id = self->npods;
     }
     PyObject *v = PyLong_FromUnsignedLong(id);
@@ -374,8 +367,9 @@ static int parse_args(const char *fname, const char *const *names, Py_ssize_t nn
                       Py_ssize_t required, PyObject *const *args, Py_ssize_t nargs,
                       PyObject *kwnames, PyObject **out) {
     if (nargs > nnames) {
-        PyErr_Format(PyExc_TypeError, "PrefixIndex.%s() takes at most %zd arguments (%zd given)",
-                     fname, nnames, nargs);
+        PyErr_Format(PyExc_TypeError,
+                     "PrefixIndex.%s() takes at most %zd arguments (%zd given)", fname, nnames,
+                     nargs);
         return -1;
     }
     for (Py_ssize_t i = 0; i < nnames; i++)
@@ -388,7 +382,8 @@ static int parse_args(const char *fname, const char *const *names, Py_ssize_t nn
             i++;
         if (i == nnames) {
             PyErr_Format(PyExc_TypeError,
-                         "PrefixIndex.%s() got an unexpected keyword argument '%U'", fname, key);
+                         "PrefixIndex.%s() got an unexpected keyword argument '%U'", fname,
+                         key);
             return -1;
         }
         if (out[i] != NULL) {
@@ -476,9 +471,10 @@ static Py_ssize_t load_hashes(PrefixIndex *self, PyObject *seq, const char *fnam
         self->hbuf = NULL;
         self->hcap = 0;
     }
-    if (reserve((void **)&self->hbuf, &self->hcap, (size_t)n, sizeof(uint64_t),
-                PY_SSIZE_T_MAX) < 0)
+    uint64_t *buf = grow(self->hbuf, &self->hcap, (size_t)n, sizeof(uint64_t), PY_SSIZE_T_MAX);
+    if (buf == NULL)
         return -1;
+    self->hbuf = buf;
     for (Py_ssize_t i = 0; i < n; i++)
         if (hash_arg(items[i], fname, i, &self->hbuf[i]) < 0)
             return -1;
@@ -531,10 +527,14 @@ static NOINLINE uint32_t narrow(uint32_t *alive, uint32_t na, const Holder *a, u
  * them, with the leading blocks it holds, in nondecreasing k. */
 static Py_ssize_t walk(PrefixIndex *self, Slot *s, Py_ssize_t n) {
     uint32_t na = s->n, nres = 0;
-    if (reserve((void **)&self->alive, &self->acap, na, sizeof(uint32_t), MAX_IDS) < 0 ||
-        reserve((void **)&self->res, &self->rcap, na, sizeof(Matched), MAX_IDS) < 0)
+    uint32_t *alive = grow(self->alive, &self->acap, na, sizeof(uint32_t), MAX_IDS);
+    if (alive == NULL)
         return -1;
-    uint32_t *alive = self->alive;
+    self->alive = alive;
+    Matched *res = grow(self->res, &self->rcap, na, sizeof(Matched), MAX_IDS);
+    if (res == NULL)
+        return -1;
+    self->res = res;
     const Holder *a = holders(s);
     for (uint32_t i = 0; i < na; i++)
         alive[i] = a[i].pod;
@@ -543,11 +543,11 @@ static Py_ssize_t walk(PrefixIndex *self, Slot *s, Py_ssize_t n) {
         s = find(self, self->hbuf[k]);
         if (s == NULL)
             break;
-        na = narrow(alive, na, holders(s), s->n, self->res, &nres, k);
+        na = narrow(alive, na, holders(s), s->n, res, &nres, k);
     }
     for (uint32_t i = 0; i < na; i++) { /* they hold blocks 0..k-1 */
-        self->res[nres].pod = alive[i];
-        self->res[nres++].k = k;
+        res[nres].pod = alive[i];
+        res[nres++].k = k;
     }
     return nres;
 }
@@ -582,23 +582,20 @@ static PyObject *PrefixIndex_match(PrefixIndex *self, PyObject *const *args, Py_
     PyObject *arg[1];
     if (parse_args("match", names, 1, 1, args, nargs, kwnames, arg) < 0)
         return NULL;
-    PyObject *seq = hashes_seq(arg[0]), *out = NULL;
+    PyObject *seq = hashes_seq(arg[0]);
     if (seq == NULL)
         return NULL;
-    /* the dict before the walk: allocating it may run the GC, and so finalizers that may
-     * use this very index (and its scratch arrays) */
-    out = PyDict_New();
+    /* The dict before the walk: allocating it may run the GC, and so finalizers that may
+     * use this very index (and its scratch arrays). `seq` goes last for the same reason
+     * (freeing a list made from an iterator frees its items). */
+    PyObject *out = PyDict_New();
     Py_ssize_t n = out == NULL ? -1 : load_hashes(self, seq, "match"), count;
-    Py_DECREF(seq);
-    if (n < 0)
-        goto fail;
     Slot *s = n > 0 ? find(self, self->hbuf[0]) : NULL;
-    if (s != NULL && ((count = walk(self, s, n)) < 0 || fill(self, out, count) < 0))
-        goto fail;
+    if (n < 0 ||
+        (s != NULL && ((count = walk(self, s, n)) < 0 || fill(self, out, count) < 0)))
+        Py_CLEAR(out);
+    Py_DECREF(seq);
     return out;
-fail:
-    Py_XDECREF(out);
-    return NULL;
 }
 
 /* Record that pod `id` holds hash `h`, as its most recent entry. */
@@ -611,8 +608,10 @@ static int touch(PrefixIndex *self, Pod *p, uint32_t id, uint64_t h) {
         at = lower_bound(holders(s), s->n, id);
         if (at < s->n && holders(s)[at].pod == id) { /* held already: now the newest */
             uint32_t node = holders(s)[at].node;
-            lru_unlink(self, p, node);
-            lru_append(self, p, node);
+            if (p->newest != node) {
+                lru_unlink(self, p, node);
+                lru_append(self, p, node);
+            }
             return 0;
         }
     }
@@ -669,18 +668,18 @@ static PyObject *PrefixIndex_add(PrefixIndex *self, PyObject *const *args, Py_ss
     PyObject *address = address_arg(arg[0], "add");
     Py_ssize_t n = address == NULL ? -1 : load_hashes(self, seq, "add");
     uint32_t id = n < 0 ? NIL : pod_intern(self, address);
-    Py_XDECREF(address); /* the index keeps its own reference */
-    Py_DECREF(seq);
-    if (id == NIL)
-        return NULL;
-    /* from here on no Python code runs; a MemoryError part way leaves a consistent index
-     * that has recorded the first blocks (and evicts nothing) */
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (touch(self, &self->pods[id], id, self->hbuf[i]) < 0)
-            return NULL;
-    evict(self, id, limit);
-    maybe_shrink(self);
-    Py_RETURN_NONE;
+    Py_XDECREF(address); /* an exact str: freeing it runs no Python code */
+    int ok = id != NIL;
+    /* No Python code runs from here on. A MemoryError part way leaves a consistent index
+     * that has recorded the first blocks (and evicts nothing). */
+    for (Py_ssize_t i = 0; ok && i < n; i++)
+        ok = touch(self, &self->pods[id], id, self->hbuf[i]) == 0;
+    if (ok) {
+        evict(self, id, limit);
+        maybe_shrink(self);
+    }
+    Py_DECREF(seq); /* last: freeing a list made from an iterator frees its items */
+    return ok ? Py_NewRef(Py_None) : NULL;
 }
 
 /* forget(address): drop a pod and all its entries; its id is reused later. */
