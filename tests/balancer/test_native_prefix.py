@@ -179,6 +179,47 @@ def test_inputs_are_any_iterable_and_keywords_work():
     agree(native, ref, [1, 2, 3], ["a", "b", "c"])
 
 
+def test_reentrant_calls_from_the_hashes_argument():
+    """Iterating `hashes` (a generator) and freeing its items (an int subclass with a
+    finalizer) run Python code that uses the same index. The native index runs the first
+    before it changes anything and the second after, and stays consistent."""
+    native, ref = _native.PrefixIndex(8), prefix.PrefixIndex(8)
+    for idx in (native, ref):
+        idx.add("a", [1, 2])
+        idx.add("b", [2, 3])
+
+    class Block(int):
+        def __del__(self):
+            native.forget("a")
+            native.add("c", [1, 7, 8])
+            native.match([1, 2, 3])
+
+    def hashes():
+        native.forget("b")
+        native.add("a", [9])
+        yield Block(1)
+        yield 4
+    native.add("a", hashes())
+    # the same calls in the order the native index makes them
+    ref.forget("b")
+    ref.add("a", [9])
+    ref.add("a", [1, 4])
+    ref.forget("a")
+    ref.add("c", [1, 7, 8])
+    agree(native, ref, [1, 2, 3, 4, 7, 8, 9], ["a", "b", "c"])
+
+    def probe():
+        native.add("d", [7, 8, 50])
+        yield Block(7)
+        yield 8
+    expected = {"c": 2, "d": 2}
+    assert native.match(probe()) == expected  # computed before the finalizer ran
+    ref.add("d", [7, 8, 50])
+    ref.forget("a")
+    ref.add("c", [1, 7, 8])
+    agree(native, ref, [1, 2, 3, 4, 7, 8, 9, 50], ["a", "b", "c", "d"])
+
+
 def test_lru_per_pod_attribute():
     assert _native.PrefixIndex().lru_per_pod == prefix.PrefixIndex().lru_per_pod == 31_250
     idx = _native.PrefixIndex(lru_per_pod=5)
