@@ -10,9 +10,10 @@
  * (hash, pod) is a Node, linked into its pod's LRU list (oldest first). A hash table of
  * Slots, keyed by hash, holds each distinct hash with the (pod, node) pairs of its holders,
  * sorted by pod id: `match` intersects these sorted runs, `add` finds a pod's entry by
- * binary search. Nodes and pods are recycled through free lists. Nothing here calls back
- * into Python code while the structure is half-updated: the only Python operations are
- * dict and str operations on exact str keys, and allocation of ints and dicts. */
+ * binary search. Nodes and pods are recycled through free lists. No Python code runs
+ * while the structure is half-updated: iterating a `hashes` argument happens before, and
+ * releasing it after; in between there are only dict operations on exact str keys and
+ * allocations of ints (and of match's dict, made before its walk). */
 
 #define NIL UINT32_MAX            /* "no node" / "no pod" */
 #define MAX_IDS (UINT32_MAX - 1)  /* node and pod ids are uint32_t below NIL */
@@ -795,8 +796,8 @@ static int set_lru(PrefixIndex *self, PyObject *value, void *closure) {
     Py_ssize_t bound;
     if (bound_arg(value, "lru_per_pod", &bound) < 0)
         return -1;
-    Py_SETREF(self->lru_obj, Py_NewRef(value));
     self->lru = bound;
+    Py_SETREF(self->lru_obj, Py_NewRef(value)); /* last: releasing the old one may run code */
     return 0;
 }
 
