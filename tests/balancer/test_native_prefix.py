@@ -90,6 +90,7 @@ def test_random_sequences_match_reference(seed):
     alphabet = ALPHABET + [rng.getrandbits(64) for _ in range(10)]
     addresses = ADDRESSES + [f"10.1.0.{i}:8000" for i in range(5)]
     native, ref = _native.PrefixIndex(lru_per_pod=lru), prefix.PrefixIndex(lru_per_pod=lru)
+    sent = [[]]
     for step in range(3000):
         roll = rng.random()
         hashes = [rng.choice(alphabet) for _ in range(rng.randint(0, 12))]
@@ -98,8 +99,10 @@ def test_random_sequences_match_reference(seed):
             limit = rng.choice([None, None, rng.randint(0, 10)])
             native.add(a, hashes, limit=limit)
             ref.add(a, hashes, limit)
+            sent = (sent + [hashes])[-20:]
         elif roll < 0.9:
-            # shared leading runs: start from a prefix some pod was sent
+            if rng.random() < 0.5:  # long leading runs: something recently sent, then more
+                hashes = rng.choice(sent) + hashes
             assert native.match(hashes) == ref.match(hashes)
         elif roll < 0.97:
             a = rng.choice(addresses)
