@@ -81,14 +81,15 @@ uint64_t lt_xxh64(const void *data, size_t len, uint64_t seed) {
     return h;
 }
 
-/* UTF-8 of `s` as the Python reference encodes it ("surrogatepass"): a new bytes object. */
-static PyObject *utf8_bytes(PyObject *s, const char *what) {
+/* UTF-8 of `s` as the Python reference encodes it (the model strictly, the prompt with
+ * "surrogatepass"): a new bytes object. */
+static PyObject *utf8_bytes(PyObject *s, const char *what, const char *errors) {
     if (!PyUnicode_Check(s)) {
         PyErr_Format(PyExc_TypeError, "block_hashes: %s must be str, not %.100s", what,
                      Py_TYPE(s)->tp_name);
         return NULL;
     }
-    return PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+    return PyUnicode_AsEncodedString(s, "utf-8", errors);
 }
 
 static int size_arg(PyObject *o, const char *what, Py_ssize_t *out) {
@@ -115,7 +116,7 @@ PyObject *lt_block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t na
     if ((nargs > 2 && size_arg(args[2], "block_chars", &block) < 0) ||
         (nargs > 3 && size_arg(args[3], "max_blocks", &max_blocks) < 0))
         return NULL;
-    PyObject *model = utf8_bytes(args[0], "model");
+    PyObject *model = utf8_bytes(args[0], "model", "strict");
     if (model == NULL)
         return NULL;
     uint64_t h = lt_xxh64(PyBytes_AS_STRING(model), (size_t)PyBytes_GET_SIZE(model), 0);
@@ -128,7 +129,7 @@ PyObject *lt_block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t na
         data = (const char *)PyUnicode_DATA(args[1]);
         size = PyUnicode_GET_LENGTH(args[1]);
     } else {
-        prompt = utf8_bytes(args[1], "prompt");
+        prompt = utf8_bytes(args[1], "prompt", "surrogatepass");
         if (prompt == NULL)
             return NULL;
         data = PyBytes_AS_STRING(prompt);
