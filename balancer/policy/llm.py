@@ -20,6 +20,10 @@ from exporter.store import PodState, Snapshot
 #: Weight of the newest request in a pod's moving average of uncached prompt tokens.
 UNCACHED_EWMA = 0.1
 
+#: Native pod tables kept, one per pool (a table re-reads every pod when handed another
+#: pool); past this many pools they are all dropped and rebuilt as pools are seen again.
+MAX_TABLES = 64
+
 
 class LLMPolicy:
     """`native`: None = the native core when built; True = required; False = Python.
@@ -37,7 +41,8 @@ class LLMPolicy:
         self.native = core is not None if native is None else native
         self.prefix = (core.PrefixIndex if self.native else PrefixIndex)(cfg.prefix_lru_per_pod)
         self._hashes = core.block_hashes if self.native else block_hashes
-        self._table = core.PodTable() if self.native else None
+        self._new_table = core.PodTable if self.native else None
+        self._tables: dict[str, object] = {}  # pool -> PodTable (native core only)
         self._weights = (cfg.queue_weight, cfg.kv_weight, cfg.lora_weight, cfg.prefix_weight,
                          cfg.prefix_queue_tokens, cfg.queue_threshold, cfg.kv_threshold,
                          TOKENS_PER_BLOCK)
@@ -64,7 +69,7 @@ class LLMPolicy:
         return max(1, min(cfg.prefix_lru_per_pod, int(blocks)))
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
-        if self._table is not None:
+        if self.native:
             return self._pick_native(request, snapshot)
         return self._pick_python(request, snapshot)
 
@@ -73,9 +78,14 @@ class LLMPolicy:
         hashes = self._hashes(request.adapter or request.target_model, request.prompt) \
             if self.config.prefix_weight > 0 else []
         matched = self.prefix.match(hashes) if hashes else {}
-        r = self._table.pick(snapshot.pods, request.adapter, matched, request.prompt_tokens,
-                             request.criticality == "Sheddable", self._uncached,
-                             self._rng.randrange, self._weights, 1 + self.config.fallbacks)
+        table = self._tables.get(request.pool)
+        if table is None:
+            if len(self._tables) >= MAX_TABLES:
+                self._tables.clear()
+            table = self._tables[request.pool] = self._new_table()
+        r = table.pick(snapshot.pods, request.adapter, matched, request.prompt_tokens,
+                       request.criticality == "Sheddable", self._uncached,
+                       self._rng.randrange, self._weights, 1 + self.config.fallbacks)
         if r.__class__ is int:
             return no_endpoint(snapshot) if r == 503 else self._shed()
         top, fallbacks, reason = r

@@ -155,3 +155,28 @@ def test_a_balancer_without_the_native_core_says_so_and_still_routes(monkeypatch
     with caplog.at_level("WARNING", logger="balancer.core"):
         assert BalancerCore(discovery).policy.native is True
     assert not caplog.records
+
+
+def test_pools_picked_in_turn_pick_as_python_does():
+    """One policy serves every pool; the native core keeps a table per pool, and picks
+    from pools taken in turn (same sizes, different pods) equal the reference's."""
+    rng = random.Random(5)
+    stores, fleets = {}, {}
+    for pool, base in (("a", 0), ("b", 100), ("c", 200)):
+        fleets[pool] = [Pod(f"{pool}{i}", f"10.0.1.{base + i}:8000", {}, pool) for i in range(6)]
+        stores[pool] = MetricsStore(stale_after=2.0)
+        stores[pool].set_pods(fleets[pool])
+        for p in fleets[pool]:
+            stores[pool].update(p.address, random_metrics(rng), 0.0)
+    fast, slow = LLMPolicy(seed=3, native=True), LLMPolicy(seed=3, native=False)
+    for k in range(900):
+        pool = "abc"[k % 3] if k < 600 else rng.choice("abc")
+        req = request(rng)
+        req.pool = pool
+        snap = stores[pool].snapshot(k * 0.01)
+        a, b = fast.pick(req, snap), slow.pick(req, snap)
+        assert a == b, (k, a, b)
+        if isinstance(a, Pick):
+            stores[pool].acquire(a.address)
+        if rng.random() < 0.3:
+            stores[pool].update(rng.choice(fleets[pool]).address, random_metrics(rng), k * 0.01)
