@@ -26,8 +26,9 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
                     80.0, 160.0, 320.0, 640.0)
-OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                    0.05, 0.1)
+#: Pick durations: the native llm policy picks in 5-50 µs, the Python one in 50-1000 µs.
+OVERHEAD_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 # ---- token series from access logs (the names ASM uses) ---------------------------------
 PROMPT_TOKENS = Series("asm_llm_proxy_prompt_tokens", "counter",
