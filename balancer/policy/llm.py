@@ -75,9 +75,7 @@ class LLMPolicy:
 
     def _pick_native(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
         """The native core filters, scores and ranks in one call (`PodTable.pick`)."""
-        hashes = self._hashes(request.adapter or request.target_model, request.prompt) \
-            if self.config.prefix_weight > 0 else []
-        matched = self.prefix.match(hashes) if hashes else {}
+        hashes, matched = self._matched(request)
         table = self._tables.get(request.pool)
         if table is None:
             if len(self._tables) >= MAX_TABLES:
@@ -124,14 +122,20 @@ class LLMPolicy:
             self.remember(top, request, hashes, matched.get(top.address, 0))
         return Pick(top.address, tuple(pods[i].address for i in order[1:]), f"llm:{reason}")
 
+    def _matched(self, request: LLMRequest) -> tuple[list[int], dict[str, int]]:
+        """The prompt's block hashes (none when prefix affinity is off) and the pods
+        holding a leading run of them."""
+        if self.config.prefix_weight <= 0:
+            return [], {}
+        hashes = self._hashes(request.adapter or request.target_model, request.prompt)
+        return hashes, self.prefix.match(hashes) if hashes else {}
+
     def _prefix(self, request: LLMRequest, pods: list[PodState], queues: list[float],
                 q_min: float) -> tuple[list[int], dict[str, int], dict[int, float]]:
         """The prompt's block hashes, the pods holding a leading run of them, and the
         prefix score of each matched candidate (by position) that is worth anything."""
         cfg = self.config
-        hashes = self._hashes(request.adapter or request.target_model, request.prompt) \
-            if cfg.prefix_weight > 0 else []
-        matched = self.prefix.match(hashes) if hashes else {}
+        hashes, matched = self._matched(request)
         prefix: dict[int, float] = {}
         if matched:
             ntok, unc, floor = request.prompt_tokens, self._uncached, cfg.prefix_queue_tokens
