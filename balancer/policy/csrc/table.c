@@ -354,10 +354,10 @@ static Py_ssize_t mark_candidates(PodTable *t) {
     return count;
 }
 
-/* Scores of the candidates (queue, KV, LoRA); 1 when the pool is saturated for a Sheddable
+/* Scores of the candidates (queue, KV, LoRA; `h` is the adapter's hash); 1 when the pool is saturated for a Sheddable
  * request, 0 otherwise, -1 on error. `*q_min` gets the least candidate queue. */
-static int score_candidates(PodTable *t, PyObject *adapter, int sheddable, const Weights *w,
-                            double *q_min) {
+static int score_candidates(PodTable *t, PyObject *adapter, Py_hash_t h, int sheddable,
+                            const Weights *w, double *q_min) {
     double lo = 0, hi = 0;
     int first = 1, room = 0;
     for (Py_ssize_t i = 0; i < t->n; i++) {
@@ -374,9 +374,6 @@ static int score_candidates(PodTable *t, PyObject *adapter, int sheddable, const
     *q_min = lo;
     if (sheddable && !room)
         return 1;
-    Py_hash_t h = 0;
-    if (adapter != Py_None && (h = PyObject_Hash(adapter)) == -1)
-        return -1;
     for (Py_ssize_t i = 0; i < t->n; i++) {
         t->prefix[i] = 0;
         if (!t->cand[i])
@@ -454,14 +451,13 @@ static Py_ssize_t rank(PodTable *t, Py_ssize_t k, PyObject *randrange, Py_ssize_
 }
 
 static PyObject *pick_result(PodTable *t, Py_ssize_t *order, Py_ssize_t count,
-                             PyObject *adapter) {
+                             PyObject *adapter, Py_hash_t h) {
     Row *top = &t->rows[order[0]];
     PyObject *reason;
     if (t->prefix[order[0]]) {
         reason = s_reason_prefix;
     } else if (adapter != Py_None) {
-        Py_hash_t h = PyObject_Hash(adapter);
-        double l = h == -1 ? -1.0 : lora_score(top, adapter, h);
+        double l = lora_score(top, adapter, h);
         if (l < 0)
             return NULL;
         reason = l >= 1.0 ? s_reason_lora : s_reason_load;
@@ -502,8 +498,11 @@ static PyObject *do_pick(PodTable *t, PyObject *const *a) {
         return NULL;
     if (mark_candidates(t) == 0)
         return PyLong_FromLong(NO_ENDPOINT);
+    Py_hash_t h = 0;
+    if (adapter != Py_None && (h = PyObject_Hash(adapter)) == -1)
+        return NULL;
     double q_min;
-    int shed = score_candidates(t, adapter, sheddable, &w, &q_min);
+    int shed = score_candidates(t, adapter, h, sheddable, &w, &q_min);
     if (shed < 0)
         return NULL;
     if (shed)
@@ -515,7 +514,7 @@ static PyObject *do_pick(PodTable *t, PyObject *const *a) {
     Py_ssize_t count = rank(t, k, randrange, top, order);
     if (count < 0)
         return NULL;
-    return pick_result(t, order, count, adapter);
+    return pick_result(t, order, count, adapter, h);
 }
 
 PyDoc_STRVAR(pick_doc,
@@ -542,11 +541,6 @@ static PyObject *PodTable_pick(PodTable *t, PyObject *const *args, Py_ssize_t na
     PyObject *out = do_pick(t, args);
     t->busy = 0;
     return out;
-}
-
-static PyObject *PodTable_len_method(PodTable *t, PyObject *unused) {
-    (void)unused;
-    return PyLong_FromSsize_t(t->n);
 }
 
 /* ---- type ------------------------------------------------------------------------------ */
@@ -598,7 +592,6 @@ static PyObject *PodTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds
 
 static PyMethodDef PodTable_methods[] = {
     {"pick", (PyCFunction)(void (*)(void))PodTable_pick, METH_FASTCALL, pick_doc},
-    {"size", (PyCFunction)PodTable_len_method, METH_NOARGS, "Rows held (the last pool)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,8 +3,6 @@
  * package and balancer.policy.prefix.block_hashes. */
 #include "native.h"
 
-#include <string.h>
-
 #define P1 0x9E3779B185EBCA87ULL
 #define P2 0xC2B2AE3D27D4EB4FULL
 #define P3 0x165667B19E3779F9ULL
@@ -92,15 +90,17 @@ static PyObject *utf8_bytes(PyObject *s, const char *what, const char *errors) {
     return PyUnicode_AsEncodedString(s, "utf-8", errors);
 }
 
-static int size_arg(PyObject *o, const char *what, Py_ssize_t *out) {
+/* A size argument; below `least` it is a ValueError naming `what`. */
+static int size_arg(PyObject *o, const char *what, Py_ssize_t least, Py_ssize_t *out) {
     Py_ssize_t v = PyLong_AsSsize_t(o);
     if (v == -1 && PyErr_Occurred())
         return -1;
-    if (v <= 0 && strcmp(what, "block_chars") == 0) {
-        PyErr_SetString(PyExc_ValueError, "block_hashes: block_chars must be positive");
+    if (v < least) {
+        PyErr_Format(PyExc_ValueError, "block_hashes: %s must be at least %zd, not %zd",
+                     what, least, v);
         return -1;
     }
-    *out = v < 0 ? 0 : v;
+    *out = v;
     return 0;
 }
 
@@ -113,9 +113,11 @@ PyObject *lt_block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t na
                      "2 to 4 positional arguments (%zd given)", nargs);
         return NULL;
     }
-    if ((nargs > 2 && size_arg(args[2], "block_chars", &block) < 0) ||
-        (nargs > 3 && size_arg(args[3], "max_blocks", &max_blocks) < 0))
+    if ((nargs > 2 && size_arg(args[2], "block_chars", 1, &block) < 0) ||
+        (nargs > 3 && size_arg(args[3], "max_blocks", PY_SSIZE_T_MIN, &max_blocks) < 0))
         return NULL;
+    if (max_blocks < 0)  /* as the reference: no blocks */
+        max_blocks = 0;
     PyObject *model = utf8_bytes(args[0], "model", "strict");
     if (model == NULL)
         return NULL;
