@@ -1,4 +1,4 @@
-"""Builds the llm policy's optional native core (`balancer.policy._native`, C sources in
+"""Builds the llm policy's optional native core (`llmtraffic.balancer.policy._native`, C sources in
 balancer/policy/csrc/). Everything else is in pyproject.toml. Without a C compiler the
 install still succeeds and the balancer runs its pure-Python reference policy."""
 
@@ -12,7 +12,7 @@ ARGS = ["/O2", "/fp:precise"] if sys.platform == "win32" else \
     ["-O2", "-std=c11", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 setup(ext_modules=[Extension(
-    "balancer.policy._native",
+    "llmtraffic.balancer.policy._native",
     sources=[f"balancer/policy/csrc/{s}" for s in SOURCES],
     depends=["balancer/policy/csrc/native.h"],
     extra_compile_args=ARGS,

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable
 
-from exporter.store import PodState
+from llmtraffic.contracts.store import PodState
 
 log = logging.getLogger(__name__)
 

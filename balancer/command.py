@@ -13,11 +13,11 @@ import sys
 import yaml
 from pydantic import ValidationError
 
-from balancer.config import ConfigError
-from balancer.eventloop import CHOICES, EventLoopError, loop_name
-from balancer.eventloop import run as run_loop
-from balancer.policy.settings import PolicyConfig
-from balancer.policy.registry import POLICY_NAMES
+from llmtraffic.balancer.config import ConfigError
+from llmtraffic.balancer.eventloop import CHOICES, EventLoopError, loop_name
+from llmtraffic.balancer.eventloop import run as run_loop
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.policy.registry import POLICY_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ def load_policy_config(path: str | None) -> PolicyConfig | None:
 
 def make_discovery(args: argparse.Namespace):
     if args.kubernetes:
-        from balancer.kube import KubeDiscovery
+        from llmtraffic.balancer.kube import KubeDiscovery
 
         return KubeDiscovery(namespace=args.namespace)
-    from balancer.discovery import StaticDiscovery
+    from llmtraffic.balancer.discovery import StaticDiscovery
 
     if not args.config:
         raise ConfigError("give --config FILE… (InferencePool/InferenceModel/LLMRoute YAML) "
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     api_key = os.environ.get(args.api_key_env) or None
     metrics_token = os.environ.get(args.metrics_token_env) or None
     if args.mode == "extproc":
-        from balancer.extproc import ExtProcOptions, serve_extproc
+        from llmtraffic.balancer.extproc import ExtProcOptions, serve_extproc
 
         opts = ExtProcOptions(listen=args.listen or "0.0.0.0:9002",
                               health_listen=args.health_listen, policy=args.policy,
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
                               max_label_values=args.max_label_values)
         return run_loop(_serve(serve_extproc(discovery, opts)),
                         "asyncio" if args.loop == "auto" else args.loop)
-    from balancer.proxy import BalancerApp, ProxyOptions
+    from llmtraffic.balancer.proxy import BalancerApp, ProxyOptions
 
     opts = ProxyOptions(listen=args.listen or "0.0.0.0:8080", policy=args.policy,
                         policy_config=policy_config, access_log=args.access_log,

@@ -11,16 +11,18 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from balancer.breaker import CircuitBreaker
-from balancer.discovery import ClusterView, Discovery
-from balancer.policy.settings import PolicyConfig
-from balancer.policy.registry import make_policy
-from balancer.router import Router
-from balancer.stats import BalancerCollector, BalancerStats
-from exporter.accesslog import AccessLogWriter, LLMRecord
-from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
-from exporter.scrape import Scraper
-from exporter.store import MetricsStore
+from llmtraffic.balancer.breaker import CircuitBreaker
+from llmtraffic.balancer.discovery import ClusterView, Discovery
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.policy.registry import make_policy
+from llmtraffic.balancer.router import Router
+from llmtraffic.balancer.stats import BalancerCollector, BalancerStats
+from llmtraffic.contracts.families import FamiliesCollector
+from llmtraffic.contracts.podseries import pod_families
+from llmtraffic.contracts.record import AccessLogWriter, LLMRecord
+from llmtraffic.contracts.scrape import ScrapeCounts, Scraper, scrape_families
+from llmtraffic.contracts.store import MetricsStore
+from llmtraffic.contracts.tokens import TokenCounters, token_families
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class BalancerCore:
         self.store = store or MetricsStore()
         self.policy = make_policy(policy, policy_config, seed)
         if getattr(self.policy, "native", True) is False:
-            from balancer.policy.native import missing
+            from llmtraffic.balancer.policy.native import missing
             log.warning("llm policy: the native core is not built, so picks run in pure "
                         "Python (several times slower on large pools): %s", missing)
         self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
@@ -48,10 +50,10 @@ class BalancerCore:
                              breaker=self.breaker)
         self.apply(view)
         self.stats = BalancerStats(self.policy.name, max_label_values)
-        self.exporter_stats = ExporterStats()
+        self.scrape_counts = ScrapeCounts()
         self.counters = TokenCounters(max_values_per_label=max_label_values)
         self.registry = CollectorRegistry()
-        self.registry.register(ExporterCollector(self.counters, self.exporter_stats, self.store))
+        self.registry.register(FamiliesCollector(self._families))
         self.registry.register(BalancerCollector(self.stats, self.store, self._models,
                                                  self.breaker))
         if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
@@ -59,7 +61,7 @@ class BalancerCore:
         self.access_log_path = access_log
         self.access_log = AccessLogWriter(access_log) if access_log else None
         self.scraper = Scraper(self.store, interval=scrape_interval, timeout=scrape_timeout,
-                               stats=self.exporter_stats)
+                               stats=self.scrape_counts)
         self._tasks: list[asyncio.Task] = []
 
     @classmethod
@@ -73,6 +75,12 @@ class BalancerCore:
                    breaker_failures=options.breaker_failures,
                    breaker_cooldown=options.breaker_cooldown,
                    max_label_values=options.max_label_values)
+
+    def _families(self):
+        """Token series, scrape outcomes and pod/pool gauges, as the exporter shows them."""
+        yield from token_families(self.counters)
+        yield from scrape_families(self.scrape_counts)
+        yield from pod_families(self.store, time.monotonic())
 
     def apply(self, view: ClusterView) -> None:
         """A new membership: pods into the store, resources into the router."""

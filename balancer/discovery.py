@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from balancer.config import ConfigError, Resources, load_resources
-from exporter.app import pods_from_file
-from exporter.store import Pod
+from llmtraffic.balancer.config import ConfigError, Resources, load_resources
+from llmtraffic.contracts.pods import pods_from_file
+from llmtraffic.contracts.store import Pod
 
 log = logging.getLogger(__name__)
 

@@ -59,13 +59,13 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from balancer.core import BalancerCore
-from balancer.discovery import Discovery
-from balancer.policy.settings import PolicyConfig
-from balancer.router import ApiError, Decision, decode_body
-from balancer.usage import LineBuffer, SseTap, describe, now_iso, usage_from_json
-from exporter.accesslog import LLMRecord
-from exporter.store import MetricsStore
+from llmtraffic.balancer.core import BalancerCore
+from llmtraffic.balancer.discovery import Discovery
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.router import ApiError, Decision, decode_body
+from llmtraffic.balancer.usage import LineBuffer, SseTap, describe, now_iso, usage_from_json
+from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class ExtProcServer:
 
     async def start(self) -> None:
         """Bind both ports (RuntimeError when one cannot be bound), scrape once, serve."""
-        from exporter.app import parse_listen
+        from llmtraffic.contracts.serving import parse_listen
 
         limit = self.options.max_body_bytes + (1 << 16)
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),

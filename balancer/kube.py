@@ -18,11 +18,12 @@ import orjson
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from balancer.config import ConfigError, Model, Pool, Route, build_resources, parse_resource
-from balancer.discovery import ClusterView, OnChange, assign_pools
-from exporter import metrics as m
-from exporter.collector import _counter, _gauge
-from exporter.store import Pod
+from llmtraffic.balancer.config import (ConfigError, Model, Pool, Route, build_resources,
+    parse_resource)
+from llmtraffic.balancer.discovery import ClusterView, OnChange, assign_pools
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts.families import counter_family, gauge_family
+from llmtraffic.contracts.store import Pod
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +404,8 @@ class DiscoveryCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         d = self.discovery
-        yield _gauge(m.DISCOVERY_API_UP, [((), 1.0 if d.api_up else 0.0)])
-        yield _counter(m.DISCOVERY_ERRORS, (((k,), float(v)) for k, v in
+        yield gauge_family(m.DISCOVERY_API_UP, [((), 1.0 if d.api_up else 0.0)])
+        yield counter_family(m.DISCOVERY_ERRORS, (((k,), float(v)) for k, v in
                                             sorted(dict(d.errors).items())))
-        yield _counter(m.DISCOVERY_RELISTS, (((k,), float(v)) for k, v in
+        yield counter_family(m.DISCOVERY_RELISTS, (((k,), float(v)) for k, v in
                                              sorted(dict(d.relists).items())))

@@ -16,13 +16,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import generate_latest
 
-from balancer.core import BalancerCore
-from balancer.discovery import Discovery
-from balancer.policy.settings import PolicyConfig
-from balancer.router import ApiError, Decision, decode_body
-from balancer.usage import SseTap, describe, now_iso, usage_from_json
-from exporter.accesslog import LLMRecord
-from exporter.store import MetricsStore
+from llmtraffic.balancer.core import BalancerCore
+from llmtraffic.balancer.discovery import Discovery
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.router import ApiError, Decision, decode_body
+from llmtraffic.balancer.usage import SseTap, describe, now_iso, usage_from_json
+from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class _NoRequestBytes(logging.Filter):
 
 
 #: The logger of the proxy's HTTP server (aiohttp's own is shared with every server).
-HTTP_LOG = logging.getLogger("balancer.http")
+HTTP_LOG = logging.getLogger("llmtraffic.balancer.http")
 HTTP_LOG.addFilter(_NoRequestBytes())
 
 
@@ -98,7 +98,7 @@ class BalancerApp:
         self.core = BalancerCore.from_options(discovery, options, store)
         core = self.core
         self.store, self.policy, self.router = core.store, core.policy, core.router
-        self.stats, self.exporter_stats, self.counters = core.stats, core.exporter_stats, \
+        self.stats, self.scrape_counts, self.counters = core.stats, core.scrape_counts, \
             core.counters
         self.registry, self.access_log, self.scraper = core.registry, core.access_log, \
             core.scraper
@@ -121,7 +121,7 @@ class BalancerApp:
         return app
 
     async def start(self) -> None:
-        from exporter.app import parse_listen
+        from llmtraffic.contracts.serving import parse_listen
 
         host, port = parse_listen(self.options.listen)
         self._session = aiohttp.ClientSession(

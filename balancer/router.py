@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
-from balancer.config import Model, Pool, Resources
-from balancer.policy.request import LLMRequest, Pick, Policy, Shed
-from exporter.store import MetricsStore, PodState, Snapshot
+from llmtraffic.balancer.config import Model, Pool, Resources
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, Policy, Shed
+from llmtraffic.contracts.store import MetricsStore, PodState, Snapshot
 
 if TYPE_CHECKING:
-    from balancer.breaker import CircuitBreaker
+    from llmtraffic.balancer.breaker import CircuitBreaker
 
 CHARS_PER_TOKEN = 4  # prompt-size estimate for routing (vLLM's tokenizer is not here)
 MAX_MODEL_CHARS = 256

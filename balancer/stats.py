@@ -1,4 +1,4 @@
-"""The balancer's own series (llmtraffic_balancer_*, declared in exporter/metrics.py):
+"""The balancer's own series (llmtraffic_balancer_*, declared in contracts/series.py):
 plain in-memory counters fed once per request, exposed by one Collector."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from exporter import metrics as m
-from exporter.accesslog import LLMRecord
-from exporter.collector import (OTHER, _counter, _gauge, _Hist, _histogram, clean_label,
-                                hist_in)
-from exporter.store import MetricsStore
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.contracts.families import (OTHER, Hist, clean_label, counter_family,
+                                           gauge_family, hist_in, histogram_family)
+from llmtraffic.contracts.store import MetricsStore
 
 if TYPE_CHECKING:
-    from balancer.breaker import CircuitBreaker
+    from llmtraffic.balancer.breaker import CircuitBreaker
 
 
 class BalancerStats:
@@ -34,12 +34,12 @@ class BalancerStats:
         self.requests: dict[tuple[str, ...], float] = {}
         self.prompt: dict[tuple[str, ...], float] = {}
         self.completion: dict[tuple[str, ...], float] = {}
-        self.ttft: dict[tuple[str, ...], _Hist] = {}
-        self.duration: dict[tuple[str, ...], _Hist] = {}
+        self.ttft: dict[tuple[str, ...], Hist] = {}
+        self.duration: dict[tuple[str, ...], Hist] = {}
         self.picks: dict[tuple[str, ...], float] = {}
         self.shed: dict[tuple[str, ...], float] = {}
         self.retries: dict[tuple[str, ...], float] = {}
-        self.pick_seconds = _Hist(m.BALANCER_PICK_DURATION.buckets,
+        self.pick_seconds = Hist(m.BALANCER_PICK_DURATION.buckets,
                                   [0.0] * (len(m.BALANCER_PICK_DURATION.buckets) + 1))
         self._lock = threading.Lock()
 
@@ -118,26 +118,26 @@ class BalancerCollector(Collector):
             for reason in ("shed", "no_endpoint"):
                 tables["shed"].setdefault((pool, clean_label(model), reason), 0.0)
         pods = self.store.snapshot(0.0).pods
-        yield _counter(m.BALANCER_REQUESTS, iter(tables["requests"].items()))
-        yield _counter(m.BALANCER_PROMPT_TOKENS, iter(tables["prompt"].items()))
-        yield _counter(m.BALANCER_COMPLETION_TOKENS, iter(tables["completion"].items()))
-        yield _counter(m.BALANCER_PICKS, iter(tables["picks"].items()))
-        yield _counter(m.BALANCER_SHED, iter(tables["shed"].items()))
-        yield _counter(m.BALANCER_RETRIES, iter(tables["retries"].items()))
+        yield counter_family(m.BALANCER_REQUESTS, iter(tables["requests"].items()))
+        yield counter_family(m.BALANCER_PROMPT_TOKENS, iter(tables["prompt"].items()))
+        yield counter_family(m.BALANCER_COMPLETION_TOKENS, iter(tables["completion"].items()))
+        yield counter_family(m.BALANCER_PICKS, iter(tables["picks"].items()))
+        yield counter_family(m.BALANCER_SHED, iter(tables["shed"].items()))
+        yield counter_family(m.BALANCER_RETRIES, iter(tables["retries"].items()))
         for series, name in ((m.BALANCER_TTFT, "ttft"), (m.BALANCER_DURATION, "duration")):
             t = tables[name]
-            yield _histogram(series, {k: list(h.counts) for k, h in t.items()},
+            yield histogram_family(series, {k: list(h.counts) for k, h in t.items()},
                              {k: h.sum for k, h in t.items()}, series.labels)
-        yield _histogram(m.BALANCER_PICK_DURATION, {(s.lb_policy,): pick[0]},
+        yield histogram_family(m.BALANCER_PICK_DURATION, {(s.lb_policy,): pick[0]},
                          {(s.lb_policy,): pick[1]}, m.BALANCER_PICK_DURATION.labels)
-        yield _gauge(m.BALANCER_INFLIGHT, (((p.pod.pool, p.pod.name), p.inflight)
+        yield gauge_family(m.BALANCER_INFLIGHT, (((p.pod.pool, p.pod.name), p.inflight)
                                            for p in pods))
         if self.breaker is not None:
             now = time.monotonic()
             opens = dict(self.breaker.opens)
             open_now = self.breaker.open_circuits(now)
-            yield _counter(m.BALANCER_CIRCUIT_OPENS, (
+            yield counter_family(m.BALANCER_CIRCUIT_OPENS, (
                 ((p.pod.pool, p.pod.name), float(opens.get(p.pod.address, 0))) for p in pods))
-            yield _gauge(m.BALANCER_CIRCUIT_OPEN, (
+            yield gauge_family(m.BALANCER_CIRCUIT_OPEN, (
                 ((p.pod.pool, p.pod.name), 1.0 if p.pod.address in open_now else 0.0)
                 for p in pods))

@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import orjson
 
-from balancer.router import Decision
-from exporter.accesslog import LLMRecord
+from llmtraffic.balancer.router import Decision
+from llmtraffic.contracts.record import LLMRecord
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it

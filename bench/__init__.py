@@ -1,1 +1,2 @@
-"""Benchmarks and workloads: routing quality, overhead, calibration."""
+"""Benchmarks (not installed; run from a checkout as `python -m bench.NAME`): balancer and
+exporter overhead, scrape cost, soak, simulator calibration and loop lag."""

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.workloads import BASE_MODEL, CHARS_PER_TOKEN, filler_text
+from llmtraffic.simulator.workloads import BASE_MODEL, CHARS_PER_TOKEN, filler_text
 
 if TYPE_CHECKING:
-    from exporter.store import PodMetrics
+    from llmtraffic.contracts.store import PodMetrics
 
 POOL = "vllm-llama2-7b-pool"
 POOL_LABELS = {"app": POOL}
@@ -72,7 +72,7 @@ class Prompts:
 def models_yaml() -> str:
     """InferenceModels for the base model and the seed's 10 adapters (the seed's own file
     only names tweet-summary), in the seed pool."""
-    from simulator.server import SEED_ADAPTERS
+    from llmtraffic.simulator.server import SEED_ADAPTERS
 
     docs = []
     for name in (BASE_MODEL, *SEED_ADAPTERS):
@@ -97,8 +97,8 @@ def config_files(tmp: Path) -> list[str]:
 
 def random_metrics(rng: random.Random) -> PodMetrics:
     """A busy Llama-2-7B pod as the seed runs it: up to 4 of the 10 adapters loaded."""
-    from exporter.store import PodMetrics
-    from simulator.server import SEED_ADAPTERS
+    from llmtraffic.contracts.store import PodMetrics
+    from llmtraffic.simulator.server import SEED_ADAPTERS
 
     running = tuple(rng.sample(SEED_ADAPTERS, rng.randint(0, 4)))
     others = [a for a in SEED_ADAPTERS if a not in running]
@@ -138,7 +138,7 @@ class Fleet:
     pod in ten gets a fresh scrape."""
 
     def __init__(self, n: int, rng: random.Random) -> None:
-        from exporter.store import MetricsStore, Pod
+        from llmtraffic.contracts.store import MetricsStore, Pod
 
         self.rng = rng
         self.store = MetricsStore()
@@ -163,7 +163,7 @@ class Fleet:
 
 
 def _bodies(rng: random.Random, n: int) -> list[dict[str, Any]]:
-    from simulator.server import SEED_ADAPTERS
+    from llmtraffic.simulator.server import SEED_ADAPTERS
 
     prompts = Prompts(rng)
     return [{"model": rng.choice(SEED_ADAPTERS) if rng.random() < ADAPTER_SHARE
@@ -176,14 +176,14 @@ LLM_PYTHON = "llm-python"
 
 
 def _policy(name: str, seed: int):
-    from balancer.policy.registry import make_policy
+    from llmtraffic.balancer.policy.registry import make_policy
 
     if name == LLM_PYTHON:
-        from balancer.policy.llm import LLMPolicy
+        from llmtraffic.balancer.policy.llm import LLMPolicy
         return LLMPolicy(seed=seed, native=False)
     policy = make_policy(name, seed=seed)
     if getattr(policy, "native", True) is False:
-        from balancer.policy.native import missing
+        from llmtraffic.balancer.policy.native import missing
         raise SystemExit(f"the llm policy's native core is not built ({missing}); "
                          f"time the Python core alone with --policies {LLM_PYTHON}")
     return policy
@@ -191,7 +191,7 @@ def _policy(name: str, seed: int):
 
 def _time_decide(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
                  resources, seed: int) -> PickRun:
-    from balancer.router import Router
+    from llmtraffic.balancer.router import Router
 
     fleet = Fleet(n_pods, random.Random(seed))
     router = Router(resources, fleet.store, _policy(policy_name, seed),
@@ -212,9 +212,9 @@ def _time_decide(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
 def _time_pick(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
                resources, seed: int) -> PickRun:
     """The policy alone, on the snapshot and request Router.decide would hand it."""
-    from balancer.policy.request import LLMRequest, Pick
-    from balancer.router import CHARS_PER_TOKEN
-    from exporter.store import Snapshot
+    from llmtraffic.balancer.policy.request import LLMRequest, Pick
+    from llmtraffic.balancer.router import CHARS_PER_TOKEN
+    from llmtraffic.contracts.store import Snapshot
 
     fleet = Fleet(n_pods, random.Random(seed))
     policy = _policy(policy_name, seed)
@@ -245,7 +245,7 @@ def pick_latency(sizes: tuple[int, ...] = (10, 100, 1000), picks: int = 3000,
                  policies: tuple[str, ...] = ("llm", LLM_PYTHON, "round-robin"),
                  seed: int = 0) -> list[dict[str, Any]]:
     """Rows of {pods, policy, stage, picks, p50_us, p99_us, mean_us, reasons}."""
-    from balancer.config import load_resources
+    from llmtraffic.balancer.config import load_resources
 
     with tempfile.TemporaryDirectory(prefix="balancer-overhead-") as tmp:
         resources = load_resources(config_files(Path(tmp)))
@@ -298,7 +298,7 @@ def _pods_process(conn: Connection, pods: int, options: dict[str, Any]) -> None:
 
 async def _serve_pods(conn: Connection, pods: int, options: dict[str, Any]) -> None:
     """Start the fleet, send its URLs, serve until the parent says anything (or goes)."""
-    from simulator.server import SimFleet
+    from llmtraffic.simulator.server import SimFleet
 
     fleet = await SimFleet(pods, **options).start()
     conn.send(fleet.urls)
@@ -696,7 +696,7 @@ def live_overhead(pods: int = 4, requests: int = 600, warmup: int = 50,
 
 
 def _seed_loras() -> dict[str, str]:
-    from simulator.server import SEED_ADAPTERS
+    from llmtraffic.simulator.server import SEED_ADAPTERS
 
     return {a: f"/adapters/{a}" for a in SEED_ADAPTERS}
 
@@ -829,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.serve_bare_proxy:  # the reference proxy's own process (see start_floor)
         port, *pods = args.serve_bare_proxy
-        from balancer.eventloop import run as run_loop
+        from llmtraffic.balancer.eventloop import run as run_loop
 
         run_loop(_serve_bare_proxy(int(port), pods), "auto")
         return 0

@@ -1,5 +1,5 @@
 """Scraper cost: N aiohttp endpoints in another process serve realistic vLLM /metrics pages;
-this process scrapes them with `exporter.scrape.Scraper` and reports its own CPU (% of one
+this process scrapes them with `contracts.scrape.Scraper` and reports its own CPU (% of one
 core) at a given pages/s, plus `parse_metrics` µs per page. `vllm_page` builds the pages.
 
     python -m bench.exporter_scrape [--pods 50] [--interval 0.25] [--seconds 10]
@@ -23,8 +23,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, H
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import vllm
-from exporter.store import MetricsStore, Pod
+from llmtraffic.contracts import vllm
+from llmtraffic.contracts.store import MetricsStore, Pod
 
 _MODEL = "meta-llama/Llama-2-7b-hf"
 _ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "tweet-summary", "tweet-summary-1")
@@ -160,7 +160,7 @@ class _Counts:
 
 
 async def _scrape_for(pods: list[Pod], interval: float, seconds: float) -> tuple[float, float, dict]:
-    from exporter.scrape import Scraper
+    from llmtraffic.contracts.scrape import Scraper
 
     store = MetricsStore()
     store.set_pods(pods)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", type=int, default=1, help="data-parallel engines per page")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from llmtraffic.prometheus import free_port
+    from llmtraffic.harness.prometheus import free_port
 
     engines = tuple(str(i) for i in range(args.engines))
     pages = [vllm_page(seed=s, engines=engines) for s in range(8)]

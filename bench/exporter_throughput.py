@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import orjson
 
-from exporter.app import ExporterApp, ExporterOptions
+from llmtraffic.exporter.app import ExporterApp, ExporterOptions
 
 GOAL_LINES_PER_S = 250_000
 GOAL_RSS_MB = 100.0

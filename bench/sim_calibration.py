@@ -12,8 +12,8 @@ import json
 import random
 import statistics
 
-from simulator.engine import Engine, EngineConfig, SimRequest
-from simulator.profile import PROFILES, Profile
+from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest
+from llmtraffic.simulator.profile import PROFILES, Profile
 
 PROMPT_TOKENS = 512
 OUTPUT_TOKENS = 128

@@ -50,7 +50,7 @@ def _pod_process(conn: Connection, pods: int, options: dict[str, Any]) -> None:
 async def _serve_and_probe(conn: Connection, pods: int, options: dict[str, Any]) -> None:
     """Start the fleet, send its URLs; on "begin" reset the probe and CPU clock; on "end"
     send back lag samples (seconds), CPU seconds and wall seconds; then stop."""
-    from simulator.server import SimFleet
+    from llmtraffic.simulator.server import SimFleet
 
     # the client cuts its streams at the deadline: aiohttp would log each late write
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
@@ -164,7 +164,7 @@ def run(pods: int = 4, concurrency: int = 32, duration: float = 20.0, max_tokens
         if not parent.poll(60):
             raise RuntimeError("the simulated fleet did not start within 60 s")
         urls = parent.recv()
-        from simulator.profile import DEFAULT_PROFILE, get_profile
+        from llmtraffic.simulator.profile import DEFAULT_PROFILE, get_profile
         model = get_profile(DEFAULT_PROFILE).model
         parent.send("begin")
         counts, wall, client_cpu = asyncio.run(drive(

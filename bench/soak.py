@@ -25,10 +25,10 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.loadclient import Outcome, replay
-from bench.routing import measure_capacity
-from bench.stack import Proc, Stack, start_balancer, start_exporter, start_fleet
-from bench.workloads import make_workload
+from llmtraffic.harness.loadclient import Outcome, replay
+from llmtraffic.harness.routing import measure_capacity
+from llmtraffic.harness.stack import Proc, Stack, start_balancer, start_exporter, start_fleet
+from llmtraffic.simulator.workloads import make_workload
 
 GOAL_RSS_GROWTH_PCT = 10.0
 POOL = "soak-pool"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dashboards import comparison, overview, rules
+from llmtraffic.dashboards import comparison, overview, rules
 
 #: Output file name -> builder of the dashboard model.
 BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {

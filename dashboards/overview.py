@@ -9,12 +9,12 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards import queries as q
-from dashboards.panels import (RATIO, REQUESTS_PER_SECOND, SECONDS, SHORT, TOKENS_PER_SECOND,
+from llmtraffic.dashboards import queries as q
+from llmtraffic.dashboards.panels import (RATIO, REQUESTS_PER_SECOND, SECONDS, SHORT, TOKENS_PER_SECOND,
                                Target, assemble, datasource_variable, query_variable,
                                stat_panel, table_panel, timeseries_panel)
-from exporter import metrics as m
-from exporter import vllm as v
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts import vllm as v
 
 UID = "llmtraffic-overview"
 TITLE = "LLM inference overview"

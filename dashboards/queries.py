@@ -1,5 +1,5 @@
 """Every PromQL expression the dashboards and the Prometheus rules use, built from the names
-declared in exporter/metrics.py (ours) and exporter/vllm.py (vLLM's, V1 and legacy), plus
+declared in contracts/series.py (ours) and contracts/vllm.py (vLLM's, V1 and legacy), plus
 `all_queries()` which lists each dashboard query ready to run against a real Prometheus."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from dashboards import promql
-from exporter import metrics as m
-from exporter import vllm as v
+from llmtraffic.dashboards import promql
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts import vllm as v
 
 Kind = Literal["counter", "gauge", "histogram"]
 
 #: How vLLM declares each of its series (counters get `_total` on the wire, histograms
-#: `_bucket`/`_sum`/`_count`). Keyed by the names in exporter/vllm.py.
+#: `_bucket`/`_sum`/`_count`). Keyed by the names in contracts/vllm.py.
 VLLM_KINDS: dict[str, Kind] = {
     v.NUM_REQUESTS_RUNNING: "gauge",
     v.NUM_REQUESTS_WAITING: "gauge",
@@ -66,7 +66,7 @@ def vllm_exposed(name: str) -> tuple[str, ...]:
         kind = VLLM_KINDS[name]
     except KeyError:
         raise KeyError(f"{name!r} has no kind in dashboards.queries.VLLM_KINDS; add it next "
-                       "to the name in exporter/vllm.py") from None
+                       "to the name in contracts/vllm.py") from None
     return tuple(name + s for s in _SUFFIXES[kind])
 
 
@@ -223,7 +223,7 @@ def is_legacy_only(expr: str) -> bool:
 
 def dashboard_targets() -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, raw expr) for every query target of every dashboard."""
-    from dashboards.build import dashboards  # late import: build imports this module
+    from llmtraffic.dashboards.build import (dashboards)  # late import: build imports this module
 
     out: list[tuple[str, str, str]] = []
     for model in dashboards().values():
@@ -235,7 +235,7 @@ def dashboard_targets() -> list[tuple[str, str, str]]:
 
 def variable_queries() -> list[tuple[str, str, str]]:
     """(dashboard uid, variable name, label_values query) for every query variable."""
-    from dashboards.build import dashboards
+    from llmtraffic.dashboards.build import dashboards
 
     return [(model["uid"], var["name"], var["query"])
             for model in dashboards().values()

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from dashboards import queries as q
-from exporter import metrics as m
-from exporter import vllm as v
+from llmtraffic.dashboards import queries as q
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts import vllm as v
 
 W = "5m"
 QUANTILES = (0.5, 0.9, 0.99)

@@ -10,16 +10,18 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.accesslog import FieldMapping, ParseError, make_parser
-from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
-from exporter.enrich import Enricher
-from exporter.scrape import Scraper
-from exporter.store import MetricsStore, Pod
-from exporter.tail import Tailer, load_checkpoint, save_checkpoint
+from llmtraffic.exporter.accesslog import FieldMapping, ParseError, make_parser
+from llmtraffic.exporter.collector import ExporterCollector, ExporterStats
+from llmtraffic.contracts.tokens import TokenCounters
+from llmtraffic.exporter.enrich import Enricher
+from llmtraffic.contracts.scrape import Scraper
+from llmtraffic.contracts.pods import pods_from_file, pods_from_urls
+from llmtraffic.contracts.serving import parse_listen
+from llmtraffic.contracts.store import MetricsStore
+from llmtraffic.exporter.tail import Tailer, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -42,37 +44,6 @@ class ExporterOptions:
     scrape_timeout: float = 1.0
     dimensions: tuple[str, ...] = ("model",)
     max_label_values: int = 200
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen {listen!r}: give host:port, e.g. 0.0.0.0:9100")
-    return host or "0.0.0.0", int(port)
-
-
-def pods_from_urls(urls: list[str]) -> list[Pod]:
-    out = []
-    for u in urls:
-        addr = u.split("://", 1)[-1].rstrip("/")
-        out.append(Pod(name=addr, address=addr))
-    return out
-
-
-def pods_from_file(path: str) -> list[Pod]:
-    """The balancer's pods file: `pods: [{name, address, labels, pool?, namespace?}]`."""
-    try:
-        doc = yaml.safe_load(open(path)) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read the pods file: {e}") from None
-    out = []
-    for i, p in enumerate(doc.get("pods") or []):
-        if not isinstance(p, dict) or "address" not in p:
-            raise ValueError(f"{path}: pods[{i}]: each pod needs an `address` (host:port)")
-        out.append(Pod(name=str(p.get("name", p["address"])), address=str(p["address"]),
-                       labels=dict(p.get("labels") or {}), pool=str(p.get("pool", "")),
-                       namespace=str(p.get("namespace", "default"))))
-    return out
 
 
 class ExporterApp:

@@ -10,8 +10,8 @@ from typing import IO
 
 import orjson
 
-from exporter.accesslog import LLMRecord
-from exporter.store import MetricsStore
+from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.contracts.store import MetricsStore
 
 #: Record fields copied as they are (besides the computed ones below).
 COPIED = ("start_time", "request_id", "method", "path", "protocol", "response_code",

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from exporter.collector import ExporterStats
+from llmtraffic.exporter.collector import ExporterStats
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from llmtraffic import __version__
 #: Modules that define a subcommand through `add_parser(subparsers)`; the parser they add
 #: sets `func(args) -> int`.
 COMMAND_MODULES = (
-    "simulator.server",
-    "balancer.command",
-    "exporter.app",
-    "bench.cli",
-    "dashboards.build",
+    "llmtraffic.simulator.server",
+    "llmtraffic.balancer.command",
+    "llmtraffic.exporter.app",
+    "llmtraffic.harness.command",
+    "llmtraffic.dashboards.build",
     "llmtraffic.demo",
 )
 

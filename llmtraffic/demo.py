@@ -20,15 +20,15 @@ from typing import Any
 import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.loadclient import Outcome, replay, summarize
-from bench.podsampler import PodSampler
-from bench.routing import RoutingRun, format_table, measure_capacity, plot
-from bench.stack import Fleet, Stack, start_balancer, start_exporter, start_fleet
-from bench.workloads import make_workload
-from dashboards.build import dashboard_files
-from dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
-from exporter import metrics as m
-from llmtraffic.prometheus import PrometheusError, PrometheusServer
+from llmtraffic.harness.loadclient import Outcome, replay, summarize
+from llmtraffic.harness.podsampler import PodSampler
+from llmtraffic.harness.routing import RoutingRun, format_table, measure_capacity, plot
+from llmtraffic.harness.stack import Fleet, Stack, start_balancer, start_exporter, start_fleet
+from llmtraffic.simulator.workloads import make_workload
+from llmtraffic.dashboards.build import dashboard_files
+from llmtraffic.dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
+from llmtraffic.contracts import series as m
+from llmtraffic.harness.prometheus import PrometheusError, PrometheusServer
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
         say("\nstopping")
         return 130
     except Exception as e:  # a child that would not start: say which and where its log is
-        from bench.stack import StackError
+        from llmtraffic.harness.stack import StackError
 
         if isinstance(e, StackError):
             print(f"llmtraffic demo: {e}", file=sys.stderr)

@@ -14,12 +14,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from balancer.policy.request import LLMRequest, Pick, Policy, Shed
-from bench.workloads import BASE_MODEL, WorkloadRequest
-from exporter.store import MetricsStore, Pod, PodMetrics
-from simulator import tokenizer
-from simulator.engine import Engine, EngineConfig, SimRequest, StepResult, TTFTProbe
-from simulator.profile import get_profile
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, Policy, Shed
+from llmtraffic.simulator.workloads import BASE_MODEL, WorkloadRequest
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.simulator import tokenizer
+from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest, StepResult, TTFTProbe
+from llmtraffic.simulator.profile import get_profile
 
 POOL = "sim-pool"
 

@@ -12,7 +12,7 @@ import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from simulator.profile import Profile
+from llmtraffic.simulator.profile import Profile
 
 
 @dataclass(slots=True)

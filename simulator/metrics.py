@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from prometheus_client import metrics as _pc_metrics
 from prometheus_client.utils import INF, floatToGoString
 
-from exporter import vllm as v
-from simulator.engine import EngineStats, SimRequest, StepResult
+from llmtraffic.contracts import vllm as v
+from llmtraffic.simulator.engine import EngineStats, SimRequest, StepResult
 
 if TYPE_CHECKING:
-    from simulator.server import SimServer
+    from llmtraffic.simulator.server import SimServer
 
 LABELS = ("model_name", "engine")
 THROUGHPUT_WINDOW_S = 10.0  # legacy avg_*_throughput gauges average over this window

@@ -21,10 +21,10 @@ from typing import Any, AsyncIterator, Iterator
 import orjson
 from aiohttp import web
 
-from simulator import tokenizer
-from simulator.engine import Engine, EngineConfig, SimRequest, StepResult
-from simulator.metrics import PodMetricsExporter
-from simulator.profile import DEFAULT_PROFILE, PROFILES, get_profile
+from llmtraffic.simulator import tokenizer
+from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest, StepResult
+from llmtraffic.simulator.metrics import PodMetricsExporter
+from llmtraffic.simulator.profile import DEFAULT_PROFILE, PROFILES, get_profile
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from llmtraffic.prometheus import free_port
+from llmtraffic.harness.prometheus import free_port
 
 
 @pytest.fixture

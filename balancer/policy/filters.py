@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.store import PodState
+from llmtraffic.contracts.store import PodState
 
 
 def ready(pods: tuple[PodState, ...]) -> list[PodState]:

@@ -3,7 +3,7 @@ carried by the queue scorer's in-flight fallback)."""
 
 from __future__ import annotations
 
-from exporter.store import PodState
+from llmtraffic.contracts.store import PodState
 
 
 def kv_score(pod: PodState) -> float:

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import random
 
-from balancer.policy import native as native_core
-from balancer.policy.filters import saturated, usable
-from balancer.policy.kvcache import kv_score
-from balancer.policy.lora import lora_score
-from balancer.policy.prefix import TOKENS_PER_BLOCK, PrefixIndex, block_hashes, net_saved
-from balancer.policy.queue import queue_score
-from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
-from balancer.policy.settings import PolicyConfig
-from exporter.store import PodState, Snapshot
+from llmtraffic.balancer.policy import native as native_core
+from llmtraffic.balancer.policy.filters import saturated, usable
+from llmtraffic.balancer.policy.kvcache import kv_score
+from llmtraffic.balancer.policy.lora import lora_score
+from llmtraffic.balancer.policy.prefix import (TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
+    net_saved)
+from llmtraffic.balancer.policy.queue import queue_score
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.contracts.store import PodState, Snapshot
 
 #: Weight of the newest request in a pod's moving average of uncached prompt tokens.
 UNCACHED_EWMA = 0.1

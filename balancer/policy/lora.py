@@ -3,7 +3,7 @@ waiting for a slot 0.6 > 0 (it would queue behind a slot). Base-model requests: 
 
 from __future__ import annotations
 
-from exporter.store import PodState
+from llmtraffic.contracts.store import PodState
 
 RUNNING, FREE_SLOT, WAITING, NONE = 1.0, 0.8, 0.6, 0.0
 

@@ -9,7 +9,7 @@ from types import ModuleType
 core: ModuleType | None
 missing: str | None
 try:
-    from balancer.policy import _native as core
+    from llmtraffic.balancer.policy import _native as core
     missing = None
 except ImportError as e:  # not built: no compiler at install time, or a source checkout
     core = None

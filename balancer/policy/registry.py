@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from balancer.policy.leastrequest import LeastRequest
-from balancer.policy.randompick import RandomPick
-from balancer.policy.request import Policy
-from balancer.policy.roundrobin import RoundRobin
-from balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.policy.leastrequest import LeastRequest
+from llmtraffic.balancer.policy.randompick import RandomPick
+from llmtraffic.balancer.policy.request import Policy
+from llmtraffic.balancer.policy.roundrobin import RoundRobin
+from llmtraffic.balancer.policy.settings import PolicyConfig
 
 POLICY_NAMES = ("llm", "round-robin", "random", "least-request")
 
@@ -14,7 +14,7 @@ POLICY_NAMES = ("llm", "round-robin", "random", "least-request")
 def make_policy(name: str, config: PolicyConfig | None = None,
                 seed: int | None = None) -> Policy:
     if name == "llm":
-        from balancer.policy.llm import LLMPolicy  # the native core: balancer only
+        from llmtraffic.balancer.policy.llm import LLMPolicy  # the native core: balancer only
         return LLMPolicy(config, seed)
     if name == "round-robin":
         return RoundRobin(seed)

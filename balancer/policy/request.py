@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.store import Snapshot
+from llmtraffic.contracts.store import Snapshot
 
 
 @dataclass(slots=True)

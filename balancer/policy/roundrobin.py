@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from balancer.policy.filters import usable
-from balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
-from exporter.store import Snapshot
+from llmtraffic.balancer.policy.filters import usable
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from llmtraffic.contracts.store import Snapshot
 
 
 class RoundRobin:

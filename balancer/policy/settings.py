@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from balancer.policy.prefix import LRU_PER_POD
+from llmtraffic.balancer.policy.prefix import LRU_PER_POD
 
 
 class PolicyConfig(BaseModel):

@@ -12,10 +12,10 @@ from typing import Any, Callable
 import openai
 import pytest
 
-from balancer.discovery import StaticDiscovery
-from balancer.proxy import BalancerApp, ProxyOptions
-from exporter.store import MetricsStore, Pod
-from simulator.server import SEED_ADAPTERS, SimFleet
+from llmtraffic.balancer.discovery import StaticDiscovery
+from llmtraffic.balancer.proxy import BalancerApp, ProxyOptions
+from llmtraffic.contracts.store import MetricsStore, Pod
+from llmtraffic.simulator.server import SEED_ADAPTERS, SimFleet
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 SEED_FILES = sorted(str(p) for p in SEED_DIR.glob("*.yaml"))

@@ -11,7 +11,7 @@ from collections import Counter
 import orjson
 from aiohttp import web
 
-from exporter import vllm
+from llmtraffic.contracts import vllm
 
 METRICS_MODES = ("ok", "timeout", "500", "garbage")
 ANSWER_MODES = ("ok", "500")

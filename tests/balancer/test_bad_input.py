@@ -14,9 +14,9 @@ import aiohttp
 import orjson
 import pytest
 
-from balancer.discovery import StaticDiscovery
-from balancer.extproc import ExtProcOptions, ExtProcServer
-from exporter.store import Pod
+from llmtraffic.balancer.discovery import StaticDiscovery
+from llmtraffic.balancer.extproc import ExtProcOptions, ExtProcServer
+from llmtraffic.contracts.store import Pod
 from tests.balancer.conftest import BASE, LABELS, SEED_FILES, records
 from tests.balancer.fakepod import FakePod
 

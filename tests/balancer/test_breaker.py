@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from balancer.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from balancer.discovery import StaticDiscovery
-from balancer.policy.registry import POLICY_NAMES, make_policy
-from balancer.router import Router
-from exporter.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.balancer.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from llmtraffic.balancer.discovery import StaticDiscovery
+from llmtraffic.balancer.policy.registry import POLICY_NAMES, make_policy
+from llmtraffic.balancer.router import Router
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 from tests.balancer.conftest import BASE, LABELS, SEED_FILES
 
 A, B = "10.0.0.1:8000", "10.0.0.2:8000"

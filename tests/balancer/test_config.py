@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from balancer.config import (GIE_ALPHA, GIE_V1, ConfigError, Model, load_documents,
+from llmtraffic.balancer.config import (GIE_ALPHA, GIE_V1, ConfigError, Model, load_documents,
                              load_resources, parse_resource)
 from tests.balancer.conftest import POOL, SEED_DIR, SEED_FILES
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from balancer.config import ConfigError, load_resources
-from balancer.discovery import StaticDiscovery, assign_pools
-from exporter.store import Pod
+from llmtraffic.balancer.config import ConfigError, load_resources
+from llmtraffic.balancer.discovery import StaticDiscovery, assign_pools
+from llmtraffic.contracts.store import Pod
 from tests.balancer.conftest import POOL, SEED_FILES
 
 TWO_POOLS = """

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import yaml
 
-from balancer.eventloop import EventLoopError, loop_name, run
-from simulator.server import SimFleet
+from llmtraffic.balancer.eventloop import EventLoopError, loop_name, run
+from llmtraffic.simulator.server import SimFleet
 from tests.balancer.conftest import LABELS, LORAS, SEED_FILES
 
 
@@ -46,7 +46,7 @@ async def test_balancer_process_serves_on_uvloop(tmp_path: Path):
     pods = tmp_path / "pods.yaml"
     pods.write_text(yaml.safe_dump({"pods": [
         {"name": "vllm-0", "address": fleet.addresses[0], "labels": dict(LABELS)}]}))
-    log = tmp_path / "balancer.log"
+    log = tmp_path / "llmtraffic.balancer.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "llmtraffic", "balancer", "--config",
                                  *SEED_FILES, "--pods-file", str(pods), "--listen",

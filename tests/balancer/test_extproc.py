@@ -29,13 +29,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from balancer import extproc
-from balancer.discovery import StaticDiscovery
-from balancer.extproc import DESTINATION, ExtProcOptions, ExtProcServer
-from balancer.policy.llm import PolicyConfig
-from exporter.accesslog import FieldMapping, JsonLineParser, LLMRecord
-from exporter.store import Pod
-from simulator.server import SEED_ADAPTERS, run_fleet_in_thread
+from llmtraffic.balancer import extproc
+from llmtraffic.balancer.discovery import StaticDiscovery
+from llmtraffic.balancer.extproc import DESTINATION, ExtProcOptions, ExtProcServer
+from llmtraffic.balancer.policy.llm import PolicyConfig
+from llmtraffic.exporter.accesslog import FieldMapping, JsonLineParser
+from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.contracts.store import Pod
+from llmtraffic.simulator.server import SEED_ADAPTERS, run_fleet_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = sorted(glob.glob(str(ROOT / "deploy" / "seed" / "*.yaml")))

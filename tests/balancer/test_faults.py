@@ -14,13 +14,13 @@ import openai
 import orjson
 import pytest
 
-from balancer.breaker import CLOSED, HALF_OPEN, OPEN
-from balancer.discovery import StaticDiscovery
-from balancer.extproc import ExtProcOptions, ExtProcServer
-from balancer.policy.registry import POLICY_NAMES
-from balancer.proxy import BalancerApp
-from exporter.store import Pod
-from simulator.server import SimServer, run_fleet_in_thread
+from llmtraffic.balancer.breaker import CLOSED, HALF_OPEN, OPEN
+from llmtraffic.balancer.discovery import StaticDiscovery
+from llmtraffic.balancer.extproc import ExtProcOptions, ExtProcServer
+from llmtraffic.balancer.policy.registry import POLICY_NAMES
+from llmtraffic.balancer.proxy import BalancerApp
+from llmtraffic.contracts.store import Pod
+from llmtraffic.simulator.server import SimServer, run_fleet_in_thread
 from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, SEED_FILES, client,
                                      next_scrape, records, stop_pod, total_inflight, wait_for)
 from tests.balancer.fakepod import FakePod

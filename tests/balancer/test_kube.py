@@ -19,10 +19,10 @@ import yaml
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, generate_latest
 
-from balancer.config import GIE_ALPHA, GIE_V1, ConfigError
-from balancer.discovery import ClusterView
-from balancer.kube import WATCHED, KubeDiscovery, pod_from_object
-from exporter.store import Pod
+from llmtraffic.balancer.config import GIE_ALPHA, GIE_V1, ConfigError
+from llmtraffic.balancer.discovery import ClusterView
+from llmtraffic.balancer.kube import WATCHED, KubeDiscovery, pod_from_object
+from llmtraffic.contracts.store import Pod
 from tests.balancer.fake_apiserver import SERVED, FakeApiServer, pod
 
 SEED = Path(__file__).resolve().parents[2] / "deploy" / "seed"
@@ -236,7 +236,7 @@ async def test_a_watch_from_a_compacted_version_gets_410_and_relists(fake) -> No
 
 
 async def test_api_server_gone_keeps_the_last_view_and_says_so(fake, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="balancer.kube")
+    caplog.set_level(logging.INFO, logger="llmtraffic.balancer.kube")
     apply_seed(fake)
     fake.apply(pod("vllm-0", "10.0.0.1", APP))
     d = discovery_for(fake)
@@ -317,7 +317,7 @@ async def test_a_crd_that_is_not_installed_is_empty_not_an_outage(caplog) -> Non
 
 
 async def test_the_proxy_exposes_discovery_health(fake) -> None:
-    from balancer.proxy import BalancerApp, ProxyOptions
+    from llmtraffic.balancer.proxy import BalancerApp, ProxyOptions
 
     apply_seed(fake)
     app = BalancerApp(discovery_for(fake), ProxyOptions())

@@ -10,12 +10,12 @@ import random
 
 import pytest
 
-from balancer.policy import native
-from balancer.policy.llm import LLMPolicy
-from balancer.policy.prefix import block_hashes
-from balancer.policy.settings import PolicyConfig
-from balancer.policy.request import LLMRequest, Pick
-from exporter.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.balancer.policy import native
+from llmtraffic.balancer.policy.llm import LLMPolicy
+from llmtraffic.balancer.policy.prefix import block_hashes
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.policy.request import LLMRequest, Pick
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 
 ADAPTERS = [f"lora-{i}" for i in range(10)]
 SYSTEMS = [f"system prompt {i}: " + "be careful and brief. " * 30 for i in range(4)]
@@ -134,16 +134,16 @@ def test_a_balancer_without_the_native_core_says_so_and_still_routes(monkeypatch
     once at start, saying how to build the native one, and picks as usual."""
     from pathlib import Path
 
-    from balancer.core import BalancerCore
-    from balancer.discovery import StaticDiscovery
+    from llmtraffic.balancer.core import BalancerCore
+    from llmtraffic.balancer.discovery import StaticDiscovery
 
     seed = Path(__file__).resolve().parents[2] / "deploy" / "seed"
     discovery = StaticDiscovery([str(seed / f) for f in ("inferencepool.yaml",
                                                          "inferencemodel.yaml",
                                                          "llmroute.yaml")])
     monkeypatch.setattr(native, "core", None)
-    monkeypatch.setattr(native, "missing", "No module named 'balancer.policy._native'")
-    with caplog.at_level("WARNING", logger="balancer.core"):
+    monkeypatch.setattr(native, "missing", "No module named 'llmtraffic.balancer.policy._native'")
+    with caplog.at_level("WARNING", logger="llmtraffic.balancer.core"):
         core = BalancerCore(discovery)
     assert core.policy.native is False
     assert any("native core is not built" in r.getMessage() and "_native" in r.getMessage()
@@ -152,7 +152,7 @@ def test_a_balancer_without_the_native_core_says_so_and_still_routes(monkeypatch
         LLMPolicy(native=True)
     monkeypatch.undo()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="balancer.core"):
+    with caplog.at_level("WARNING", logger="llmtraffic.balancer.core"):
         assert BalancerCore(discovery).policy.native is True
     assert not caplog.records
 

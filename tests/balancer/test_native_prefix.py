@@ -17,7 +17,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from balancer.policy import _native, prefix
+from llmtraffic.balancer.policy import _native, prefix
 
 TOP = 2**64 - 1
 #: A tiny alphabet: both ends of the range, neighbours, and values that share low bits.

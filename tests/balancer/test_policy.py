@@ -10,16 +10,16 @@ import math
 
 import pytest
 
-from balancer.policy.filters import saturated
-from balancer.policy.kvcache import kv_score
-from balancer.policy.llm import LLMPolicy, PolicyConfig
-from balancer.policy.lora import lora_score
-from balancer.policy.prefix import BLOCK_CHARS, PrefixIndex, block_hashes
-from balancer.policy import native
-from balancer.policy.queue import queue_score
-from balancer.policy.registry import make_policy
-from balancer.policy.request import LLMRequest, Pick, Shed
-from exporter.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.balancer.policy.filters import saturated
+from llmtraffic.balancer.policy.kvcache import kv_score
+from llmtraffic.balancer.policy.llm import LLMPolicy, PolicyConfig
+from llmtraffic.balancer.policy.lora import lora_score
+from llmtraffic.balancer.policy.prefix import BLOCK_CHARS, PrefixIndex, block_hashes
+from llmtraffic.balancer.policy import native
+from llmtraffic.balancer.policy.queue import queue_score
+from llmtraffic.balancer.policy.registry import make_policy
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 
 NOW = 100.0
 
@@ -268,7 +268,7 @@ def test_policy_config_validates():
 
 # ---- prefix saved vs queue cost; LoRA affinity vs queue (the tuned defaults) --------------
 def test_net_saved_formula():
-    from balancer.policy.prefix import TOKENS_PER_BLOCK, net_saved
+    from llmtraffic.balancer.policy.prefix import TOKENS_PER_BLOCK, net_saved
     assert TOKENS_PER_BLOCK == 32  # 128-character blocks at ~4 characters per token
     assert net_saved(32, 0, 500, 1088) == pytest.approx(1024 / 1088)
     assert net_saved(32, 2, 100, 1088) == pytest.approx((1024 - 200) / 1088)

@@ -15,10 +15,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from balancer.proxy import BalancerApp
-from exporter.store import MetricsStore, Pod, PodMetrics
-from llmtraffic.prometheus import free_port
-from simulator.server import run_fleet_in_thread
+from llmtraffic.balancer.proxy import BalancerApp
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.harness.prometheus import free_port
+from llmtraffic.simulator.server import run_fleet_in_thread
 from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, client, next_scrape, records,
                                      stop_pod, total_inflight, wait_for)
 
@@ -408,7 +408,7 @@ async def test_connect_failure_is_retried_on_another_pod(doomed_fleet, make_app)
     strict = await make_app(doomed_fleet.addresses, policy="round-robin", retries=0,
                             scrape_interval=3600)
     for a in (app, strict):  # the start's scrape and the scrape loop's first round
-        await wait_for(lambda: sum(a.exporter_stats.scrapes.values()) == 6, "two rounds")
+        await wait_for(lambda: sum(a.scrape_counts.scrapes.values()) == 6, "two rounds")
     await stop_pod(doomed_fleet, 1)
     dead = doomed_fleet.addresses[1]
     c = client(app)

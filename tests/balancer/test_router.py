@@ -3,10 +3,10 @@ as its base model, and that judgement follows the pods' scrapes (it is cached be
 
 from __future__ import annotations
 
-from balancer.config import load_resources
-from balancer.policy.registry import make_policy
-from balancer.router import Router
-from exporter.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.balancer.config import load_resources
+from llmtraffic.balancer.policy.registry import make_policy
+from llmtraffic.balancer.router import Router
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 from tests.balancer.conftest import LABELS, POOL, SEED_FILES
 
 NOW = 10.0

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import ExporterApp, ExporterOptions
+from llmtraffic.exporter.app import ExporterApp, ExporterOptions
 from tests.balancer.conftest import BASE, records
 from tests.balancer.fakepod import FakePod
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from balancer.usage import now_iso
+from llmtraffic.balancer.usage import now_iso
 
 
 def test_now_iso_is_envoys_start_time_format_and_current():

@@ -19,8 +19,8 @@ def test_prompts_are_1_to_2_kb_and_share_prefixes():
 
 
 def test_config_files_load_with_the_seed(tmp_path):
-    from balancer.config import load_resources
-    from simulator.server import SEED_ADAPTERS
+    from llmtraffic.balancer.config import load_resources
+    from llmtraffic.simulator.server import SEED_ADAPTERS
 
     res = load_resources(config_files(tmp_path))
     models = {m.model_name: m for m in res.models_in(POOL)}

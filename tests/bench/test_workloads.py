@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from bench.workloads import (BASE_MODEL, SEED_ADAPTERS, make_workload, shared_prefix)
+from llmtraffic.simulator.workloads import (BASE_MODEL, SEED_ADAPTERS, make_workload, shared_prefix)
 
 
 def test_same_seed_same_requests_other_seed_differs():

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from dashboards import build, queries
-from dashboards.scrapeconfig import REPO
-from exporter import metrics as m
-from exporter import vllm as v
+from llmtraffic.dashboards import build, queries
+from llmtraffic.dashboards.scrapeconfig import REPO
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts import vllm as v
 
 JSON_DIR = REPO / "dashboards" / "json"
 K8S_DIR = REPO / "dashboards" / "k8s"
@@ -98,7 +98,7 @@ def test_cli_writes_then_checks(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_cli_is_registered() -> None:
     from llmtraffic import cli
 
-    assert "dashboards.build" in cli.COMMAND_MODULES
+    assert "llmtraffic.dashboards.build" in cli.COMMAND_MODULES
 
 
 def test_uids_titles_and_variables(boards: dict[str, dict[str, Any]]) -> None:

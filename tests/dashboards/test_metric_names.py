@@ -1,5 +1,5 @@
 """Every metric name the dashboards, the variables, the rules and the promtool unit tests use
-is one the exporter/balancer (exporter/metrics.py) or vLLM (exporter/vllm.py, exposed forms)
+is one the exporter/balancer (contracts/series.py) or vLLM (contracts/vllm.py, exposed forms)
 declare, or a recording rule defined in prometheus/rules — and the dashboard code spells none
 of them by hand."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards import promql, queries, rules
-from dashboards.scrapeconfig import REPO, RULES_DIR
-from exporter import metrics as m
-from exporter import vllm as v
+from llmtraffic.dashboards import promql, queries, rules
+from llmtraffic.dashboards.scrapeconfig import REPO, RULES_DIR
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts import vllm as v
 
 PROMETHEUS_BUILTINS = {"up"}
 
@@ -113,7 +113,7 @@ def _string_constants(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", sorted((REPO / "dashboards").glob("*.py")),
                          ids=lambda p: p.name)
 def test_dashboard_code_spells_no_metric_name(path: Path) -> None:
-    """Names come from exporter/metrics.py and exporter/vllm.py, so a rename cannot drift."""
+    """Names come from contracts/series.py and contracts/vllm.py, so a rename cannot drift."""
     names = declared() - PROMETHEUS_BUILTINS
     names |= {s.name for s in m.ALL} | set(queries.VLLM_KINDS)
     pattern = re.compile(r"(?<![\w:])(" + "|".join(map(re.escape, sorted(names))) + r")(?![\w:])")

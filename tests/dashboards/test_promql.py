@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboards.promql import label_values_selector, metric_names
+from llmtraffic.dashboards.promql import label_values_selector, metric_names
 
 
 @pytest.mark.parametrize(("expr", "names"), [

@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from balancer.config import ASM_V1, GIE_ALPHA, GIE_V1, ConfigError, parse_resource
-from balancer.kube import WATCHED
+from llmtraffic.balancer.config import ASM_V1, GIE_ALPHA, GIE_V1, ConfigError, parse_resource
+from llmtraffic.balancer.kube import WATCHED
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -252,9 +252,9 @@ def test_every_container_has_probes_on_its_own_ports_and_requests() -> None:
 async def test_probe_paths_answer_200(tmp_path) -> None:
     """The balancer's probe paths are routes of its app; the exporter, started for real,
     answers its probe paths with 200."""
-    from balancer.discovery import StaticDiscovery
-    from balancer.proxy import BalancerApp, ProxyOptions
-    from exporter.app import ExporterApp, ExporterOptions
+    from llmtraffic.balancer.discovery import StaticDiscovery
+    from llmtraffic.balancer.proxy import BalancerApp, ProxyOptions
+    from llmtraffic.exporter.app import ExporterApp, ExporterOptions
 
     (w,) = our_workloads()
     by_name = {c["name"]: c for c in containers(w)}

@@ -6,8 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from exporter.accesslog import (ISTIO_TEXT_FORMAT, AccessLogWriter, FieldMapping, LLMRecord,
-                                ParseError, make_parser, record_to_json)
+from llmtraffic.exporter.accesslog import (ISTIO_TEXT_FORMAT, FieldMapping, ParseError,
+    make_parser)
+from llmtraffic.contracts.record import AccessLogWriter, LLMRecord, record_to_json
 
 ISTIO_LINE = {
     "start_time": "2026-11-24T03:00:00.000Z", "method": "POST", "path": "/v1/completions",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from hypothesis import given, settings, strategies as st
 
-from exporter.accesslog import ParseError, make_parser
+from llmtraffic.exporter.accesslog import ParseError, make_parser
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
@@ -47,8 +47,8 @@ def test_any_text(text):
 
 
 # ---- differential: the compiled per-shape builders against the generic loop --------------
-from exporter.accesslog import (PRESETS, FieldMapping, JsonLineParser,  # noqa: E402
-                                TextLineParser, _Plan)
+from llmtraffic.exporter.accesslog import (PRESETS, FieldMapping, JsonLineParser,
+    TextLineParser, _Plan)
 
 ALL_KEYS = sorted({k for keys in PRESETS["all"].values() for k in keys})
 VALUES = (st.none() | st.sampled_from(["-", "", "200", "0", "-5", " 7 ", "1_000", "1e3", "nan",

@@ -16,8 +16,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import ExporterApp, ExporterOptions
-from llmtraffic.prometheus import PrometheusServer, free_port
+from llmtraffic.exporter.app import ExporterApp, ExporterOptions
+from llmtraffic.harness.prometheus import PrometheusServer, free_port
 
 MODELS = ("tweet-summary", "sql-lora", "meta-llama/Llama-2-7b-hf")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from exporter.accesslog import ParseError, make_parser
-from exporter.app import ExporterApp, ExporterOptions
+from llmtraffic.exporter.accesslog import ParseError, make_parser
+from llmtraffic.exporter.app import ExporterApp, ExporterOptions
 
 def _dumps(obj: dict) -> bytes:
     """JSON as any writer may produce it: integers past 64 bits (which orjson.dumps cannot

@@ -11,10 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.accesslog import LLMRecord
-from exporter.collector import ExporterCollector, ExporterStats, TokenCounters
-from exporter.enrich import Enricher, enrich
-from exporter.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.exporter.collector import ExporterCollector, ExporterStats
+from llmtraffic.contracts.tokens import TokenCounters
+from llmtraffic.exporter.enrich import Enricher, enrich
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 
 
 def samples(collector) -> dict:
@@ -151,7 +152,7 @@ def test_observe_with_cached_keys_counts_what_the_plain_rules_count():
     every record (the rules as written) must count the same, overflow included."""
     import random
 
-    from exporter.collector import OTHER, clean_label
+    from llmtraffic.contracts.families import OTHER, clean_label
 
     def reference(records, dims, cap):
         seen = {d: set() for d in dims}

@@ -14,7 +14,7 @@ from collections import Counter
 
 import orjson
 
-from llmtraffic.prometheus import free_port
+from llmtraffic.harness.prometheus import free_port
 from tests.exporter.test_app import MODELS, append, expected, istio_line, scrape, wait_until
 
 TOTAL = 100_000

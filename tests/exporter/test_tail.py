@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from exporter.tail import Tailer, load_checkpoint, save_checkpoint
+from llmtraffic.exporter.tail import Tailer, load_checkpoint, save_checkpoint
 
 
 def lines_of(tailer: Tailer) -> list[bytes]:

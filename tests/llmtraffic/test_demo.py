@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import queries, rules
-from exporter import metrics as m
-from llmtraffic.prometheus import PrometheusAPI
+from llmtraffic.dashboards import queries, rules
+from llmtraffic.contracts import series as m
+from llmtraffic.harness.prometheus import PrometheusAPI
 from tests.prometheus.test_scrape_dashboards_live import (assert_variables_answer,
                                                          run_until_all_answer)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards import promql, rules
-from dashboards.scrapeconfig import REPO, RULES_DIR, SCRAPE_CONFIG, localize
-from llmtraffic.prometheus import find_binary
+from llmtraffic.dashboards import promql, rules
+from llmtraffic.dashboards.scrapeconfig import REPO, RULES_DIR, SCRAPE_CONFIG, localize
+from llmtraffic.harness.prometheus import find_binary
 
 TESTS_DIR = REPO / "prometheus" / "tests"
 

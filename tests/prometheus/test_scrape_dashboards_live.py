@@ -4,8 +4,8 @@ No Kubernetes API server can run here, so the pods are loopback HTTP servers des
 Prometheus through file discovery with the `__meta_kubernetes_pod_*` labels Kubernetes pod
 discovery would give them (dashboards.scrapeconfig.localize); the relabel rules of
 scrape.yml run unchanged. The exporter and balancer are not wired yet, so their /metrics
-page is a prometheus_client registry holding every series declared in exporter/metrics.py,
-and the vLLM pods' pages hold every V1 series of exporter/vllm.py, all with the labels they
+page is a prometheus_client registry holding every series declared in contracts/series.py,
+and the vLLM pods' pages hold every V1 series of contracts/vllm.py, all with the labels they
 are declared with. The later end-to-end test swaps these pages for the real processes."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from dashboards import promql, queries, rules
-from dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
-from exporter import metrics as m
-from exporter import vllm as v
-from llmtraffic.prometheus import PrometheusAPI, PrometheusServer
+from llmtraffic.dashboards import promql, queries, rules
+from llmtraffic.dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts import vllm as v
+from llmtraffic.harness.prometheus import PrometheusAPI, PrometheusServer
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +76,7 @@ LABEL_VALUES = {"model": "m", "target_model": "m", "response_code": "200",
 
 
 class LlmtrafficPage:
-    """Every series of exporter/metrics.py, for pool-a (lb_policy llm) and pool-b
+    """Every series of contracts/series.py, for pool-a (lb_policy llm) and pool-b
     (round-robin); counters advance and histograms observe on every scrape."""
 
     def __init__(self) -> None:

@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from balancer.policy.request import LLMRequest, Pick
-from exporter.store import MetricsStore, Pod
-from simulator import tokenizer
-from simulator.cluster import OraclePolicy
-from simulator.engine import Engine, EngineConfig, SimRequest
-from simulator.profile import get_profile
+from llmtraffic.balancer.policy.request import LLMRequest, Pick
+from llmtraffic.contracts.store import MetricsStore, Pod
+from llmtraffic.simulator import tokenizer
+from llmtraffic.simulator.cluster import OraclePolicy
+from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest
+from llmtraffic.simulator.profile import get_profile
 
 PROF = get_profile("llama2-7b-a10")
 

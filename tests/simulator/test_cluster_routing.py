@@ -3,9 +3,9 @@ that cache it (as the oracle does) while round-robin spreads them and misses."""
 
 from __future__ import annotations
 
-from balancer.policy.registry import make_policy
-from bench.workloads import make_workload
-from simulator.cluster import Cluster, ClusterConfig
+from llmtraffic.balancer.policy.registry import make_policy
+from llmtraffic.simulator.workloads import make_workload
+from llmtraffic.simulator.cluster import Cluster, ClusterConfig
 
 
 def _run(policy: str, workload: str, rate: float, duration: float = 120.0):

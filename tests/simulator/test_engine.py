@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from simulator import tokenizer
-from simulator.engine import Engine, EngineConfig, SimRequest
-from simulator.profile import PROFILES, get_profile
+from llmtraffic.simulator import tokenizer
+from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest
+from llmtraffic.simulator.profile import PROFILES, get_profile
 
 PROF = get_profile("llama2-7b-a10")
 

@@ -21,11 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter import vllm as v
-from simulator.engine import EngineStats
-from simulator.metrics import (LABELS, THROUGHPUT_WINDOW_S, PodMetricsExporter,
+from llmtraffic.contracts import vllm as v
+from llmtraffic.simulator.engine import EngineStats
+from llmtraffic.simulator.metrics import (LABELS, THROUGHPUT_WINDOW_S, PodMetricsExporter,
                                _count_line, histogram_specs)
-from simulator.server import SEED_ADAPTERS, SimFleet
+from llmtraffic.simulator.server import SEED_ADAPTERS, SimFleet
 
 
 # ---- the reference: prometheus_client objects, declared as the simulator declared them ----

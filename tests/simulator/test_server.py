@@ -17,8 +17,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import vllm as v
-from simulator.server import SEED_ADAPTERS, call_in_fleet, run_fleet_in_thread
+from llmtraffic.contracts import vllm as v
+from llmtraffic.simulator.server import SEED_ADAPTERS, call_in_fleet, run_fleet_in_thread
 
 BASE = "meta-llama/Llama-2-7b-hf"
 LORAS = {a: f"/adapters/{a}" for a in SEED_ADAPTERS}
@@ -292,7 +292,7 @@ def test_write_to_a_vanished_client_is_quiet_and_frees_kv(monkeypatch, caplog):
     assert writes >= 3
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not loud, [r.getMessage() for r in loud]
-    assert any(r.name == "simulator.server" and r.levelno == logging.DEBUG
+    assert any(r.name == "llmtraffic.simulator.server" and r.levelno == logging.DEBUG
                and "went away" in r.getMessage() for r in caplog.records)
 
 

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.live import DEFAULT_ROUTERS
+from llmtraffic.harness.live import DEFAULT_ROUTERS
 
 
 def _csv(value: str) -> list[str]:
@@ -105,7 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _routing(args: argparse.Namespace) -> int:
-    from bench.routing import (format_seed_summary, format_table, plot, run_routing,
+    from llmtraffic.harness.routing import (format_seed_summary, format_table, plot, run_routing,
                                seed_summary, write_json)
 
     runs = []
@@ -149,9 +149,9 @@ def _routing(args: argparse.Namespace) -> int:
 
 
 def _live(args: argparse.Namespace) -> int:
-    from bench.live import run_live
-    from bench.routing import format_table, plot, write_json
-    from bench.stack import StackError
+    from llmtraffic.harness.live import run_live
+    from llmtraffic.harness.routing import format_table, plot, write_json
+    from llmtraffic.harness.stack import StackError
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llmtraffic-live-"))
     try:

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from balancer.policy.registry import make_policy
-from balancer.policy.request import Policy
-from bench.workloads import BASE_MODEL, make_workload
-from simulator.cluster import Cluster, ClusterConfig, quantile
-from simulator.engine import Engine, EngineConfig, SimRequest
-from simulator.profile import get_profile
-from simulator import tokenizer
+from llmtraffic.balancer.policy.registry import make_policy
+from llmtraffic.balancer.policy.request import Policy
+from llmtraffic.simulator.workloads import BASE_MODEL, make_workload
+from llmtraffic.simulator.cluster import Cluster, ClusterConfig, quantile
+from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest
+from llmtraffic.simulator.profile import get_profile
+from llmtraffic.simulator import tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import aiohttp
 import orjson
 
-from bench.workloads import WorkloadRequest
-from simulator.cluster import quantile
+from llmtraffic.simulator.workloads import WorkloadRequest
+from llmtraffic.simulator.cluster import quantile
 
 
 @dataclass(slots=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from exporter.store import Histogram, PodMetrics
-from exporter.vllm import parse_metrics
+from llmtraffic.contracts.store import Histogram, PodMetrics
+from llmtraffic.contracts.vllm import parse_metrics
 
 
 @dataclass

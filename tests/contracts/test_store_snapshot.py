@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from exporter.store import MetricsStore, Pod, PodMetrics
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.workloads import BASE_MODEL, SEED_ADAPTERS
-from llmtraffic.prometheus import free_port
+from llmtraffic.simulator.workloads import BASE_MODEL, SEED_ADAPTERS
+from llmtraffic.harness.prometheus import free_port
 
 LLMTRAFFIC = [sys.executable, "-m", "llmtraffic"]
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from bench.loadclient import replay, summarize
-from bench.podsampler import PodSampler
-from bench.routing import RoutingRun, measure_capacity
-from bench.stack import Stack, start_balancer, start_fleet, start_vllm_router
-from bench.workloads import make_workload
+from llmtraffic.harness.loadclient import replay, summarize
+from llmtraffic.harness.podsampler import PodSampler
+from llmtraffic.harness.routing import RoutingRun, measure_capacity
+from llmtraffic.harness.stack import Stack, start_balancer, start_fleet, start_vllm_router
+from llmtraffic.simulator.workloads import make_workload
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 
-from exporter.store import Histogram, PodMetrics
+from llmtraffic.contracts.store import Histogram, PodMetrics
 
 # ---- V1 engine names (vLLM >= 0.12). Counters are declared without `_total`. ------------
 NUM_REQUESTS_RUNNING = "vllm:num_requests_running"

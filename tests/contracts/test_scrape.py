@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 
 from bench.exporter_scrape import vllm_page
-from exporter.scrape import OUTCOMES, Scraper
-from exporter.store import MetricsStore, Pod
-from llmtraffic.prometheus import free_port
+from llmtraffic.contracts.scrape import OUTCOMES, Scraper
+from llmtraffic.contracts.store import MetricsStore, Pod
+from llmtraffic.harness.prometheus import free_port
 
 
 class PageServer:
@@ -159,7 +159,7 @@ async def test_failing_targets_are_marked_and_the_others_keep_updating(servers) 
 async def test_pod_recovers_and_state_changes_are_logged_once(servers, caplog) -> None:
     target = await servers()
     store, clock = _store(target), FakeClock()
-    caplog.set_level(logging.INFO, logger="exporter.scrape")
+    caplog.set_level(logging.INFO, logger="llmtraffic.contracts.scrape")
     async with Scraper(store, clock=clock, timeout=0.5) as scraper:
         await scraper.scrape_once()
         await target.stop()
@@ -171,7 +171,7 @@ async def test_pod_recovers_and_state_changes_are_logged_once(servers, caplog) -
             await scraper.scrape_once()
         state = store.snapshot(clock.now).pods[0]
         assert state.fresh and state.last_error is None and state.metrics.running == 4
-    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.scrape"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "llmtraffic.contracts.scrape"]
     down = [m for m in messages if "is down" in m]
     up = [m for m in messages if "up again" in m]
     assert len(down) == 1 and "connect_error" in down[0] and "pod-0" in down[0]
@@ -181,11 +181,11 @@ async def test_pod_recovers_and_state_changes_are_logged_once(servers, caplog) -
 async def test_a_pod_that_never_answered_is_logged_down_once(caplog) -> None:
     store = MetricsStore()
     store.set_pods([Pod("ghost", f"127.0.0.1:{free_port()}")])
-    caplog.set_level(logging.INFO, logger="exporter.scrape")
+    caplog.set_level(logging.INFO, logger="llmtraffic.contracts.scrape")
     async with Scraper(store) as scraper:
         for _ in range(3):
             await scraper.scrape_once()
-    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.scrape"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "llmtraffic.contracts.scrape"]
     assert len(messages) == 1 and "ghost" in messages[0] and "is down" in messages[0]
 
 

@@ -1,5 +1,5 @@
 """The scrape loop: fetch every pod's vLLM /metrics concurrently over one keep-alive
-aiohttp session, parse it with `exporter.vllm.parse_metrics`, and write the result (or why
+aiohttp session, parse it with `contracts.vllm.parse_metrics`, and write the result (or why
 it failed) into the `MetricsStore`."""
 
 from __future__ import annotations
@@ -7,12 +7,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Protocol
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import aiohttp
+from prometheus_client.core import Metric
 
-from exporter.store import MetricsStore, Pod
-from exporter.vllm import VllmParseError, parse_metrics
+from llmtraffic.contracts import series as m
+from llmtraffic.contracts.families import counter_family, histogram_family
+from llmtraffic.contracts.store import MetricsStore, Pod
+from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +30,28 @@ _HEADERS = {
 }
 
 
-class ScrapeStats(Protocol):
-    """Where scrape outcomes are counted (`exporter.collector.ExporterStats` has this)."""
+@dataclass
+class ScrapeCounts:
+    """Scrape outcomes per pod and the scrape-duration histogram (llmtraffic_exporter_scrapes*),
+    counted by every process that scrapes."""
 
-    def scrape(self, pod: str, outcome: str, seconds: float) -> None: ...
+    scrapes: dict[tuple[str, str], int] = field(default_factory=dict)  # (pod, outcome)
+    scrape_durations: list[float] = field(default_factory=lambda: [0.0] * (
+        len(m.SCRAPE_DURATION.buckets) + 1))
+    scrape_seconds_sum: float = 0.0
+
+    def scrape(self, pod: str, outcome: str, seconds: float) -> None:
+        k = (pod, outcome)
+        self.scrapes[k] = self.scrapes.get(k, 0) + 1
+        self.scrape_durations[bisect_left(m.SCRAPE_DURATION.buckets, seconds)] += 1
+        self.scrape_seconds_sum += seconds
+
+
+def scrape_families(s: ScrapeCounts) -> Iterator[Metric]:
+    yield counter_family(m.SCRAPES, list(s.scrapes.items()))
+    if s.scrapes:
+        yield histogram_family(m.SCRAPE_DURATION, {(): s.scrape_durations},
+                               {(): s.scrape_seconds_sum}, ())
 
 
 class Scraper:
@@ -40,7 +63,7 @@ class Scraper:
     `http_<status>` or `parse_error`. A pod going down or coming back is logged once."""
 
     def __init__(self, store: MetricsStore, *, interval: float = 0.25, timeout: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, stats: ScrapeStats | None = None,
+                 clock: Callable[[], float] = time.monotonic, stats: ScrapeCounts | None = None,
                  path: str = "/metrics") -> None:
         if not interval > 0:
             raise ValueError(f"Scraper interval must be > 0 seconds, got {interval!r}")

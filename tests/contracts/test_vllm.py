@@ -15,9 +15,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.exporter_scrape import vllm_page
-from exporter import vllm
-from exporter.store import Histogram, PodMetrics
-from exporter.vllm import VllmParseError, parse_metrics
+from llmtraffic.contracts import vllm
+from llmtraffic.contracts.store import Histogram, PodMetrics
+from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
 
 # ---- the reference: the same folding rules on top of prometheus_client's parser -----------
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.exporter_scrape import vllm_page
-from exporter import vllm
-from exporter.store import Histogram, PodMetrics
-from exporter.vllm import VllmParseError, parse_metrics
-from tests.exporter.test_vllm import assert_same, pages_for_tests, reference
+from llmtraffic.contracts import vllm
+from llmtraffic.contracts.store import Histogram, PodMetrics
+from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
+from tests.contracts.test_vllm import assert_same, pages_for_tests, reference
 
 #: Examples per property; raise it for a longer local run (e.g. LLMTRAFFIC_FUZZ_EXAMPLES=5000).
 _EXAMPLES = int(os.environ.get("LLMTRAFFIC_FUZZ_EXAMPLES", "200"))

@@ -1,0 +1,106 @@
+"""The access-log record every component speaks: `LLMRecord` (one request as a gateway logged
+it), and the one writer whose JSON lines the balancer emits and the exporter reads back."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, fields
+from typing import IO
+
+import orjson
+
+MAX_INT = 2**53  # larger counts are corrupt data, not traffic
+
+
+@dataclass(slots=True)
+class LLMRecord:
+    """One request as a gateway logged it. Durations in milliseconds."""
+
+    start_time: str | None = None
+    method: str | None = None
+    path: str | None = None
+    protocol: str | None = None
+    response_code: int | None = None
+    response_flags: str | None = None
+    duration_ms: float | None = None
+    upstream_service_time_ms: float | None = None
+    x_forwarded_for: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    authority: str | None = None
+    upstream_host: str | None = None
+    upstream_cluster: str | None = None
+    bytes_received: int | None = None
+    bytes_sent: int | None = None
+    downstream_remote_address: str | None = None
+    route_name: str | None = None
+    model: str | None = None
+    target_model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    ttft_ms: float | None = None
+    stream: bool | None = None
+    pool: str | None = None
+    pod: str | None = None
+    lb_policy: str | None = None
+    pick_reason: str | None = None
+    criticality: str | None = None
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LLMRecord))
+INT_FIELDS = {"response_code", "bytes_received", "bytes_sent", "prompt_tokens",
+              "completion_tokens", "total_tokens"}
+FLOAT_FIELDS = {"duration_ms", "upstream_service_time_ms", "ttft_ms"}
+BOOL_FIELDS = {"stream"}
+
+#: Keys our own balancer writes (record_to_json) for each field.
+LLMTRAFFIC_KEYS: dict[str, str] = {
+    **{f: f for f in FIELD_NAMES},
+    "duration_ms": "duration", "upstream_service_time_ms": "upstream_service_time",
+}
+
+
+def record_to_json(record: LLMRecord) -> bytes:
+    """One JSON line (no newline) with Istio-compatible keys plus our LLM fields; the
+    `llmtraffic` mapping reads it back exactly. There is no field for credentials."""
+    out = {}
+    for f in FIELD_NAMES:
+        v = getattr(record, f)
+        if v is not None:
+            out[LLMTRAFFIC_KEYS[f]] = v
+    return orjson.dumps(out)
+
+
+class AccessLogWriter:
+    """Appends one JSON line per record to a file (or stdout when path is None/'-')."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path in (None, "-") else path
+        self._lock = threading.Lock()
+        self._file: IO[bytes] = self._open()
+
+    def _open(self) -> IO[bytes]:
+        if self.path is None:
+            import sys
+            return sys.stdout.buffer
+        return open(self.path, "ab", buffering=0)
+
+    def write(self, record: LLMRecord) -> None:
+        line = record_to_json(record) + b"\n"
+        with self._lock:
+            self._file.write(line)
+            if self.path is None:
+                self._file.flush()
+
+    def reopen(self) -> None:
+        """After logrotate moved the file (SIGHUP)."""
+        with self._lock:
+            if self.path is not None:
+                self._file.close()
+                self._file = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.path is not None:
+                self._file.close()
