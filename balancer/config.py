@@ -1,23 +1,44 @@
-"""The balancer's resources as pydantic models: InferencePool (GIE v1alpha1 and v1),
-InferenceModel and ASM's LLMRoute, loaded from YAML files into one `Resources` view.
+"""The balancer's resources as pydantic models: InferencePool (GIE v1alpha1, v1alpha2, v1),
+InferenceModel, InferenceObjective, InferenceModelRewrite and ASM's LLMRoute (v1, v1beta1),
+loaded from YAML files into one `Resources` view (`balancer.resources`).
 
 Errors name the file, the document and the field:
 `pool.yaml: document 2 (InferencePool 'x'): spec.targetPortNumber: ...`."""
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llmtraffic.balancer.resources import (CRITICALITY_PRIORITY, Model, Objective, Pool,
+    Resources, Rewrite, RewriteRule, Route, Skipped)
+
+__all__ = ["ConfigError", "Model", "Objective", "Pool", "Resources", "Rewrite", "Route",
+           "Skipped", "build_resources", "load_documents", "load_resources", "parse_resource"]
+
+log = logging.getLogger(__name__)
+
 GIE_ALPHA = "inference.networking.x-k8s.io/v1alpha1"
+GIE_ALPHA2 = "inference.networking.x-k8s.io/v1alpha2"
 GIE_V1 = "inference.networking.k8s.io/v1"
 ASM_V1 = "istio.alibabacloud.com/v1"
+ASM_BETA = "istio.alibabacloud.com/v1beta1"
 Criticality = Literal["Critical", "Standard", "Sheddable"]
+
+#: Every kind the balancer reads, at the apiVersions it reads, newest first within each API
+#: group: Kubernetes discovery watches the newest of them the API server serves.
+API_VERSIONS: dict[str, tuple[str, ...]] = {
+    "InferencePool": (GIE_V1, GIE_ALPHA2, GIE_ALPHA),
+    "InferenceModel": (GIE_ALPHA2, GIE_ALPHA),
+    "InferenceObjective": (GIE_ALPHA2,),
+    "InferenceModelRewrite": (GIE_ALPHA2,),
+    "LLMRoute": (ASM_V1, ASM_BETA),
+}
 
 
 class ConfigError(ValueError):
@@ -27,11 +48,21 @@ class ConfigError(ValueError):
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """A field written as null (`labels:` with nothing after it, which Kubernetes
+        accepts) reads as not given: maps and lists are then empty."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
 
 class Metadata(_Spec):
     name: str = Field(min_length=1)
     namespace: str = "default"
     labels: dict[str, str] = Field(default_factory=dict)
+    creation_timestamp: str = Field("", alias="creationTimestamp")
 
 
 # ---- InferencePool ------------------------------------------------------------------------
@@ -44,7 +75,7 @@ class ExtensionRef(_Spec):
 
 
 class PoolSpecAlpha(_Spec):
-    """v1alpha1: `selector` is a plain label map, one `targetPortNumber`."""
+    """v1alpha1 and v1alpha2: `selector` is a plain label map, one `targetPortNumber`."""
 
     selector: dict[str, str] = Field(min_length=1)
     target_port_number: int = Field(alias="targetPortNumber", ge=1, le=65535)
@@ -75,7 +106,21 @@ class PoolSpecV1(_Spec):
     endpoint_picker_ref: EndpointPickerRef | None = Field(None, alias="endpointPickerRef")
 
 
-# ---- InferenceModel -----------------------------------------------------------------------
+# ---- InferenceModel, InferenceObjective, InferenceModelRewrite ----------------------------
+def _weights_on_all_or_none(weights: list[int | None], field_name: str) -> None:
+    given = [w is not None for w in weights]
+    if any(given) and not all(given):
+        raise ValueError(f"{field_name}: set `weight` on every target or on none")
+    if weights and all(given) and sum(w or 0 for w in weights) == 0:
+        raise ValueError(f"{field_name}: weights add up to 0; give at least one a positive "
+                         "weight")
+
+
+def _weighted(pairs: Iterable[tuple[str, int | None]]) -> tuple[tuple[str, int], ...]:
+    """(target, weight) with an unset weight as 1 (targets without weights split evenly)."""
+    return tuple((name, 1 if w is None else w) for name, w in pairs)
+
+
 class TargetModel(_Spec):
     name: str = Field(min_length=1)
     weight: int | None = Field(None, ge=0, le=1_000_000)
@@ -95,15 +140,47 @@ class ModelSpec(_Spec):
     pool_ref: PoolRef = Field(alias="poolRef")
 
     @model_validator(mode="after")
-    def _weights_on_all_or_none(self) -> "ModelSpec":
-        given = [t.weight is not None for t in self.target_models]
-        if any(given) and not all(given):
-            raise ValueError("targetModels: set `weight` on every target or on none")
-        if all(given) and self.target_models and sum(t.weight or 0 for t in
-                                                     self.target_models) == 0:
-            raise ValueError("targetModels: weights add up to 0; give at least one a "
-                             "positive weight")
+    def _check_weights(self) -> "ModelSpec":
+        _weights_on_all_or_none([t.weight for t in self.target_models], "targetModels")
         return self
+
+
+class ObjectiveSpec(_Spec):
+    """InferenceObjective (GIE >= v1.0): a priority for the requests that name it."""
+
+    priority: int | None = None  # unset reads as 0
+    pool_ref: PoolRef = Field(alias="poolRef")
+
+
+class ModelMatch(_Spec):
+    type: Literal["Exact"] = "Exact"
+    value: str = Field(min_length=1)
+
+
+class RewriteMatch(_Spec):
+    model: ModelMatch
+
+
+class RewriteTarget(_Spec):
+    model_rewrite: str = Field(alias="modelRewrite", min_length=1)
+    weight: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class RewriteRuleSpec(_Spec):
+    matches: list[RewriteMatch] = Field(default_factory=list)
+    targets: list[RewriteTarget] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "RewriteRuleSpec":
+        _weights_on_all_or_none([t.weight for t in self.targets], "targets")
+        return self
+
+
+class RewriteSpec(_Spec):
+    """InferenceModelRewrite (GIE >= v1.2): rules mapping model names to weighted targets."""
+
+    pool_ref: PoolRef = Field(alias="poolRef")
+    rules: list[RewriteRuleSpec]
 
 
 # ---- LLMRoute -----------------------------------------------------------------------------
@@ -114,11 +191,22 @@ class BackendRef(_Spec):
 
 
 class BackendRefEntry(_Spec):
-    backend_ref: BackendRef = Field(alias="backendRef")
+    """v1: `backendRef`; v1beta1 also `providerHost` (an external model provider)."""
+
+    backend_ref: BackendRef | None = Field(None, alias="backendRef")
+    provider_host: str | None = Field(None, alias="providerHost", min_length=1)
     weight: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> "BackendRefEntry":
+        if (self.backend_ref is None) == (self.provider_host is None):
+            raise ValueError("give either `backendRef` or `providerHost`")
+        return self
 
 
 class RouteRule(_Spec):
+    name: str = ""
+    matches: list[dict[str, Any]] = Field(default_factory=list)
     backend_refs: list[BackendRefEntry] = Field(alias="backendRefs", min_length=1)
 
 
@@ -126,101 +214,6 @@ class RouteSpec(_Spec):
     gateways: list[str] = Field(default_factory=list)
     host: str = Field(min_length=1)
     rules: list[RouteRule] = Field(min_length=1)
-
-
-# ---- normalized view ----------------------------------------------------------------------
-@dataclass(slots=True, frozen=True)
-class Pool:
-    """An InferencePool of either API version."""
-
-    name: str
-    namespace: str
-    selector: dict[str, str]
-    target_ports: tuple[int, ...]
-    api_version: str
-    failure_mode: str = "FailClose"
-
-    @property
-    def target_port(self) -> int:
-        return self.target_ports[0]
-
-    def selects(self, labels: dict[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.selector.items())
-
-
-@dataclass(slots=True, frozen=True)
-class Model:
-    """An InferenceModel: the name clients send, its criticality, and the weighted split."""
-
-    name: str  # metadata.name
-    namespace: str
-    model_name: str
-    criticality: str
-    pool: str
-    targets: tuple[tuple[str, int], ...]  # (target model, weight)
-
-    def pick_target(self, rng: random.Random) -> str:
-        """A target model by weight; the model itself when no targets are listed."""
-        if not self.targets:
-            return self.model_name
-        total = sum(w for _, w in self.targets)
-        x = rng.random() * total
-        for name, w in self.targets:
-            x -= w
-            if x < 0:
-                return name
-        return self.targets[-1][0]
-
-
-@dataclass(slots=True, frozen=True)
-class Route:
-    """An LLMRoute: requests for `host` go to `pools` (by weight)."""
-
-    name: str
-    namespace: str
-    host: str
-    gateways: tuple[str, ...]
-    pools: tuple[tuple[str, int], ...]
-
-
-@dataclass(slots=True)
-class Resources:
-    """Every pool, model and route the balancer serves, with lookups."""
-
-    pools: dict[str, Pool] = field(default_factory=dict)
-    models: dict[tuple[str, str], Model] = field(default_factory=dict)  # (pool, modelName)
-    routes: dict[str, Route] = field(default_factory=dict)  # host (lower case) -> route
-
-    def pool_for_host(self, host: str | None) -> Pool | None:
-        """The pool serving `host` (port ignored). With no LLMRoutes at all, the only pool
-        serves every host; None when nothing matches."""
-        if not self.routes:
-            return next(iter(self.pools.values())) if len(self.pools) == 1 else None
-        name = (host or "").rsplit(":", 1)[0].lower() if not (host or "").startswith("[") \
-            else (host or "").lower()
-        route = self.routes.get(name) or self.routes.get("*")
-        if route is None:
-            return None
-        return self.pools.get(route.pools[0][0])
-
-    def model(self, pool: str, model_name: str) -> Model | None:
-        return self.models.get((pool, model_name))
-
-    def models_in(self, pool: str) -> list[Model]:
-        return [m for (p, _), m in self.models.items() if p == pool]
-
-    def check(self) -> list[str]:
-        """References that point nowhere (warnings: a pool may arrive later in a cluster)."""
-        out = []
-        for m in self.models.values():
-            if m.pool not in self.pools:
-                out.append(f"InferenceModel {m.name!r}: poolRef {m.pool!r} names no "
-                           "InferencePool")
-        for r in self.routes.values():
-            for p, _ in r.pools:
-                if p not in self.pools:
-                    out.append(f"LLMRoute {r.name!r}: backendRef {p!r} names no InferencePool")
-        return out
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -233,54 +226,98 @@ def _where(e: ValidationError, root: str) -> str:
     return "; ".join(parts)
 
 
-def parse_resource(doc: dict[str, Any], where: str = "") -> Pool | Model | Route | None:
-    """One Kubernetes-style object -> Pool / Model / Route; None for kinds we do not read.
+Parsed = Pool | Model | Objective | Rewrite | Route
+
+
+def parse_resource(doc: dict[str, Any], where: str = "") -> Parsed | None:
+    """One Kubernetes-style object -> its normalized form; None for kinds we do not read.
     Raises ConfigError naming `where`, the kind, the object and the field."""
     kind, api = doc.get("kind"), doc.get("apiVersion")
-    if kind not in ("InferencePool", "InferenceModel", "LLMRoute"):
+    if kind not in API_VERSIONS:
         return None
-    name = (doc.get("metadata") or {}).get("name", "?") if isinstance(doc.get("metadata"),
-                                                                     dict) else "?"
+    meta_doc = doc.get("metadata")
+    name = meta_doc.get("name", "?") if isinstance(meta_doc, dict) else "?"
     prefix = f"{where}{kind} {name!r}"
+    if api is not None and api not in API_VERSIONS[kind]:
+        raise ConfigError(f"{prefix}: apiVersion {api!r} is not supported; use "
+                          + " or ".join(API_VERSIONS[kind]))
     try:
-        meta = Metadata.model_validate(doc.get("metadata") or {})
+        meta = Metadata.model_validate(meta_doc or {})
     except ValidationError as e:
         raise ConfigError(f"{prefix}: {_where(e, 'metadata')}") from None
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{prefix}: `spec` is missing or not a mapping")
     try:
-        spec = doc.get("spec")
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{prefix}: `spec` is missing or not a mapping")
-        if kind == "InferencePool":
-            return _pool(meta, spec, api, prefix)
-        if kind == "InferenceModel":
-            s = ModelSpec.model_validate(spec)
-            return Model(meta.name, meta.namespace, s.model_name, s.criticality,
-                         s.pool_ref.name,
-                         tuple((t.name, 1 if t.weight is None else t.weight)
-                               for t in s.target_models))
-        s = RouteSpec.model_validate(spec)
-        pools = tuple((b.backend_ref.name, b.weight) for r in s.rules for b in r.backend_refs
-                      if b.backend_ref.kind == "InferencePool")
-        if not pools:
-            raise ConfigError(f"{prefix}: spec.rules: no backendRef of kind InferencePool")
-        return Route(meta.name, meta.namespace, s.host.lower(), tuple(s.gateways), pools)
+        return _PARSERS[kind](meta, spec, api or API_VERSIONS[kind][-1], prefix)
     except ValidationError as e:
         raise ConfigError(f"{prefix}: {_where(e, 'spec')}") from None
 
 
-def _pool(meta: Metadata, spec: dict, api: str | None, prefix: str) -> Pool:
+def _pool(meta: Metadata, spec: dict, api: str, prefix: str) -> Pool:
     if api == GIE_V1:
         s = PoolSpecV1.model_validate(spec)
         fm = s.endpoint_picker_ref.failure_mode if s.endpoint_picker_ref else "FailClose"
         return Pool(meta.name, meta.namespace, dict(s.selector.match_labels),
                     tuple(p.number for p in s.target_ports), GIE_V1, fm)
-    if api in (GIE_ALPHA, "inference.networking.x-k8s.io/v1alpha2", None):
-        a = PoolSpecAlpha.model_validate(spec)
-        fm = a.extension_ref.failure_mode if a.extension_ref else "FailClose"
-        return Pool(meta.name, meta.namespace, dict(a.selector), (a.target_port_number,),
-                    api or GIE_ALPHA, fm)
-    raise ConfigError(f"{prefix}: apiVersion {api!r} is not supported; use {GIE_ALPHA} or "
-                      f"{GIE_V1}")
+    a = PoolSpecAlpha.model_validate(spec)
+    fm = a.extension_ref.failure_mode if a.extension_ref else "FailClose"
+    return Pool(meta.name, meta.namespace, dict(a.selector), (a.target_port_number,), api, fm)
+
+
+def _model(meta: Metadata, spec: dict, api: str, prefix: str) -> Model:
+    s = ModelSpec.model_validate(spec)
+    return Model(meta.name, meta.namespace, s.model_name, s.criticality, s.pool_ref.name,
+                 _weighted((t.name, t.weight) for t in s.target_models),
+                 CRITICALITY_PRIORITY[s.criticality])
+
+
+def _objective(meta: Metadata, spec: dict, api: str, prefix: str) -> Objective:
+    s = ObjectiveSpec.model_validate(spec)
+    return Objective(meta.name, meta.namespace, s.pool_ref.name, s.priority or 0)
+
+
+def _rewrite(meta: Metadata, spec: dict, api: str, prefix: str) -> Rewrite:
+    s = RewriteSpec.model_validate(spec)
+    rules = tuple(RewriteRule(tuple(m.model.value for m in r.matches),
+                              _weighted((t.model_rewrite, t.weight) for t in r.targets))
+                  for r in s.rules)
+    return Rewrite(meta.name, meta.namespace, s.pool_ref.name, rules, meta.creation_timestamp)
+
+
+def _route(meta: Metadata, spec: dict, api: str, prefix: str) -> Route:
+    """The route's InferencePool backends; external providers (`providerHost`), other kinds
+    of backend and rules with match conditions are left to the mesh and listed."""
+    s = RouteSpec.model_validate(spec)
+    what = f"LLMRoute {meta.name!r}"
+    pools, skipped, others = [], [], 0
+    for i, rule in enumerate(s.rules):
+        label = f"{what} rule {rule.name!r}" if rule.name else f"{what} rules[{i}]"
+        if rule.matches:
+            keys = sorted({k for m in rule.matches for k in m})
+            skipped.append(Skipped(label, f"matches on {', '.join(keys)}, which llmtraffic "
+                                   "does not evaluate: the rule is left to the mesh", True))
+            continue
+        for b in rule.backend_refs:
+            if b.provider_host is not None:
+                skipped.append(Skipped(label, f"providerHost {b.provider_host} is an external "
+                                       "model provider; llmtraffic serves in-cluster "
+                                       "InferencePools"))
+            elif b.backend_ref is not None and b.backend_ref.kind == "InferencePool":
+                pools.append((b.backend_ref.name, b.weight))
+            elif b.backend_ref is not None:
+                others += 1
+                skipped.append(Skipped(label, f"backendRef {b.backend_ref.kind} "
+                                       f"{b.backend_ref.name!r} is not an InferencePool", True))
+    if not pools and others:
+        raise ConfigError(f"{prefix}: spec.rules: no backendRef of kind InferencePool")
+    return Route(meta.name, meta.namespace, s.host.lower(), tuple(s.gateways), tuple(pools),
+                 tuple(skipped))
+
+
+_PARSERS = {"InferencePool": _pool, "InferenceModel": _model,
+            "InferenceObjective": _objective, "InferenceModelRewrite": _rewrite,
+            "LLMRoute": _route}
 
 
 def load_documents(path: str | Path) -> list[tuple[str, dict]]:
@@ -306,27 +343,53 @@ def load_documents(path: str | Path) -> list[tuple[str, dict]]:
     return out
 
 
-def build_resources(objects: Iterable[Pool | Model | Route | None]) -> Resources:
-    """Index parsed objects; a second object with the same key replaces the first."""
+def build_resources(objects: Iterable[Parsed | None]) -> Resources:
+    """Index parsed objects; a second object with the same key replaces the first. A route
+    left with no InferencePool backend serves nothing and is listed in `skipped`."""
     res = Resources()
+    rewrites: dict[str, Rewrite] = {}
     for o in objects:
         if isinstance(o, Pool):
             res.pools[o.name] = o
         elif isinstance(o, Model):
             res.models[(o.pool, o.model_name)] = o
+        elif isinstance(o, Objective):
+            res.objectives[(o.pool, o.name)] = o
+        elif isinstance(o, Rewrite):
+            rewrites[o.name] = o
         elif isinstance(o, Route):
-            res.routes[o.host] = o
+            res.skipped += o.skipped
+            if o.pools:
+                res.routes[o.host] = o
+            else:
+                res.skipped.append(Skipped(f"LLMRoute {o.name!r}", f"no in-cluster "
+                                           f"InferencePool backend for host {o.host}: the "
+                                           "route is left to the mesh",
+                                           any(x.warn for x in o.skipped)))
+    res.rewrites = list(rewrites.values())
+    res.index_rewrites()
     return res
 
 
 def load_resources(paths: Iterable[str | Path]) -> Resources:
-    """Every InferencePool, InferenceModel and LLMRoute in the files (other kinds, such as
-    the seed's Deployment and Service, are skipped)."""
-    objects = []
+    """Every resource the balancer reads in the files; other kinds (such as the seed's
+    Deployment and Service) are listed once per file in `skipped` and the log."""
+    paths = list(paths)
+    objects, unread = [], []
     for path in paths:
+        kinds: Counter[str] = Counter()
         for where, doc in load_documents(path):
-            objects.append(parse_resource(doc, where))
+            parsed = parse_resource(doc, where)
+            if parsed is None:
+                kinds[str(doc.get("kind") or "(no kind)")] += 1
+            objects.append(parsed)
+        if kinds:
+            unread.append(Skipped(str(path), "not read (kinds llmtraffic does not route by): "
+                                  + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))))
     res = build_resources(objects)
+    res.skipped[:0] = unread
+    for s in res.skipped:
+        log.log(logging.WARNING if s.warn else logging.INFO, "%s", s)
     if not res.pools:
         raise ConfigError("no InferencePool found in " + ", ".join(str(p) for p in paths)
                           + ": give at least one (e.g. deploy/seed/inferencepool.yaml)")

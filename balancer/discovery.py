@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from llmtraffic.balancer.config import ConfigError, Resources, load_resources
+from llmtraffic.balancer.config import ConfigError, Pool, Resources, load_resources
 from llmtraffic.contracts.pods import pods_from_file
 from llmtraffic.contracts.store import Pod
 
@@ -22,6 +22,8 @@ class ClusterView:
 
     resources: Resources
     pods: list[Pod] = field(default_factory=list)  # pool members, addresses with ports
+    #: pool members that exist but are not ready (not routed; `balancer --check` lists them)
+    unready: list[Pod] = field(default_factory=list)
 
 
 OnChange = Callable[[ClusterView], None]
@@ -36,9 +38,11 @@ class Discovery(Protocol):
 
 
 def assign_pools(pods: Iterable[Pod], resources: Resources) -> list[Pod]:
-    """Pool members among `pods`: a pod joins the first pool (by name) whose selector its
-    labels match (an explicit `pool` in the pods file wins); an address without a port takes
-    the pool's target port. Pods in no pool are left out (logged at debug level)."""
+    """Pool members among `pods`, one endpoint per (pod, target port): a pod joins the first
+    pool (by name) whose selector its labels match (an explicit `pool` in the pods file
+    wins). An address with a port is that one endpoint; an address without one is an
+    endpoint on each of the pool's target ports, named `<pod>-rank-<i>` when the pool has
+    several. Pods in no pool are left out (logged at debug level)."""
     pools = sorted(resources.pools.values(), key=lambda p: p.name)
     out = []
     for pod in pods:
@@ -51,11 +55,21 @@ def assign_pools(pods: Iterable[Pod], resources: Resources) -> list[Pod]:
         if len(matches) > 1:
             log.warning("pod %s matches pools %s; it serves %s only", pod.name,
                         ", ".join(p.name for p in matches), matches[0].name)
-        pool = matches[0]
-        address = pod.address if _has_port(pod.address) else _with_port(pod.address,
-                                                                          pool.target_port)
-        out.append(replace(pod, pool=pool.name, address=address))
+        out += endpoints(pod, matches[0])
     return out
+
+
+def endpoints(pod: Pod, pool: Pool) -> list[Pod]:
+    """`pod` as members of `pool`: itself when its address has a port, else one endpoint per
+    target port (each its own entry in the store, scraped on its own port)."""
+    if _has_port(pod.address):
+        return [replace(pod, pool=pool.name)]
+    if len(pool.target_ports) == 1:
+        return [replace(pod, pool=pool.name, address=_with_port(pod.address,
+                                                                 pool.target_port))]
+    return [replace(pod, name=f"{pod.name}-rank-{i}", pool=pool.name,
+                    address=_with_port(pod.address, port))
+            for i, port in enumerate(pool.target_ports)]
 
 
 def _with_port(address: str, port: int) -> str:

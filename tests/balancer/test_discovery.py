@@ -50,8 +50,8 @@ def test_membership_comes_from_selectors(two_pools):
         Pod("unlabelled", "10.0.0.5"),
     ], res)
     got = by_name(pods)
-    assert set(got) == {"a1", "b1"}
-    assert got["a1"].pool == "alpha" and got["b1"].pool == "beta"
+    assert set(got) == {"a1", "b1-rank-0", "b1-rank-1"}  # beta has two target ports
+    assert got["a1"].pool == "alpha" and got["b1-rank-1"].pool == "beta"
 
 
 def test_address_without_port_takes_the_pools_target_port(two_pools):
@@ -66,10 +66,13 @@ def test_address_without_port_takes_the_pools_target_port(two_pools):
     ], res))
     assert got["a1"].address == "10.0.0.1:8000"
     assert got["a2"].address == "10.0.0.2:8123"  # an explicit port wins
-    assert got["b1"].address == "vllm-b1.ns.svc:9000"  # v1: the first of targetPorts
-    assert got["b6"].address == "[fd00::6]:9000"
-    assert got["b7"].address == "[fd00::7]:9000"
-    assert got["b8"].address == "[fd00::8]:9100"
+    # v1: one endpoint per target port, each its own entry (scraped on its own port)
+    assert (got["b1-rank-0"].address, got["b1-rank-1"].address) == \
+        ("vllm-b1.ns.svc:9000", "vllm-b1.ns.svc:9001")
+    assert (got["b6-rank-0"].address, got["b6-rank-1"].address) == \
+        ("[fd00::6]:9000", "[fd00::6]:9001")
+    assert got["b7-rank-1"].address == "[fd00::7]:9001"
+    assert got["b8"].address == "[fd00::8]:9100"  # an explicit port: that endpoint only
 
 
 def test_an_explicit_pool_wins_over_labels(two_pools):
@@ -78,8 +81,9 @@ def test_an_explicit_pool_wins_over_labels(two_pools):
         Pod("pinned", "10.0.0.9", {"app": "llm", "tier": "gpu"}, pool="beta"),
         Pod("pinned-nowhere", "10.0.0.10", {"app": "llm", "tier": "gpu"}, pool="gamma"),
     ], res))
-    assert set(got) == {"pinned"}
-    assert got["pinned"].pool == "beta" and got["pinned"].address == "10.0.0.9:9000"
+    assert set(got) == {"pinned-rank-0", "pinned-rank-1"}
+    assert got["pinned-rank-0"].pool == "beta"
+    assert got["pinned-rank-0"].address == "10.0.0.9:9000"
 
 
 def test_static_discovery_with_the_seed_and_a_pods_file(tmp_path):
