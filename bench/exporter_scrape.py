@@ -1,6 +1,7 @@
 """Scraper cost: N aiohttp endpoints in another process serve realistic vLLM /metrics pages;
 this process scrapes them with `contracts.scrape.Scraper` and reports its own CPU (% of one
-core) at a given pages/s, plus `parse_metrics` µs per page. `vllm_page` builds the pages.
+core) at a given pages/s, plus `parse_metrics` µs per page, on pages made by
+`simulator.samplepage.vllm_page`.
 
     python -m bench.exporter_scrape [--pods 50] [--interval 0.25] [--seconds 10]
 """
@@ -12,114 +13,16 @@ import asyncio
 import logging
 import multiprocessing
 import multiprocessing.synchronize
-import random
 import sys
 import time
 import timeit
 from dataclasses import dataclass, field
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
-                               PlatformCollector, ProcessCollector)
-from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmtraffic.contracts import vllm
 from llmtraffic.contracts.store import MetricsStore, Pod
-
-_MODEL = "meta-llama/Llama-2-7b-hf"
-_ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "tweet-summary", "tweet-summary-1")
-
-
-def vllm_page(*, seed: int = 0, engines: tuple[str, ...] = ("0",), legacy: bool = False,
-              model: str = _MODEL, omit: frozenset[str] = frozenset(), nan: bool = False,
-              lora_series: int = 3, process_metrics: bool = True) -> bytes:
-    """A /metrics page as vLLM exposes it, rendered by prometheus_client: the V1 families
-    (or, with `legacy`, the V0 ones without the `engine` label), FACTS.md buckets, random
-    seeded values. `omit` drops families by declared name; `nan` makes the gauges NaN/+Inf."""
-    rng = random.Random(seed)
-    reg = CollectorRegistry()
-    if process_metrics:
-        for collector in (ProcessCollector, PlatformCollector, GCCollector):
-            collector(registry=reg)
-    labels = ["model_name"] if legacy else ["model_name", "engine"]
-    series = [(model,)] if legacy else [(model, e) for e in engines]
-
-    def gauge(name: str, value: float) -> None:
-        if name in omit:
-            return
-        g = Gauge(name, f"vLLM {name}", labels, registry=reg)
-        for s in series:
-            g.labels(*s).set(value if not nan else rng.choice([float("nan"), float("inf")]))
-
-    def counter(name: str, scale: float, extra: dict[str, list[str]] | None = None) -> None:
-        if name in omit:
-            return
-        keys = list(extra or {})
-        c = Counter(name, f"vLLM {name}", labels + keys, registry=reg)
-        for s in series:
-            for combo in ([()] if not keys else [(v,) for v in extra[keys[0]]]):
-                c.labels(*s, *combo).inc(round(rng.random() * scale))
-
-    def histogram(name: str, buckets: tuple[float, ...], scale: float) -> None:
-        if name in omit:
-            return
-        h = Histogram(name, f"vLLM {name}", labels, buckets=buckets, registry=reg)
-        for s in series:
-            child = h.labels(*s)
-            for _ in range(rng.randrange(0, 40)):
-                child.observe(rng.expovariate(1.0 / scale))
-
-    gauge(vllm.NUM_REQUESTS_RUNNING, rng.randrange(0, 64))
-    gauge(vllm.NUM_REQUESTS_WAITING, rng.randrange(0, 30))
-    if legacy:
-        gauge(vllm.LEGACY_NUM_REQUESTS_SWAPPED, rng.randrange(0, 3))
-        gauge(vllm.LEGACY_GPU_CACHE_USAGE, rng.random())
-        gauge(vllm.LEGACY_CPU_CACHE_USAGE, rng.random() / 10)
-        gauge(vllm.LEGACY_AVG_PROMPT_THROUGHPUT, rng.random() * 2000)
-        gauge(vllm.LEGACY_AVG_GENERATION_THROUGHPUT, rng.random() * 500)
-    else:
-        gauge(vllm.KV_CACHE_USAGE, rng.random())
-    if vllm.LORA_REQUESTS_INFO not in omit:
-        g = Gauge(vllm.LORA_REQUESTS_INFO, "Running stats on lora requests.",
-                  ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=reg)
-        stamp = 1.7e9 + rng.random() * 1e6
-        for _ in range(lora_series):
-            running = ",".join(rng.sample(_ADAPTERS, rng.randrange(0, 4)))
-            waiting = ",".join(rng.sample(_ADAPTERS, rng.randrange(0, 3)))
-            stamp += rng.uniform(-5.0, 5.0)
-            g.labels("4", waiting, running).set(stamp)
-    if vllm.CACHE_CONFIG_INFO not in omit:
-        g = Gauge(vllm.CACHE_CONFIG_INFO, "Information of the LLMEngine CacheConfig",
-                  ["block_size", "cache_dtype", "enable_prefix_caching", "gpu_memory_utilization",
-                   "num_cpu_blocks", "num_gpu_blocks", "engine"], registry=reg)
-        for e in (("0",) if legacy else engines):
-            g.labels("16", "auto", "True", "0.8", "2048", str(rng.randrange(200, 900)), e).set(1)
-    counter(vllm.NUM_PREEMPTIONS, 10)
-    counter(vllm.PROMPT_TOKENS, 1e6)
-    counter(vllm.GENERATION_TOKENS, 1e6)
-    counter(vllm.REQUEST_SUCCESS, 1e4, {"finished_reason": ["stop", "length", "abort"]})
-    if legacy:
-        counter(vllm.LEGACY_PREFIX_CACHE_QUERIES, 1e6)
-        counter(vllm.LEGACY_PREFIX_CACHE_HITS, 5e5)
-    else:
-        counter(vllm.PREFIX_CACHE_QUERIES, 1e6)
-        counter(vllm.PREFIX_CACHE_HITS, 5e5)
-    histogram(vllm.ITERATION_TOKENS, vllm.ITERATION_TOKENS_BUCKETS, 300)
-    histogram(vllm.TTFT, vllm.TTFT_BUCKETS, 0.3)
-    if legacy:
-        histogram(vllm.LEGACY_TIME_PER_OUTPUT_TOKEN, vllm.TOKEN_LATENCY_BUCKETS, 0.03)
-        histogram(vllm.LEGACY_TIME_IN_QUEUE, vllm.REQUEST_LATENCY_BUCKETS, 0.5)
-    else:
-        histogram(vllm.INTER_TOKEN_LATENCY, vllm.TOKEN_LATENCY_BUCKETS, 0.03)
-        histogram(vllm.TIME_PER_OUTPUT_TOKEN, vllm.TOKEN_LATENCY_BUCKETS, 0.03)
-    for name in (vllm.E2E_LATENCY, vllm.QUEUE_TIME, vllm.INFERENCE_TIME, vllm.PREFILL_TIME,
-                 vllm.DECODE_TIME):
-        histogram(name, vllm.REQUEST_LATENCY_BUCKETS, 3.0)
-    token_buckets = tuple(float(b) for b in vllm.build_1_2_5_buckets(4096))
-    for name in (vllm.REQUEST_PROMPT_TOKENS, vllm.REQUEST_GENERATION_TOKENS,
-                 vllm.REQUEST_MAX_TOKENS):
-        histogram(name, token_buckets, 300)
-    return generate_latest(reg)
+from llmtraffic.simulator.samplepage import vllm_page
 
 
 # ---- the benchmark -----------------------------------------------------------------------

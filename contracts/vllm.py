@@ -1,48 +1,36 @@
-"""vLLM's own metric names (V1 and legacy V0), declared once, and the fast parser that turns
-a pod's /metrics page into `PodMetrics`. The simulator exposes these same names."""
+"""vLLM's /metrics page described once: one table of its families (name, kind, help, labels,
+buckets, generation V1 / legacy V0 and which V1 name replaced a legacy one), and the fast
+parser that turns a pod's page into `PodMetrics`. The simulator's page, the dashboards and
+the test pages are built from the same table."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 from llmtraffic.contracts.store import Histogram, PodMetrics
 
-# ---- V1 engine names (vLLM >= 0.12). Counters are declared without `_total`. ------------
-NUM_REQUESTS_RUNNING = "vllm:num_requests_running"
-NUM_REQUESTS_WAITING = "vllm:num_requests_waiting"
-KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
-LORA_REQUESTS_INFO = "vllm:lora_requests_info"
-CACHE_CONFIG_INFO = "vllm:cache_config_info"
-PREFIX_CACHE_QUERIES = "vllm:prefix_cache_queries"
-PREFIX_CACHE_HITS = "vllm:prefix_cache_hits"
-PROMPT_TOKENS = "vllm:prompt_tokens"
-GENERATION_TOKENS = "vllm:generation_tokens"
-REQUEST_SUCCESS = "vllm:request_success"
-NUM_PREEMPTIONS = "vllm:num_preemptions"
-TTFT = "vllm:time_to_first_token_seconds"
-INTER_TOKEN_LATENCY = "vllm:inter_token_latency_seconds"
-TIME_PER_OUTPUT_TOKEN = "vllm:request_time_per_output_token_seconds"
-E2E_LATENCY = "vllm:e2e_request_latency_seconds"
-QUEUE_TIME = "vllm:request_queue_time_seconds"
-INFERENCE_TIME = "vllm:request_inference_time_seconds"
-PREFILL_TIME = "vllm:request_prefill_time_seconds"
-DECODE_TIME = "vllm:request_decode_time_seconds"
-REQUEST_PROMPT_TOKENS = "vllm:request_prompt_tokens"
-REQUEST_GENERATION_TOKENS = "vllm:request_generation_tokens"
-REQUEST_MAX_TOKENS = "vllm:request_params_max_tokens"
-ITERATION_TOKENS = "vllm:iteration_tokens_total"
+#: "info" is what vLLM calls "syntactic sugar for a gauge permanently set to 1": exposed as a
+#: gauge whose labels carry the facts (lora_requests_info's value is its update time).
+Kind = Literal["gauge", "counter", "histogram", "info"]
+#: "v1": only V1 engines (vLLM >= 0.12) expose it; "legacy": only pre-V1 images such as the
+#: seed's llama2-with-lora:v0.2; "both": either. vLLM deprecates in X.Y, hides in X.Y+1 and
+#: removes in X.Y+2, so a scraper reads both generations.
+Generation = Literal["v1", "both", "legacy"]
 
-# ---- legacy V0 names (older images such as the seed's llama2-with-lora:v0.2) -------------
-LEGACY_GPU_CACHE_USAGE = "vllm:gpu_cache_usage_perc"
-LEGACY_CPU_CACHE_USAGE = "vllm:cpu_cache_usage_perc"
-LEGACY_NUM_REQUESTS_SWAPPED = "vllm:num_requests_swapped"
-LEGACY_PREFIX_CACHE_QUERIES = "vllm:gpu_prefix_cache_queries"
-LEGACY_PREFIX_CACHE_HITS = "vllm:gpu_prefix_cache_hits"
-LEGACY_TIME_PER_OUTPUT_TOKEN = "vllm:time_per_output_token_seconds"
-LEGACY_TIME_IN_QUEUE = "vllm:time_in_queue_requests"
-LEGACY_AVG_PROMPT_THROUGHPUT = "vllm:avg_prompt_throughput_toks_per_s"
-LEGACY_AVG_GENERATION_THROUGHPUT = "vllm:avg_generation_throughput_toks_per_s"
+#: Labels of a per-engine series: V1 adds `engine` (the data-parallel index as a string).
+ENGINE_LABELS = ("model_name", "engine")
+LEGACY_ENGINE_LABELS = ("model_name",)
+#: lora_requests_info carries no model_name/engine; the adapter lists are comma-joined names.
+LORA_INFO_LABELS = ("max_lora", "waiting_lora_adapters", "running_lora_adapters")
+#: The cache_config_info labels our pages carry (vLLM adds many more); the parser reads
+#: block_size and num_gpu_blocks.
+CACHE_CONFIG_LABELS = ("block_size", "cache_dtype", "enable_prefix_caching",
+                       "gpu_memory_utilization", "num_cpu_blocks", "num_gpu_blocks")
+#: Values of request_success's `finished_reason` our pages carry.
+FINISHED_REASONS = ("stop", "length", "abort")
 
 # ---- histogram buckets exactly as vLLM declares them (FACTS.md) --------------------------
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -52,6 +40,8 @@ TOKEN_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5
 REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
                            40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+#: A histogram's `buckets` when vLLM derives them from the engine: 1-2-5 up to max_model_len.
+UP_TO_MAX_MODEL_LEN = "1-2-5 up to max_model_len"
 
 
 def build_1_2_5_buckets(max_value: int) -> list[int]:
@@ -66,6 +56,159 @@ def build_1_2_5_buckets(max_value: int) -> list[int]:
                 return out
             out.append(v)
         exponent += 1
+
+
+_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "info": ("",),
+             "histogram": ("_bucket", "_sum", "_count")}
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One family of vLLM's page as vLLM declares it."""
+
+    name: str  # declared name; prometheus_client exposes a counter as <name>_total
+    kind: Kind
+    help: str  # vLLM's own documentation string
+    labels: tuple[str, ...]  # in vLLM's declaration order; legacy engines lack `engine`
+    buckets: tuple[float, ...] | str | None  # histograms only (or UP_TO_MAX_MODEL_LEN)
+    generation: Generation
+    replaced_by: str | None  # a legacy family: the V1 family that took its place
+
+    @property
+    def exposed_type(self) -> Literal["gauge", "counter", "histogram"]:
+        """The `# TYPE` of the family on the wire."""
+        return "gauge" if self.kind == "info" else self.kind
+
+    def exposed(self) -> tuple[str, ...]:
+        """Sample names vLLM puts on the wire for the family."""
+        return tuple(self.name + suffix for suffix in _SUFFIXES[self.kind])
+
+    def bounds(self, max_model_len: int) -> tuple[float, ...]:
+        """The histogram's bucket bounds (without +Inf) for an engine of `max_model_len`."""
+        if self.buckets == UP_TO_MAX_MODEL_LEN:
+            return tuple(build_1_2_5_buckets(max_model_len))
+        if not isinstance(self.buckets, tuple):
+            raise ValueError(f"{self.name} is a {self.kind}, it has no buckets")
+        return self.buckets
+
+
+#: Every vLLM family we know, by declared name, V1 ones first (the table below).
+FAMILIES: dict[str, Family] = {}
+
+
+def _family(name: str, kind: Kind, help: str, *, labels: tuple[str, ...] = ENGINE_LABELS,
+            buckets: tuple[float, ...] | str | None = None, generation: Generation = "both",
+            replaced_by: str | None = None) -> str:
+    """Add a row to FAMILIES; returns the name, so that each row also names its constant."""
+    if name in FAMILIES or (kind == "histogram") != (buckets is not None):
+        raise ValueError(f"vLLM family {name}: declared twice, or buckets on a non-histogram")
+    FAMILIES[name] = Family(name, kind, help, labels, buckets, generation, replaced_by)
+    return name
+
+
+def families(*, legacy: bool) -> tuple[Family, ...]:
+    """The families a V1 engine (or, with `legacy`, a pre-V1 one) exposes, table order."""
+    left_out = "v1" if legacy else "legacy"
+    return tuple(f for f in FAMILIES.values() if f.generation != left_out)
+
+
+# ---- the table (vLLM 0.33 wheel and FACTS.md; help texts are vLLM's own) -----------------
+NUM_REQUESTS_RUNNING = _family("vllm:num_requests_running", "gauge",
+                               "Number of requests in model execution batches.")
+NUM_REQUESTS_WAITING = _family("vllm:num_requests_waiting", "gauge",
+                               "Number of requests waiting to be processed.")
+KV_CACHE_USAGE = _family("vllm:kv_cache_usage_perc", "gauge",
+                         "KV-cache usage. 1 means 100 percent usage.", generation="v1")
+LORA_REQUESTS_INFO = _family("vllm:lora_requests_info", "info", "Running stats on lora requests.",
+                             labels=LORA_INFO_LABELS)
+CACHE_CONFIG_INFO = _family("vllm:cache_config_info", "info",
+                            "Information of the LLMEngine CacheConfig",
+                            labels=(*CACHE_CONFIG_LABELS, "engine"))
+PREFIX_CACHE_QUERIES = _family("vllm:prefix_cache_queries", "counter",
+                               "Prefix cache queries, in terms of number of queried tokens.",
+                               generation="v1")
+PREFIX_CACHE_HITS = _family("vllm:prefix_cache_hits", "counter",
+                            "Prefix cache hits, in terms of number of cached tokens.",
+                            generation="v1")
+PROMPT_TOKENS = _family("vllm:prompt_tokens", "counter", "Number of prefill tokens processed.")
+GENERATION_TOKENS = _family("vllm:generation_tokens", "counter",
+                            "Number of generation tokens processed.")
+REQUEST_SUCCESS = _family("vllm:request_success", "counter",
+                          "Count of successfully processed requests.",
+                          labels=(*ENGINE_LABELS, "finished_reason"))
+NUM_PREEMPTIONS = _family("vllm:num_preemptions", "counter",
+                          "Cumulative number of preemption from the engine.")
+TTFT = _family("vllm:time_to_first_token_seconds", "histogram",
+               "Histogram of time to first token in seconds.", buckets=TTFT_BUCKETS)
+INTER_TOKEN_LATENCY = _family("vllm:inter_token_latency_seconds", "histogram",
+                              "Histogram of inter-token latency in seconds.",
+                              buckets=TOKEN_LATENCY_BUCKETS, generation="v1")
+TIME_PER_OUTPUT_TOKEN = _family("vllm:request_time_per_output_token_seconds", "histogram",
+                                "Histogram of time_per_output_token_seconds per request.",
+                                buckets=TOKEN_LATENCY_BUCKETS, generation="v1")
+E2E_LATENCY = _family("vllm:e2e_request_latency_seconds", "histogram",
+                      "Histogram of e2e request latency in seconds.",
+                      buckets=REQUEST_LATENCY_BUCKETS)
+QUEUE_TIME = _family("vllm:request_queue_time_seconds", "histogram",
+                     "Histogram of time spent in WAITING phase for request.",
+                     buckets=REQUEST_LATENCY_BUCKETS)
+INFERENCE_TIME = _family("vllm:request_inference_time_seconds", "histogram",
+                         "Histogram of time spent in RUNNING phase for request.",
+                         buckets=REQUEST_LATENCY_BUCKETS)
+PREFILL_TIME = _family("vllm:request_prefill_time_seconds", "histogram",
+                       "Histogram of time spent in PREFILL phase for request.",
+                       buckets=REQUEST_LATENCY_BUCKETS)
+DECODE_TIME = _family("vllm:request_decode_time_seconds", "histogram",
+                      "Histogram of time spent in DECODE phase for request.",
+                      buckets=REQUEST_LATENCY_BUCKETS)
+REQUEST_PROMPT_TOKENS = _family("vllm:request_prompt_tokens", "histogram",
+                                "Number of prefill tokens processed.",
+                                buckets=UP_TO_MAX_MODEL_LEN)
+REQUEST_GENERATION_TOKENS = _family("vllm:request_generation_tokens", "histogram",
+                                    "Number of generation tokens processed.",
+                                    buckets=UP_TO_MAX_MODEL_LEN)
+REQUEST_MAX_TOKENS = _family("vllm:request_params_max_tokens", "histogram",
+                             "Histogram of the max_tokens request parameter.",
+                             buckets=UP_TO_MAX_MODEL_LEN)
+ITERATION_TOKENS = _family("vllm:iteration_tokens_total", "histogram",
+                           "Histogram of number of tokens per engine_step.",
+                           buckets=ITERATION_TOKENS_BUCKETS)
+
+# legacy (V0) names, still on older images; help texts as those images declared them
+LEGACY_GPU_CACHE_USAGE = _family("vllm:gpu_cache_usage_perc", "gauge",
+                                 "GPU KV-cache usage. 1 means 100 percent usage.",
+                                 labels=LEGACY_ENGINE_LABELS, generation="legacy",
+                                 replaced_by=KV_CACHE_USAGE)
+LEGACY_CPU_CACHE_USAGE = _family("vllm:cpu_cache_usage_perc", "gauge",
+                                 "CPU KV-cache usage. 1 means 100 percent usage.",
+                                 labels=LEGACY_ENGINE_LABELS, generation="legacy")
+LEGACY_NUM_REQUESTS_SWAPPED = _family("vllm:num_requests_swapped", "gauge",
+                                      "Number of requests swapped to CPU.",
+                                      labels=LEGACY_ENGINE_LABELS, generation="legacy")
+LEGACY_PREFIX_CACHE_QUERIES = _family(
+    "vllm:gpu_prefix_cache_queries", "counter",
+    "GPU prefix cache queries, in terms of number of queried tokens.",
+    labels=LEGACY_ENGINE_LABELS, generation="legacy", replaced_by=PREFIX_CACHE_QUERIES)
+LEGACY_PREFIX_CACHE_HITS = _family(
+    "vllm:gpu_prefix_cache_hits", "counter",
+    "GPU prefix cache hits, in terms of number of cached tokens.",
+    labels=LEGACY_ENGINE_LABELS, generation="legacy", replaced_by=PREFIX_CACHE_HITS)
+LEGACY_TIME_PER_OUTPUT_TOKEN = _family(
+    "vllm:time_per_output_token_seconds", "histogram",
+    "Histogram of time per output token in seconds.", labels=LEGACY_ENGINE_LABELS,
+    buckets=TOKEN_LATENCY_BUCKETS, generation="legacy", replaced_by=INTER_TOKEN_LATENCY)
+LEGACY_TIME_IN_QUEUE = _family(
+    "vllm:time_in_queue_requests", "histogram",
+    "Histogram of time the request spent in the queue in seconds.",
+    labels=LEGACY_ENGINE_LABELS, buckets=REQUEST_LATENCY_BUCKETS, generation="legacy",
+    replaced_by=QUEUE_TIME)
+# gone since ~0.7 with no V1 twin: read rate(prompt/generation_tokens_total) instead
+LEGACY_AVG_PROMPT_THROUGHPUT = _family("vllm:avg_prompt_throughput_toks_per_s", "gauge",
+                                       "Average prefill throughput in tokens/s.",
+                                       labels=LEGACY_ENGINE_LABELS, generation="legacy")
+LEGACY_AVG_GENERATION_THROUGHPUT = _family("vllm:avg_generation_throughput_toks_per_s", "gauge",
+                                           "Average generation throughput in tokens/s.",
+                                           labels=LEGACY_ENGINE_LABELS, generation="legacy")
 
 
 # ---- the parser ----------------------------------------------------------------------------
@@ -89,12 +232,6 @@ _H_TTFT, _H_QUEUE, _H_QUEUE_LEGACY = range(3)
 # what a sample name means: (kind, slot)
 _K_SCALAR, _K_LORA, _K_CACHE, _K_BUCKET, _K_SUM, _K_COUNT, _K_MARK_V1, _K_MARK_LEGACY = range(8)
 
-#: Families whose presence alone marks the page as V1 / legacy (V0) naming. (Histograms such
-#: as inter_token_latency would also tell, but would cost a look at each of their buckets.)
-V1_ONLY_NAMES = (KV_CACHE_USAGE, PREFIX_CACHE_QUERIES, PREFIX_CACHE_HITS)
-LEGACY_ONLY_NAMES = (LEGACY_GPU_CACHE_USAGE, LEGACY_CPU_CACHE_USAGE, LEGACY_NUM_REQUESTS_SWAPPED,
-                     LEGACY_PREFIX_CACHE_QUERIES, LEGACY_PREFIX_CACHE_HITS, LEGACY_TIME_IN_QUEUE,
-                     LEGACY_AVG_PROMPT_THROUGHPUT, LEGACY_AVG_GENERATION_THROUGHPUT)
 #: Declared names of the families `parse_metrics` reads.
 READ_GAUGES = {NUM_REQUESTS_RUNNING: _RUNNING, NUM_REQUESTS_WAITING: _WAITING,
                LEGACY_NUM_REQUESTS_SWAPPED: _SWAPPED, KV_CACHE_USAGE: _KV,
@@ -104,6 +241,13 @@ READ_COUNTERS = {PREFIX_CACHE_QUERIES: _PREFIX_Q, PREFIX_CACHE_HITS: _PREFIX_H,
                  LEGACY_PREFIX_CACHE_HITS: _PREFIX_H_LEGACY, PROMPT_TOKENS: _PROMPT,
                  GENERATION_TOKENS: _GENERATION, NUM_PREEMPTIONS: _PREEMPTIONS}
 READ_HISTOGRAMS = {TTFT: _H_TTFT, QUEUE_TIME: _H_QUEUE, LEGACY_TIME_IN_QUEUE: _H_QUEUE_LEGACY}
+#: Families whose presence alone marks the page as V1 / legacy (V0) naming: the table's
+#: generation-only families, less the histograms we do not read (they would also tell, but
+#: would cost a look at each of their buckets).
+V1_ONLY_NAMES = tuple(f.name for f in FAMILIES.values() if f.generation == "v1"
+                      and (f.kind != "histogram" or f.name in READ_HISTOGRAMS))
+LEGACY_ONLY_NAMES = tuple(f.name for f in FAMILIES.values() if f.generation == "legacy"
+                          and (f.kind != "histogram" or f.name in READ_HISTOGRAMS))
 
 
 def _sample_table() -> dict[str, tuple[int, int]]:

@@ -1,6 +1,7 @@
 """Every PromQL expression the dashboards and the Prometheus rules use, built from the names
 declared in contracts/series.py (ours) and contracts/vllm.py (vLLM's, V1 and legacy), plus
-`all_queries()` which lists each dashboard query ready to run against a real Prometheus."""
+`substitute()` which makes a dashboard query runnable against a real Prometheus (the list of
+every query is `dashboards.targets`)."""
 
 from __future__ import annotations
 
@@ -13,61 +14,20 @@ from llmtraffic.contracts import vllm as v
 
 Kind = Literal["counter", "gauge", "histogram"]
 
-#: How vLLM declares each of its series (counters get `_total` on the wire, histograms
-#: `_bucket`/`_sum`/`_count`). Keyed by the names in contracts/vllm.py.
-VLLM_KINDS: dict[str, Kind] = {
-    v.NUM_REQUESTS_RUNNING: "gauge",
-    v.NUM_REQUESTS_WAITING: "gauge",
-    v.KV_CACHE_USAGE: "gauge",
-    v.LORA_REQUESTS_INFO: "gauge",
-    v.CACHE_CONFIG_INFO: "gauge",
-    v.PREFIX_CACHE_QUERIES: "counter",
-    v.PREFIX_CACHE_HITS: "counter",
-    v.PROMPT_TOKENS: "counter",
-    v.GENERATION_TOKENS: "counter",
-    v.REQUEST_SUCCESS: "counter",
-    v.NUM_PREEMPTIONS: "counter",
-    v.TTFT: "histogram",
-    v.INTER_TOKEN_LATENCY: "histogram",
-    v.TIME_PER_OUTPUT_TOKEN: "histogram",
-    v.E2E_LATENCY: "histogram",
-    v.QUEUE_TIME: "histogram",
-    v.INFERENCE_TIME: "histogram",
-    v.PREFILL_TIME: "histogram",
-    v.DECODE_TIME: "histogram",
-    v.REQUEST_PROMPT_TOKENS: "histogram",
-    v.REQUEST_GENERATION_TOKENS: "histogram",
-    v.REQUEST_MAX_TOKENS: "histogram",
-    v.ITERATION_TOKENS: "histogram",
-    v.LEGACY_GPU_CACHE_USAGE: "gauge",
-    v.LEGACY_CPU_CACHE_USAGE: "gauge",
-    v.LEGACY_NUM_REQUESTS_SWAPPED: "gauge",
-    v.LEGACY_PREFIX_CACHE_QUERIES: "counter",
-    v.LEGACY_PREFIX_CACHE_HITS: "counter",
-    v.LEGACY_TIME_PER_OUTPUT_TOKEN: "histogram",
-    v.LEGACY_TIME_IN_QUEUE: "histogram",
-    v.LEGACY_AVG_PROMPT_THROUGHPUT: "gauge",
-    v.LEGACY_AVG_GENERATION_THROUGHPUT: "gauge",
-}
+#: How vLLM exposes each of its families (counters get `_total` on the wire, histograms
+#: `_bucket`/`_sum`/`_count`), from the table in contracts/vllm.py.
+VLLM_KINDS: dict[str, Kind] = {f.name: f.exposed_type for f in v.FAMILIES.values()}
 #: vLLM names that only pre-V1 engines expose.
-VLLM_LEGACY = frozenset({
-    v.LEGACY_GPU_CACHE_USAGE, v.LEGACY_CPU_CACHE_USAGE, v.LEGACY_NUM_REQUESTS_SWAPPED,
-    v.LEGACY_PREFIX_CACHE_QUERIES, v.LEGACY_PREFIX_CACHE_HITS, v.LEGACY_TIME_PER_OUTPUT_TOKEN,
-    v.LEGACY_TIME_IN_QUEUE, v.LEGACY_AVG_PROMPT_THROUGHPUT, v.LEGACY_AVG_GENERATION_THROUGHPUT,
-})
-
-_SUFFIXES: dict[Kind, tuple[str, ...]] = {
-    "counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+VLLM_LEGACY = frozenset(f.name for f in v.FAMILIES.values() if f.generation == "legacy")
 
 
 def vllm_exposed(name: str) -> tuple[str, ...]:
     """Sample names vLLM puts on the wire for a declared name."""
     try:
-        kind = VLLM_KINDS[name]
+        return v.FAMILIES[name].exposed()
     except KeyError:
-        raise KeyError(f"{name!r} has no kind in dashboards.queries.VLLM_KINDS; add it next "
-                       "to the name in contracts/vllm.py") from None
-    return tuple(name + s for s in _SUFFIXES[kind])
+        raise KeyError(f"{name!r} is not a vLLM family; add its row to the table in "
+                       "contracts/vllm.py") from None
 
 
 def vllm_exposed_names(*, legacy: bool = True) -> set[str]:
@@ -219,38 +179,3 @@ def is_legacy_only(expr: str) -> bool:
     legacy = {n for name in VLLM_LEGACY for n in vllm_exposed(name)}
     names = promql.metric_names(expr)
     return bool(names) and names <= legacy
-
-
-def dashboard_targets() -> list[tuple[str, str, str]]:
-    """(dashboard uid, panel title, raw expr) for every query target of every dashboard."""
-    from llmtraffic.dashboards.build import (dashboards)  # late import: build imports this module
-
-    out: list[tuple[str, str, str]] = []
-    for model in dashboards().values():
-        for panel in model["panels"]:
-            for target in panel.get("targets") or []:
-                out.append((model["uid"], panel["title"], target["expr"]))
-    return out
-
-
-def variable_queries() -> list[tuple[str, str, str]]:
-    """(dashboard uid, variable name, label_values query) for every query variable."""
-    from llmtraffic.dashboards.build import dashboards
-
-    return [(model["uid"], var["name"], var["query"])
-            for model in dashboards().values()
-            for var in model["templating"]["list"] if var["type"] == "query"]
-
-
-def all_queries(*, include_legacy_only: bool = False, rate_interval: str = "1m",
-                range_: str = "5m") -> list[tuple[str, str]]:
-    """(“dashboard uid / panel title”, runnable expr) for every dashboard query, variables
-    replaced by `.*` (see `substitute`). Queries that only legacy vLLM engines answer are
-    left out unless `include_legacy_only`."""
-    out: list[tuple[str, str]] = []
-    for uid, title, expr in dashboard_targets():
-        if not include_legacy_only and is_legacy_only(expr):
-            continue
-        out.append((f"{uid} / {title}",
-                    substitute(expr, rate_interval=rate_interval, range_=range_)))
-    return out

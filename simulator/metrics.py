@@ -9,18 +9,17 @@ from bisect import bisect_left
 from collections import deque
 from itertools import accumulate
 from operator import add
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from prometheus_client import metrics as _pc_metrics
 from prometheus_client.utils import INF, floatToGoString
 
 from llmtraffic.contracts import vllm as v
-from llmtraffic.simulator.engine import EngineStats, SimRequest, StepResult
+from llmtraffic.simulator.engine import EngineConfig, EngineStats, SimRequest, StepResult
 
-if TYPE_CHECKING:
-    from llmtraffic.simulator.server import SimServer
-
-LABELS = ("model_name", "engine")
+#: Every per-engine family carries V1's labels, on legacy pages too; cache_config_info has
+#: `CACHE_CONFIG_LABELS` without `engine` (the simulator's page as it has always been).
+LABELS = v.ENGINE_LABELS
 THROUGHPUT_WINDOW_S = 10.0  # legacy avg_*_throughput gauges average over this window
 
 
@@ -49,6 +48,32 @@ def _count_line(n: int) -> str:
 def _use_created() -> bool:
     """prometheus_client's switch for the *_created series (PROMETHEUS_DISABLE_CREATED_SERIES)."""
     return getattr(_pc_metrics, "_use_created", True)
+
+
+class _Utilization(Protocol):
+    @property
+    def gpu_memory_utilization(self) -> float | None: ...
+
+
+class _Engine(Protocol):
+    def stats(self) -> EngineStats: ...
+
+
+class MeteredPod(Protocol):
+    """What the page reads from its pod (a `server.SimServer`)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def config(self) -> EngineConfig: ...
+    @property
+    def engine(self) -> _Engine: ...
+    @property
+    def options(self) -> _Utilization: ...  # the pod's --gpu-memory-utilization, if given
+    @property
+    def profile(self) -> _Utilization: ...  # else its profile's
+
+    def to_wall(self, virtual_seconds: float) -> float: ...
 
 
 class _Histogram:
@@ -105,126 +130,81 @@ class _Histogram:
             out.append(f"{self._created_head}{floatToGoString(self.created)}\n")
 
 
-# (kind, name, help, value from the engine's stats and the (prompt, generation) throughput)
+# (vLLM name, value from the engine's stats and the (prompt, generation) throughput); kind
+# and help come from the table in contracts/vllm.py
 _Value = Callable[[EngineStats, tuple[float, float]], float]
-_STATE_HEAD: tuple[tuple[str, str, str, _Value], ...] = (
-    ("gauge", v.NUM_REQUESTS_RUNNING, "Number of requests in model execution batches.",
-     lambda st, tps: st.num_running),
-    ("gauge", v.NUM_REQUESTS_WAITING, "Number of requests waiting to be processed.",
-     lambda st, tps: st.num_waiting),
+_STATE_HEAD: tuple[tuple[str, _Value], ...] = (
+    (v.NUM_REQUESTS_RUNNING, lambda st, tps: st.num_running),
+    (v.NUM_REQUESTS_WAITING, lambda st, tps: st.num_waiting),
 )
-_STATE_LEGACY: tuple[tuple[str, str, str, _Value], ...] = (
-    ("gauge", v.LEGACY_NUM_REQUESTS_SWAPPED, "Number of requests swapped to CPU.",
-     lambda st, tps: 0),
-    ("gauge", v.LEGACY_GPU_CACHE_USAGE, "GPU KV-cache usage. 1 means 100 percent usage.",
-     lambda st, tps: st.kv_usage),
-    ("gauge", v.LEGACY_CPU_CACHE_USAGE, "CPU KV-cache usage. 1 means 100 percent usage.",
-     lambda st, tps: 0.0),
-    ("gauge", v.LEGACY_AVG_PROMPT_THROUGHPUT, "Average prefill throughput in tokens/s.",
-     lambda st, tps: tps[0]),
-    ("gauge", v.LEGACY_AVG_GENERATION_THROUGHPUT,
-     "Average generation throughput in tokens/s.", lambda st, tps: tps[1]),
-    ("counter", v.LEGACY_PREFIX_CACHE_QUERIES,
-     "GPU prefix cache queries, in terms of number of queried tokens.",
-     lambda st, tps: st.prefix_queries),
-    ("counter", v.LEGACY_PREFIX_CACHE_HITS,
-     "GPU prefix cache hits, in terms of number of cached tokens.",
-     lambda st, tps: st.prefix_hits),
+_STATE_LEGACY: tuple[tuple[str, _Value], ...] = (
+    (v.LEGACY_NUM_REQUESTS_SWAPPED, lambda st, tps: 0),
+    (v.LEGACY_GPU_CACHE_USAGE, lambda st, tps: st.kv_usage),
+    (v.LEGACY_CPU_CACHE_USAGE, lambda st, tps: 0.0),
+    (v.LEGACY_AVG_PROMPT_THROUGHPUT, lambda st, tps: tps[0]),
+    (v.LEGACY_AVG_GENERATION_THROUGHPUT, lambda st, tps: tps[1]),
+    (v.LEGACY_PREFIX_CACHE_QUERIES, lambda st, tps: st.prefix_queries),
+    (v.LEGACY_PREFIX_CACHE_HITS, lambda st, tps: st.prefix_hits),
 )
-_STATE_V1: tuple[tuple[str, str, str, _Value], ...] = (
-    ("gauge", v.KV_CACHE_USAGE, "KV-cache usage. 1 means 100 percent usage.",
-     lambda st, tps: st.kv_usage),
-    ("counter", v.PREFIX_CACHE_QUERIES,
-     "Prefix cache queries, in terms of number of queried tokens.",
-     lambda st, tps: st.prefix_queries),
-    ("counter", v.PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens.",
-     lambda st, tps: st.prefix_hits),
+_STATE_V1: tuple[tuple[str, _Value], ...] = (
+    (v.KV_CACHE_USAGE, lambda st, tps: st.kv_usage),
+    (v.PREFIX_CACHE_QUERIES, lambda st, tps: st.prefix_queries),
+    (v.PREFIX_CACHE_HITS, lambda st, tps: st.prefix_hits),
 )
-_STATE_TAIL: tuple[tuple[str, str, str, _Value], ...] = (
-    ("counter", v.NUM_PREEMPTIONS, "Cumulative number of preemption from the engine.",
-     lambda st, tps: st.preemptions),
-    ("counter", v.PROMPT_TOKENS, "Number of prefill tokens processed.",
-     lambda st, tps: st.prompt_tokens),
-    ("counter", v.GENERATION_TOKENS, "Number of generation tokens processed.",
-     lambda st, tps: st.generation_tokens),
+_STATE_TAIL: tuple[tuple[str, _Value], ...] = (
+    (v.NUM_PREEMPTIONS, lambda st, tps: st.preemptions),
+    (v.PROMPT_TOKENS, lambda st, tps: st.prompt_tokens),
+    (v.GENERATION_TOKENS, lambda st, tps: st.generation_tokens),
 )
-_FINISHED_REASONS = ("stop", "length", "abort")
-_CACHE_LABELS = ("block_size", "cache_dtype", "enable_prefix_caching",
-                 "gpu_memory_utilization", "num_cpu_blocks", "num_gpu_blocks")
+# (attribute, vLLM name) of each histogram a pod observes; a legacy pod observes fewer
+_HISTOGRAMS_HEAD = (("ttft", v.TTFT), ("e2e", v.E2E_LATENCY),
+                    ("prompt_hist", v.REQUEST_PROMPT_TOKENS),
+                    ("gen_hist", v.REQUEST_GENERATION_TOKENS),
+                    ("max_tokens_hist", v.REQUEST_MAX_TOKENS))
+_HISTOGRAMS_LEGACY = (("itl", v.LEGACY_TIME_PER_OUTPUT_TOKEN), ("queue", v.LEGACY_TIME_IN_QUEUE))
+_HISTOGRAMS_V1 = (("itl", v.INTER_TOKEN_LATENCY), ("tpot", v.TIME_PER_OUTPUT_TOKEN),
+                  ("queue", v.QUEUE_TIME), ("inference", v.INFERENCE_TIME),
+                  ("prefill", v.PREFILL_TIME), ("decode", v.DECODE_TIME),
+                  ("iteration", v.ITERATION_TOKENS))
 
 
-def _exposed_name(kind: str, name: str) -> str:
-    """Counters are exposed as <name>_total (CounterMetricFamily strips a given _total)."""
-    if kind != "counter":
-        return name
-    return (name[:-6] if name.endswith("_total") else name) + "_total"
+def _family_head(name: str) -> tuple[str, str]:
+    """(# HELP and # TYPE lines, exposed sample name) of a gauge, counter or info family."""
+    family = v.FAMILIES[name]
+    exposed, = family.exposed()
+    return _header(exposed, family.help, family.exposed_type), exposed
 
 
-def _scalar_prefix(kind: str, name: str, doc: str, labels: str) -> str:
+def _scalar_prefix(name: str, labels: str) -> str:
     """Header and sample name of a one-sample family, up to the value."""
-    name = _exposed_name(kind, name)
-    return f"{_header(name, doc, kind)}{name}{labels} "
+    head, exposed = _family_head(name)
+    return f"{head}{exposed}{labels} "
 
 
 def histogram_specs(legacy: bool, max_model_len: int) -> \
         list[tuple[str, str, str, tuple[float, ...]]]:
     """(attribute, vLLM name, help, buckets) of every histogram a pod exposes, as vLLM
     declares them: V1 names, or the legacy V0 ones."""
-    tokens_125 = tuple(v.build_1_2_5_buckets(max_model_len))
-    specs = [
-        ("ttft", v.TTFT, "Histogram of time to first token in seconds.", v.TTFT_BUCKETS),
-        ("e2e", v.E2E_LATENCY, "Histogram of e2e request latency in seconds.",
-         v.REQUEST_LATENCY_BUCKETS),
-        ("prompt_hist", v.REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.",
-         tokens_125),
-        ("gen_hist", v.REQUEST_GENERATION_TOKENS, "Number of generation tokens processed.",
-         tokens_125),
-        ("max_tokens_hist", v.REQUEST_MAX_TOKENS,
-         "Histogram of the max_tokens request parameter.", tokens_125),
-    ]
-    if legacy:
-        return specs + [
-            ("itl", v.LEGACY_TIME_PER_OUTPUT_TOKEN,
-             "Histogram of time per output token in seconds.", v.TOKEN_LATENCY_BUCKETS),
-            ("queue", v.LEGACY_TIME_IN_QUEUE,
-             "Histogram of time the request spent in the queue in seconds.",
-             v.REQUEST_LATENCY_BUCKETS)]
-    return specs + [
-        ("itl", v.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds.",
-         v.TOKEN_LATENCY_BUCKETS),
-        ("tpot", v.TIME_PER_OUTPUT_TOKEN,
-         "Histogram of time_per_output_token_seconds per request.", v.TOKEN_LATENCY_BUCKETS),
-        ("queue", v.QUEUE_TIME, "Histogram of time spent in WAITING phase.",
-         v.REQUEST_LATENCY_BUCKETS),
-        ("inference", v.INFERENCE_TIME, "Histogram of time spent in RUNNING phase.",
-         v.REQUEST_LATENCY_BUCKETS),
-        ("prefill", v.PREFILL_TIME, "Histogram of time spent in PREFILL phase.",
-         v.REQUEST_LATENCY_BUCKETS),
-        ("decode", v.DECODE_TIME, "Histogram of time spent in DECODE phase.",
-         v.REQUEST_LATENCY_BUCKETS),
-        ("iteration", v.ITERATION_TOKENS, "Histogram of number of tokens per engine_step.",
-         v.ITERATION_TOKENS_BUCKETS)]
+    specs = _HISTOGRAMS_HEAD + (_HISTOGRAMS_LEGACY if legacy else _HISTOGRAMS_V1)
+    return [(attr, name, v.FAMILIES[name].help, v.FAMILIES[name].bounds(max_model_len))
+            for attr, name in specs]
 
 
 class PodMetricsExporter:
     """Histograms observed as requests progress; gauges and counters read from the engine
     at scrape time (so they are exact)."""
 
-    def __init__(self, server: "SimServer", legacy: bool = False) -> None:
+    def __init__(self, server: MeteredPod, legacy: bool = False) -> None:
         self.server = server
         self.legacy = legacy
         self.labels = (server.model, "0")
         label_map = dict(zip(LABELS, self.labels))
         max_len = server.config.max_model_len
         self.histograms: list[_Histogram] = []
-
-        def hist(name: str, doc: str, buckets: Iterable[float]) -> _Histogram:
-            h = _Histogram(name, doc, tuple(buckets), label_map)
-            self.histograms.append(h)
-            return h
-
         for attr, name, doc, buckets in histogram_specs(legacy, max_len):
-            setattr(self, attr, hist(name, doc, buckets))
+            h = _Histogram(name, doc, buckets, label_map)
+            self.histograms.append(h)
+            setattr(self, attr, h)
         self._build_state_prefixes(label_map)
         self._lora_state: tuple = ()
         self._lora_ts = time.time()
@@ -233,18 +213,13 @@ class PodMetricsExporter:
     def _build_state_prefixes(self, label_map: dict[str, str]) -> None:
         lab = _label_text(label_map)
         table = _STATE_HEAD + (_STATE_LEGACY if self.legacy else _STATE_V1) + _STATE_TAIL
-        self._scalars = [(_scalar_prefix(kind, name, doc, lab), value)
-                         for kind, name, doc, value in table]
-        success = _exposed_name("counter", v.REQUEST_SUCCESS)
-        self._success_head = _header(success, "Count of successfully processed requests.",
-                                     "counter")
+        self._scalars = [(_scalar_prefix(name, lab), value) for name, value in table]
+        self._success_head, success = _family_head(v.REQUEST_SUCCESS)
         self._success_prefixes = [
             f"{success}{_label_text({**label_map, 'finished_reason': r})} "
-            for r in _FINISHED_REASONS]
-        self._lora_head = _header(v.LORA_REQUESTS_INFO, "Running stats on lora requests.",
-                                  "gauge")
-        self._cache_head = _header(v.CACHE_CONFIG_INFO,
-                                   "Information of the LLMEngine CacheConfig", "gauge")
+            for r in v.FINISHED_REASONS]
+        self._lora_head, _ = _family_head(v.LORA_REQUESTS_INFO)
+        self._cache_head, _ = _family_head(v.CACHE_CONFIG_INFO)
 
     # ---- observations ------------------------------------------------------------------
     def observe_arrival(self, sim: SimRequest) -> None:
@@ -299,7 +274,7 @@ class PodMetricsExporter:
         for prefix, value in self._scalars:
             out.append(f"{prefix}{floatToGoString(value(st, tps))}\n")
         out.append(self._success_head)
-        for prefix, reason in zip(self._success_prefixes, _FINISHED_REASONS):
+        for prefix, reason in zip(self._success_prefixes, v.FINISHED_REASONS):
             out.append(f"{prefix}{floatToGoString(st.finished.get(reason, 0))}\n")
         lora = _label_text({"max_lora": str(st.max_loras),
                             "running_lora_adapters": ",".join(st.running_adapters),
@@ -308,7 +283,7 @@ class PodMetricsExporter:
         out.append(f"{self._lora_head}{v.LORA_REQUESTS_INFO}{lora} {floatToGoString(ts)}\n")
         cfg = srv.config
         util = srv.options.gpu_memory_utilization or srv.profile.gpu_memory_utilization
-        cache = _label_text(dict(zip(_CACHE_LABELS, (
+        cache = _label_text(dict(zip(v.CACHE_CONFIG_LABELS, (
             str(cfg.block_size), "auto", str(cfg.enable_prefix_caching), str(util), "0",
             str(cfg.num_gpu_blocks)))))
         out.append(f"{self._cache_head}{v.CACHE_CONFIG_INFO}{cache} 1.0\n")

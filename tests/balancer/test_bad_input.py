@@ -18,7 +18,7 @@ from llmtraffic.balancer.discovery import StaticDiscovery
 from llmtraffic.balancer.extproc import ExtProcOptions, ExtProcServer
 from llmtraffic.contracts.store import Pod
 from tests.balancer.conftest import BASE, LABELS, SEED_FILES, records
-from tests.balancer.fakepod import FakePod
+from tests.fixtures.fakepod import FakePod
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ from llmtraffic.contracts.store import Pod
 from llmtraffic.simulator.server import SimServer, run_fleet_in_thread
 from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, SEED_FILES, client,
                                      next_scrape, records, stop_pod, total_inflight, wait_for)
-from tests.balancer.fakepod import FakePod
+from tests.fixtures.fakepod import FakePod
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ from llmtraffic.balancer.config import GIE_ALPHA, GIE_V1, ConfigError
 from llmtraffic.balancer.discovery import ClusterView
 from llmtraffic.balancer.kube import WATCHED, KubeDiscovery, pod_from_object
 from llmtraffic.contracts.store import Pod
-from tests.balancer.fake_apiserver import SERVED, FakeApiServer, pod
+from tests.fixtures.fake_apiserver import SERVED, FakeApiServer, pod
 
 SEED = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 POOL = "vllm-llama2-7b-pool"

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmtraffic.exporter.app import ExporterApp, ExporterOptions
 from tests.balancer.conftest import BASE, records
-from tests.balancer.fakepod import FakePod
+from tests.fixtures.fakepod import FakePod
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,10 @@ import logging
 import pytest
 from aiohttp import web
 
-from bench.exporter_scrape import vllm_page
 from llmtraffic.contracts.scrape import OUTCOMES, Scraper
 from llmtraffic.contracts.store import MetricsStore, Pod
 from llmtraffic.harness.prometheus import free_port
+from tests.fixtures import vllm_page
 
 
 class PageServer:
@@ -239,12 +239,3 @@ async def test_close_cancels_scrapes_in_flight_and_closes_the_session(servers) -
 def test_bad_settings_are_refused(kwargs) -> None:
     with pytest.raises(ValueError, match="Scraper"):
         Scraper(MetricsStore(), **kwargs)
-
-
-def test_scrape_benchmark_runs(capsys) -> None:
-    """`python -m bench.exporter_scrape` end to end, tiny: it must scrape without errors."""
-    from bench.exporter_scrape import main
-
-    assert main(["--pods", "2", "--interval", "0.1", "--seconds", "0.5"]) == 0
-    out = capsys.readouterr().out
-    assert "errors none" in out and "µs/page" in out and "% of one core" in out

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.exporter_scrape import vllm_page
 from llmtraffic.contracts import vllm
 from llmtraffic.contracts.store import Histogram, PodMetrics
 from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
+from tests.fixtures import vllm_page
 
 # ---- the reference: the same folding rules on top of prometheus_client's parser -----------
 

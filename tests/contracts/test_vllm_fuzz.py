@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.exporter_scrape import vllm_page
 from llmtraffic.contracts import vllm
 from llmtraffic.contracts.store import Histogram, PodMetrics
 from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
 from tests.contracts.test_vllm import assert_same, pages_for_tests, reference
+from tests.fixtures import vllm_page
 
 #: Examples per property; raise it for a longer local run (e.g. LLMTRAFFIC_FUZZ_EXAMPLES=5000).
 _EXAMPLES = int(os.environ.get("LLMTRAFFIC_FUZZ_EXAMPLES", "200"))

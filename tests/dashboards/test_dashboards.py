@@ -14,6 +14,7 @@ import yaml
 
 from llmtraffic.dashboards import build, queries
 from llmtraffic.dashboards.scrapeconfig import REPO
+from llmtraffic.dashboards.targets import all_queries, dashboard_targets
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts import vllm as v
 
@@ -223,8 +224,8 @@ def test_comparison_sets_policies_and_pools_side_by_side(
 
 
 def test_all_queries_substitutes_every_variable() -> None:
-    listed = queries.all_queries(include_legacy_only=True)
-    assert len(listed) == len(queries.dashboard_targets())
+    listed = all_queries(include_legacy_only=True)
+    assert len(listed) == len(dashboard_targets())
     for title, expr in listed:
         assert "$" not in expr, (title, expr)
         assert " / " in title

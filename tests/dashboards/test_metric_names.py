@@ -14,6 +14,7 @@ import yaml
 
 from llmtraffic.dashboards import promql, queries, rules
 from llmtraffic.dashboards.scrapeconfig import REPO, RULES_DIR
+from llmtraffic.dashboards.targets import dashboard_targets, variable_queries
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts import vllm as v
 
@@ -36,7 +37,7 @@ def rule_exprs() -> list[tuple[str, str]]:
 
 
 def test_dashboard_queries_use_declared_names() -> None:
-    targets = queries.dashboard_targets()
+    targets = dashboard_targets()
     assert len(targets) > 40
     allowed = declared() | recorded()
     bad = [(uid, title, sorted(promql.metric_names(expr) - allowed))
@@ -45,11 +46,11 @@ def test_dashboard_queries_use_declared_names() -> None:
 
 
 def test_every_dashboard_query_selects_a_metric() -> None:
-    assert all(promql.metric_names(expr) for _, _, expr in queries.dashboard_targets())
+    assert all(promql.metric_names(expr) for _, _, expr in dashboard_targets())
 
 
 def test_variable_queries_use_declared_names() -> None:
-    for uid, name, query in queries.variable_queries():
+    for uid, name, query in variable_queries():
         selector, _ = promql.label_values_selector(query)
         assert promql.metric_names(selector) <= declared(), (uid, name)
 
@@ -85,7 +86,7 @@ def test_v1_queries_also_read_the_legacy_name() -> None:
         v.QUEUE_TIME: v.LEGACY_TIME_IN_QUEUE,
         v.INTER_TOKEN_LATENCY: v.LEGACY_TIME_PER_OUTPUT_TOKEN,
     }
-    exprs = [e for _, _, e in queries.dashboard_targets()] + [e for _, e in rule_exprs()]
+    exprs = [e for _, _, e in dashboard_targets()] + [e for _, e in rule_exprs()]
     checked = 0
     for new, old in pairs.items():
         for expr in exprs:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtraffic.dashboards import queries, rules
+from llmtraffic.dashboards import rules
+from llmtraffic.dashboards.targets import all_queries
 from llmtraffic.contracts import series as m
 from llmtraffic.harness.prometheus import PrometheusAPI
 from tests.prometheus.test_scrape_dashboards_live import (assert_variables_answer,
@@ -76,8 +77,8 @@ def test_demo_quick_serves_prometheus_with_every_dashboard_query_answering(
             "llmtraffic-comparison.json", "llmtraffic-overview.json"]
 
         # every dashboard query (legacy-only ones too: pool B speaks V0 names) answers
-        exprs = queries.all_queries(include_legacy_only=True, rate_interval="10s",
-                                    range_="60s")
+        exprs = all_queries(include_legacy_only=True, rate_interval="10s",
+                            range_="60s")
         empty = run_until_all_answer(prom, exprs, attempts=30)
         assert not empty, f"dashboard queries without data: {empty}"
         assert_variables_answer(prom)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from llmtraffic.dashboards import promql, queries, rules
 from llmtraffic.dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
+from llmtraffic.dashboards.targets import all_queries, variable_queries
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts import vllm as v
 from llmtraffic.harness.prometheus import PrometheusAPI, PrometheusServer
@@ -172,7 +173,7 @@ def test_relabel_scrape_rules_and_every_dashboard_query(prom: PrometheusServer) 
         ("pool-a", "vllm-a-0"), ("pool-b", "vllm-b-0")}
     assert all("exported_pod" not in s["metric"] for s in up)
 
-    empty = run_until_all_answer(prom, queries.all_queries(rate_interval="10s", range_="30s"))
+    empty = run_until_all_answer(prom, all_queries(rate_interval="10s", range_="30s"))
     assert not empty, f"dashboard queries without data: {empty}"
 
     assert_variables_answer(prom)
@@ -193,7 +194,7 @@ def test_relabel_scrape_rules_and_every_dashboard_query(prom: PrometheusServer) 
 
 def assert_variables_answer(prom: PrometheusAPI) -> None:
     """Every dashboard variable's label_values query finds at least one value."""
-    for uid, name, query in queries.variable_queries():
+    for uid, name, query in variable_queries():
         selector, label = promql.label_values_selector(query)
         found = prom.query(f"count by ({label}) ({queries.substitute(selector)})")
         assert any(s["metric"].get(label) for s in found), f"{uid} variable {name} is empty"
@@ -230,7 +231,7 @@ def run_until_all_answer(prom: PrometheusAPI, named: list[tuple[str, str]],
 def test_legacy_only_queries_are_the_swapped_panel() -> None:
     """Only the legacy `num_requests_swapped` target is left out of all_queries(); every
     other vLLM query also answers for V1 engines."""
-    every = queries.all_queries(include_legacy_only=True)
-    default = queries.all_queries()
+    every = all_queries(include_legacy_only=True)
+    default = all_queries()
     left_out = [expr for title, expr in every if (title, expr) not in default]
     assert len(left_out) == 1 and queries.gauge(v.LEGACY_NUM_REQUESTS_SWAPPED) in left_out[0]
