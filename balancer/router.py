@@ -15,12 +15,12 @@ import orjson
 
 from llmtraffic.balancer.config import Model, Pool, Resources
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Policy, Shed
+from llmtraffic.contracts.prompt import estimate_tokens
 from llmtraffic.contracts.store import MetricsStore, PodState, Snapshot
 
 if TYPE_CHECKING:
     from llmtraffic.balancer.breaker import CircuitBreaker
 
-CHARS_PER_TOKEN = 4  # prompt-size estimate for routing (vLLM's tokenizer is not here)
 MAX_MODEL_CHARS = 256
 #: Deepest nesting of objects and arrays accepted (orjson writes at most 254 levels back;
 #: OpenAI request bodies, tool schemas included, need far fewer).
@@ -289,7 +289,7 @@ class Router:
         members = Snapshot(snap.now, pods)
         request = LLMRequest(model=name, target_model=target,
                              adapter=None if self._is_base(pool.name, target, pods) else target,
-                             prompt=text, prompt_tokens=len(text) // CHARS_PER_TOKEN + 1,
+                             prompt=text, prompt_tokens=estimate_tokens(text),
                              criticality=model.criticality, pool=pool.name)
         t0 = time.perf_counter()
         pick = self.policy.pick(request, members)

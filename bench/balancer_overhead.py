@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from llmtraffic.simulator.workloads import BASE_MODEL, CHARS_PER_TOKEN, filler_text
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN, estimate_tokens
+from llmtraffic.simulator.workloads import BASE_MODEL, SEED_ADAPTERS, filler_text
 
 if TYPE_CHECKING:
     from llmtraffic.contracts.store import PodMetrics
@@ -72,8 +73,6 @@ class Prompts:
 def models_yaml() -> str:
     """InferenceModels for the base model and the seed's 10 adapters (the seed's own file
     only names tweet-summary), in the seed pool."""
-    from llmtraffic.simulator.server import SEED_ADAPTERS
-
     docs = []
     for name in (BASE_MODEL, *SEED_ADAPTERS):
         if name == "tweet-summary":
@@ -98,8 +97,6 @@ def config_files(tmp: Path) -> list[str]:
 def random_metrics(rng: random.Random) -> PodMetrics:
     """A busy Llama-2-7B pod as the seed runs it: up to 4 of the 10 adapters loaded."""
     from llmtraffic.contracts.store import PodMetrics
-    from llmtraffic.simulator.server import SEED_ADAPTERS
-
     running = tuple(rng.sample(SEED_ADAPTERS, rng.randint(0, 4)))
     others = [a for a in SEED_ADAPTERS if a not in running]
     waiting = tuple(rng.sample(others, rng.randint(0, 2))) if len(running) == 4 else ()
@@ -163,8 +160,6 @@ class Fleet:
 
 
 def _bodies(rng: random.Random, n: int) -> list[dict[str, Any]]:
-    from llmtraffic.simulator.server import SEED_ADAPTERS
-
     prompts = Prompts(rng)
     return [{"model": rng.choice(SEED_ADAPTERS) if rng.random() < ADAPTER_SHARE
              else BASE_MODEL, "prompt": prompts.next(), "max_tokens": 4} for _ in range(n)]
@@ -213,7 +208,6 @@ def _time_pick(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
                resources, seed: int) -> PickRun:
     """The policy alone, on the snapshot and request Router.decide would hand it."""
     from llmtraffic.balancer.policy.request import LLMRequest, Pick
-    from llmtraffic.balancer.router import CHARS_PER_TOKEN
     from llmtraffic.contracts.store import Snapshot
 
     fleet = Fleet(n_pods, random.Random(seed))
@@ -225,7 +219,7 @@ def _time_pick(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
         model, text = body["model"], body["prompt"]
         request = LLMRequest(model=model, target_model=model,
                              adapter=None if model == BASE_MODEL else model, prompt=text,
-                             prompt_tokens=len(text) // CHARS_PER_TOKEN + 1,
+                             prompt_tokens=estimate_tokens(text),
                              criticality=crit[model], pool=POOL)
         snap = fleet.store.snapshot(NOW)
         members = Snapshot(snap.now, snap.in_pool(POOL))
@@ -696,8 +690,6 @@ def live_overhead(pods: int = 4, requests: int = 600, warmup: int = 50,
 
 
 def _seed_loras() -> dict[str, str]:
-    from llmtraffic.simulator.server import SEED_ADAPTERS
-
     return {a: f"/adapters/{a}" for a in SEED_ADAPTERS}
 
 

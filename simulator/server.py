@@ -25,12 +25,10 @@ from llmtraffic.simulator import tokenizer
 from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest, StepResult
 from llmtraffic.simulator.metrics import PodMetricsExporter
 from llmtraffic.simulator.profile import DEFAULT_PROFILE, PROFILES, get_profile
+from llmtraffic.simulator.workloads import SEED_ADAPTERS
 
 log = logging.getLogger(__name__)
 
-SEED_ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "sql-lora-3", "sql-lora-4",
-                 "tweet-summary", "tweet-summary-1", "tweet-summary-2", "tweet-summary-3",
-                 "tweet-summary-4")
 WORDS = ("the model answers with short plain words so that each token is one piece of "
          "text and the stream looks like a real one to any client reading it").split()
 #: Mean output length (tokens) when the client does not set ignore_eos: ShareGPT-like.
@@ -633,4 +631,4 @@ async def _serve_fleet(fleet: SimFleet) -> int:
 
 
 __all__ = ["PodOptions", "SimServer", "SimFleet", "run_fleet_in_thread", "call_in_fleet",
-           "chat_prompt", "add_parser", "add_pod_arguments", "pod_options", "SEED_ADAPTERS"]
+           "chat_prompt", "add_parser", "add_pod_arguments", "pod_options"]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import zlib
 
-#: Llama-2's SentencePiece tokenizer averages about 4 characters of English per token
-#: (OpenAI's rule of thumb is the same); the balancer's estimate uses the same ratio.
-CHARS_PER_TOKEN = 4
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN  # the balancer's estimate's ratio
 
 
 def encode(text: str) -> list[int]:

@@ -12,12 +12,13 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN
+
 #: The seed's served base model and its ten LoRA adapters (deploy/seed/vllm-deployment.yaml).
 BASE_MODEL = "meta-llama/Llama-2-7b-hf"
 SEED_ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "sql-lora-3", "sql-lora-4",
                  "tweet-summary", "tweet-summary-1", "tweet-summary-2", "tweet-summary-3",
                  "tweet-summary-4")
-CHARS_PER_TOKEN = 4  # simulator/tokenizer.py
 
 # ShareGPT shape, from the vLLM paper (Kwon et al., SOSP 2023, Fig. 11): mean input
 # 161 tokens, mean output 338 tokens, both long-tailed. We use lognormals with those means.

@@ -15,7 +15,8 @@ import pytest
 from llmtraffic.balancer.discovery import StaticDiscovery
 from llmtraffic.balancer.proxy import BalancerApp, ProxyOptions
 from llmtraffic.contracts.store import MetricsStore, Pod
-from llmtraffic.simulator.server import SEED_ADAPTERS, SimFleet
+from llmtraffic.simulator.server import SimFleet
+from llmtraffic.simulator.workloads import SEED_ADAPTERS
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 SEED_FILES = sorted(str(p) for p in SEED_DIR.glob("*.yaml"))

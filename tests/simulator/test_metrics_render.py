@@ -25,7 +25,8 @@ from llmtraffic.contracts import vllm as v
 from llmtraffic.simulator.engine import EngineStats
 from llmtraffic.simulator.metrics import (LABELS, THROUGHPUT_WINDOW_S, PodMetricsExporter,
                                _count_line, histogram_specs)
-from llmtraffic.simulator.server import SEED_ADAPTERS, SimFleet
+from llmtraffic.simulator.server import SimFleet
+from llmtraffic.simulator.workloads import SEED_ADAPTERS
 
 
 # ---- the reference: prometheus_client objects, declared as the simulator declared them ----

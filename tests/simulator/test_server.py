@@ -18,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmtraffic.contracts import vllm as v
-from llmtraffic.simulator.server import SEED_ADAPTERS, call_in_fleet, run_fleet_in_thread
+from llmtraffic.simulator.server import call_in_fleet, run_fleet_in_thread
+from llmtraffic.simulator.workloads import SEED_ADAPTERS
 
 BASE = "meta-llama/Llama-2-7b-hf"
 LORAS = {a: f"/adapters/{a}" for a in SEED_ADAPTERS}
