@@ -146,10 +146,14 @@ class ModelSpec(_Spec):
 
 
 class ObjectiveSpec(_Spec):
-    """InferenceObjective (GIE >= v1.0): a priority for the requests that name it."""
+    """InferenceObjective (GIE >= v1.0): a priority for the requests that name it. Its
+    release candidates wrote a `criticality` instead (read as the matching priority) and
+    some had `targetModels` (not read: an InferenceModelRewrite splits traffic)."""
 
     priority: int | None = None  # unset reads as 0
+    criticality: Criticality | None = None
     pool_ref: PoolRef = Field(alias="poolRef")
+    target_models: list[dict[str, Any]] = Field(default_factory=list, alias="targetModels")
 
 
 class ModelMatch(_Spec):
@@ -167,8 +171,8 @@ class RewriteTarget(_Spec):
 
 
 class RewriteRuleSpec(_Spec):
-    matches: list[RewriteMatch] = Field(default_factory=list)
-    targets: list[RewriteTarget] = Field(default_factory=list)
+    matches: list[RewriteMatch] = Field(default_factory=list)  # none: every model
+    targets: list[RewriteTarget] = Field(default_factory=list, min_length=1)  # none: kept
 
     @model_validator(mode="after")
     def _check_weights(self) -> "RewriteRuleSpec":
@@ -274,7 +278,12 @@ def _model(meta: Metadata, spec: dict, api: str, prefix: str) -> Model:
 
 def _objective(meta: Metadata, spec: dict, api: str, prefix: str) -> Objective:
     s = ObjectiveSpec.model_validate(spec)
-    return Objective(meta.name, meta.namespace, s.pool_ref.name, s.priority or 0)
+    priority = s.priority if s.priority is not None else \
+        CRITICALITY_PRIORITY[s.criticality or "Standard"]
+    skipped = (Skipped(f"InferenceObjective {meta.name!r}", "spec.targetModels is not read "
+                       "(a GIE v1.0 release-candidate field): split traffic with an "
+                       "InferenceModelRewrite", True),) if s.target_models else ()
+    return Objective(meta.name, meta.namespace, s.pool_ref.name, priority, skipped)
 
 
 def _rewrite(meta: Metadata, spec: dict, api: str, prefix: str) -> Rewrite:
@@ -355,6 +364,7 @@ def build_resources(objects: Iterable[Parsed | None]) -> Resources:
             res.models[(o.pool, o.model_name)] = o
         elif isinstance(o, Objective):
             res.objectives[(o.pool, o.name)] = o
+            res.skipped += o.skipped
         elif isinstance(o, Rewrite):
             rewrites[o.name] = o
         elif isinstance(o, Route):

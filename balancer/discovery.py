@@ -60,9 +60,10 @@ def assign_pools(pods: Iterable[Pod], resources: Resources) -> list[Pod]:
 
 
 def endpoints(pod: Pod, pool: Pool) -> list[Pod]:
-    """`pod` as members of `pool`: itself when its address has a port, else one endpoint per
-    target port (each its own entry in the store, scraped on its own port)."""
-    if _has_port(pod.address):
+    """`pod` as members of `pool`: itself when its address has a port (or when it has no
+    address yet: a pod without an IP, listed but never routed), else one endpoint per target
+    port (each its own entry in the store, scraped on its own port)."""
+    if not pod.address or _has_port(pod.address):
         return [replace(pod, pool=pool.name)]
     if len(pool.target_ports) == 1:
         return [replace(pod, pool=pool.name, address=_with_port(pod.address,

@@ -73,6 +73,7 @@ class Objective:
     namespace: str
     pool: str
     priority: int = 0
+    skipped: tuple[Skipped, ...] = ()  # fields read but not used
 
 
 @dataclass(slots=True, frozen=True)
@@ -168,6 +169,14 @@ class Resources:
 
     def objective(self, pool: str, name: str) -> Objective | None:
         return self.objectives.get((pool, name))
+
+    def with_objective(self, model: Model, objective: str) -> Model:
+        """`model` with the priority of its pool's InferenceObjective `objective`; unchanged
+        when the pool has none by that name (GIE then keeps the default)."""
+        o = self.objectives.get((model.pool, objective))
+        if o is None:
+            return model
+        return replace(model, priority=o.priority, criticality=criticality_of(o.priority))
 
     def index_rewrites(self) -> None:
         """Fill `rewritten` and `catch_all` from `rewrites` (oldest first): the first rule

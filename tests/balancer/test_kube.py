@@ -19,11 +19,11 @@ import yaml
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, generate_latest
 
-from llmtraffic.balancer.config import GIE_ALPHA, GIE_V1, ConfigError
+from llmtraffic.balancer.config import GIE_ALPHA, GIE_ALPHA2, GIE_V1, ConfigError
 from llmtraffic.balancer.discovery import ClusterView
-from llmtraffic.balancer.kube import WATCHED, KubeDiscovery, pod_from_object
+from llmtraffic.balancer.kube import KubeDiscovery, pod_entry, pod_from_object
 from llmtraffic.contracts.store import Pod
-from tests.fixtures.fake_apiserver import SERVED, FakeApiServer, pod
+from tests.fixtures.fake_apiserver import RELEASES, SERVED, FakeApiServer, pod
 
 SEED = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 POOL = "vllm-llama2-7b-pool"
@@ -82,7 +82,11 @@ class Running:
             await asyncio.sleep(0.01)
 
 
-async def watching(fake: FakeApiServer, n: int = len(WATCHED), since: int | None = None) -> None:
+#: Collections the default fake (SERVED) has watched: its four custom resources and pods.
+SEED_WATCHED = len(SERVED) + 1
+
+
+async def watching(fake: FakeApiServer, n: int = SEED_WATCHED, since: int | None = None) -> None:
     """Until `n` more watch requests than `since` (default: now) have reached the fake."""
     start = fake.count("watch") if since is None else since
     end = time.monotonic() + 5
@@ -142,7 +146,7 @@ async def test_initial_list_builds_the_view_from_the_seed_and_ready_pods(fake) -
     assert model.targets == (("tweet-summary", 100),)
     assert res.pool_for_host("test.com:80").name == POOL
     assert view.pods == [Pod("vllm-0", "10.0.0.1:8000", APP, POOL, "default")]
-    assert sorted(fake.requests) == sorted(f"list {p}" for p in (
+    assert sorted(r for r in fake.requests if r.startswith("list")) == sorted(f"list {p}" for p in (
         "/apis/inference.networking.x-k8s.io/v1alpha1/namespaces/default/inferencepools",
         "/apis/inference.networking.k8s.io/v1/namespaces/default/inferencepools",
         "/apis/inference.networking.x-k8s.io/v1alpha1/namespaces/default/inferencemodels",
@@ -216,7 +220,7 @@ async def test_expired_watch_relists_and_converges(fake) -> None:
             fake.apply(pod("vllm-2", "10.0.0.3", APP))
             fake.expire()  # ...which end with ERROR 410; only a relist shows them
         await r.until(lambda: r.addresses() == {"10.0.0.2:8000", "10.0.0.3:8000"}, "relist")
-        await r.until(lambda: fake.count("list") >= lists + len(WATCHED), "all relisted")
+        await r.until(lambda: fake.count("list") >= lists + SEED_WATCHED, "all relisted")
         assert d.relists["pods"] >= 1 and d.api_up
         assert 'llmtraffic_discovery_relists_total{resource="pods"}' in exposition(d)
         await watching(fake, since=watches)  # watching again from the relisted version
@@ -245,7 +249,7 @@ async def test_api_server_gone_keeps_the_last_view_and_says_so(fake, caplog) -> 
         await watching(fake)
         fake.go_away()
         await r.until(lambda: not d.api_up, "api down")
-        await r.until(lambda: sum(d.errors.values()) >= 2 * len(WATCHED), "retries")
+        await r.until(lambda: sum(d.errors.values()) >= 2 * SEED_WATCHED, "retries")
         assert r.addresses() == {"10.0.0.1:8000"} and d.view().pods == r.last.pods
         text = exposition(d)
         assert "llmtraffic_discovery_api_up 0.0" in text
@@ -287,14 +291,17 @@ async def test_v1_pools(fake) -> None:
     pool = view.resources.pools["ga-pool"]
     assert (pool.api_version, pool.target_ports, pool.failure_mode) == \
         (GIE_V1, (9000, 9001), "FailOpen")
-    assert [(p.address, p.pool) for p in view.pods] == [("10.0.1.1:9000", "ga-pool")]
+    assert [(p.name, p.address, p.pool) for p in view.pods] == [  # one per target port
+        ("ga-0-rank-0", "10.0.1.1:9000", "ga-pool"), ("ga-0-rank-1", "10.0.1.1:9001", "ga-pool")]
     async with Running(d) as r:
         await watching(fake)
         fake.apply(pod("ga-1", "10.0.1.2", {"app": "ga"}))
-        await r.until(lambda: r.addresses() == {"10.0.1.1:9000", "10.0.1.2:9000"}, "v1 pod")
+        await r.until(lambda: r.addresses() == {"10.0.1.1:9000", "10.0.1.1:9001",
+                                                "10.0.1.2:9000", "10.0.1.2:9001"}, "v1 pod")
 
 
 async def test_a_crd_that_is_not_installed_is_empty_not_an_outage(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llmtraffic.balancer.kube")
     fake = FakeApiServer(served=[s for s in SERVED if "k8s.io/v1/" not in s and
                                  "llmroutes" not in s]).start()
     try:
@@ -305,15 +312,123 @@ async def test_a_crd_that_is_not_installed_is_empty_not_an_outage(caplog) -> Non
         d = discovery_for(fake)
         view = d.view()
         assert [p.address for p in view.pods] == ["10.0.0.1:8000"] and d.api_up
-        assert sum("not served" in m for m in caplog.messages) == 2
+        said = [m for m in caplog.messages if "not served" in m]
+        assert len(said) == 1 and "llmroutes.istio.alibabacloud.com" in said[0]
+        assert "inferencepools.inference.networking.k8s.io," in said[0]
+        assert not any(r.startswith("list /apis/istio") for r in fake.requests)  # not tried
         async with Running(d) as r:
             await watching(fake, 3)
             fake.apply(pod("vllm-1", "10.0.0.2", APP))
             await r.until(lambda: len(r.addresses()) == 2, "pods still watched")
-            await asyncio.sleep(0.4)  # the absent collections are looked at again...
-            assert sum("not served" in m for m in caplog.messages) == 2  # ...logged once
+            gets = fake.count("get /apis")
+            await r.until(lambda: fake.count("get /apis") > gets, "discovery asked again")
+            assert sum("not served" in m for m in caplog.messages) == 1  # ...said once
     finally:
         fake.go_away()
+
+
+# ---- API discovery: the newest served version, followed while running ---------------------
+X = "inference.networking.x-k8s.io"
+
+
+def lists_of(fake: FakeApiServer) -> set[str]:
+    """The collections listed so far, as "group/version/plural"."""
+    return {"/".join(r.split("/")[2:4] + [r.rsplit("/", 1)[1]]) for r in fake.requests
+            if r.startswith("list /apis/")}
+
+
+async def test_the_newest_served_version_is_watched() -> None:
+    fake = FakeApiServer(served=[f"{X}/v1alpha1/inferencepools", f"{X}/v1alpha2/inferencepools",
+                                 f"{X}/v1alpha1/inferencemodels"]).start()
+    try:
+        apply_seed(fake)  # stored at v1alpha1; the CRD serves it at both versions
+        fake.apply(pod("vllm-0", "10.0.0.1", APP))
+        d = discovery_for(fake)
+        view = d.view()
+        assert lists_of(fake) == {f"{X}/v1alpha2/inferencepools", f"{X}/v1alpha1/inferencemodels"}
+        assert view.resources.pools[POOL].api_version == GIE_ALPHA2
+        assert [p.address for p in view.pods] == ["10.0.0.1:8000"]
+        assert {w.label for w in d.watching()} == {
+            f"inferencepools.{X}/v1alpha2", f"inferencemodels.{X}/v1alpha1", "pods"}
+        assert "get /apis" in fake.requests and f"get /apis/{X}/v1alpha2" in fake.requests
+    finally:
+        fake.go_away()
+
+
+async def test_a_version_appearing_and_disappearing_while_running(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llmtraffic.balancer.kube")
+    pools_v1 = f"{X}/v1alpha1/inferencepools"
+    fake = FakeApiServer(served=[pools_v1, f"{X}/v1alpha1/inferencemodels"]).start()
+    try:
+        apply_seed(fake)
+        fake.apply(pod("vllm-0", "10.0.0.1", APP))
+        d = discovery_for(fake)
+        d.view()
+        async with Running(d) as r:
+            await watching(fake, 3)
+            fake.serve([pools_v1, f"{X}/v1alpha2/inferencepools", f"{X}/v1alpha1/inferencemodels"])
+            await r.until(lambda: r.last.resources.pools[POOL].api_version == GIE_ALPHA2,
+                          "switch to v1alpha2")
+            assert all(POOL in v.resources.pools for v in r.views)  # no gap while switching
+            assert any("now watching v1alpha2" in m for m in caplog.messages)
+            fake.serve([pools_v1, f"{X}/v1alpha1/inferencemodels"])  # v1alpha2 withdrawn
+            await r.until(lambda: r.last.resources.pools[POOL].api_version == GIE_ALPHA,
+                          "back to v1alpha1")
+            fake.serve([f"{X}/v1alpha1/inferencemodels"])  # the pool CRD is gone
+            await r.until(lambda: not r.last.resources.pools and not r.addresses(), "no pool")
+            assert any("no longer served" in m for m in caplog.messages)
+            fake.serve([pools_v1, f"{X}/v1alpha1/inferencemodels"])
+            await r.until(lambda: r.addresses() == {"10.0.0.1:8000"}, "served again")
+            assert d.api_up
+    finally:
+        fake.go_away()
+
+
+async def test_objectives_rewrites_and_unready_pods() -> None:
+    fake = FakeApiServer(served=RELEASES["v1.3"]).start()
+    try:
+        fake.apply({"apiVersion": GIE_V1, "kind": "InferencePool",
+                    "metadata": {"name": "dp", "labels": None},  # null labels read as none
+                    "spec": {"selector": {"matchLabels": {"app": "dp"}},
+                             "targetPorts": [{"number": 3000}, {"number": 3002},
+                                             {"number": 3004}],
+                             "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}})
+        fake.apply({"apiVersion": GIE_ALPHA2, "kind": "InferenceObjective",
+                    "metadata": {"name": "batch"},
+                    "spec": {"priority": -1, "poolRef": {"name": "dp"}}})
+        fake.apply({"apiVersion": GIE_ALPHA2, "kind": "InferenceModelRewrite",
+                    "metadata": {"name": "canary"},
+                    "spec": {"poolRef": {"name": "dp"}, "rules": [
+                        {"matches": [{"model": {"value": "m"}}],
+                         "targets": [{"modelRewrite": "m-v1", "weight": 90},
+                                     {"modelRewrite": "m-v2", "weight": 10}]}]}})
+        fake.apply({"apiVersion": GIE_ALPHA2, "kind": "InferenceObjective",
+                    "metadata": {"name": "broken"}, "spec": {"priority": "high"}})
+        fake.apply(pod("dp-0", "10.0.2.1", {"app": "dp"}))
+        fake.apply(pod("dp-1", "10.0.2.2", {"app": "dp"}, ready=False))
+        fake.apply(pod("dp-2", None, {"app": "dp"}, phase="Pending"))
+        d = discovery_for(fake)
+        view = d.view()
+        res = view.resources
+        assert res.objective("dp", "batch").priority == -1
+        assert res.resolve("dp", "m").targets == (("m-v1", 90), ("m-v2", 10))
+        assert [p.address for p in view.pods] == ["10.0.2.1:3000", "10.0.2.1:3002",
+                                                  "10.0.2.1:3004"]
+        assert [(p.name, p.address, p.ready) for p in view.unready] == [
+            ("dp-1-rank-0", "10.0.2.2:3000", False), ("dp-1-rank-1", "10.0.2.2:3002", False),
+            ("dp-1-rank-2", "10.0.2.2:3004", False), ("dp-2", "", False)]
+        assert [p for p in d.problems() if "'broken'" in p and "priority" in p]
+        assert f"list /apis/{X}/v1alpha1/namespaces/default/inferencepoolimports" \
+            not in fake.requests  # served, but not a kind the balancer reads
+    finally:
+        fake.go_away()
+
+
+def test_pods_are_kept_ready_or_not_until_they_finish() -> None:
+    assert pod_entry(pod("a", "10.0.0.1", APP)).ready
+    assert not pod_entry(pod("a", "10.0.0.1", APP, ready=False)).ready
+    assert pod_entry(pod("a", None, APP, phase="Pending")).address == ""
+    assert pod_entry(pod("a", "10.0.0.1", APP, phase="Succeeded")) is None
 
 
 async def test_the_proxy_exposes_discovery_health(fake) -> None:

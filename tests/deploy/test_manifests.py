@@ -18,7 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from llmtraffic.balancer.config import ASM_V1, GIE_ALPHA, GIE_V1, ConfigError, parse_resource
+from llmtraffic.balancer.config import (ASM_BETA, ASM_V1, GIE_ALPHA, GIE_ALPHA2, GIE_V1,
+    ConfigError, parse_resource)
 from llmtraffic.balancer.kube import WATCHED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -324,7 +325,8 @@ def test_crds_serve_exactly_the_watched_groups_versions_and_kinds() -> None:
         served |= {(spec["group"], v["name"], spec["names"]["plural"], spec["names"]["kind"])
                    for v in spec["versions"] if v["served"]}
     assert served == {(w.group, w.version, w.resource, w.kind) for w in WATCHED if w.group}
-    assert {f"{g}/{v}" for g, v, _, _ in served} == {GIE_ALPHA, GIE_V1, ASM_V1}
+    assert {f"{g}/{v}" for g, v, _, _ in served} == {GIE_ALPHA, GIE_ALPHA2, GIE_V1, ASM_V1,
+                                                      ASM_BETA}
 
 
 def schema_for(api_version: str, kind: str) -> dict:
@@ -341,6 +343,24 @@ V1_POOL = {"apiVersion": GIE_V1, "kind": "InferencePool", "metadata": {"name": "
                     "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}}
 SEED_CRS = [d for p in sorted((DEPLOY / "seed").glob("*.yaml")) for d in load(p)
             if d["kind"] in ("InferencePool", "InferenceModel", "LLMRoute")]
+#: The kinds and versions GIE v1.x and ASM's documentation add to the seed's
+NEWER_CRS = [
+    {**SEED_CRS[0], "apiVersion": GIE_ALPHA2}, {**SEED_CRS[1], "apiVersion": GIE_ALPHA2},
+    {"apiVersion": GIE_ALPHA2, "kind": "InferenceObjective", "metadata": {"name": "batch"},
+     "spec": {"priority": -1, "poolRef": {"name": "p"}}},
+    {"apiVersion": GIE_ALPHA2, "kind": "InferenceModelRewrite", "metadata": {"name": "canary"},
+     "spec": {"poolRef": {"name": "p"}, "rules": [
+         {"matches": [{"model": {"value": "m"}}],
+          "targets": [{"modelRewrite": "m-v1", "weight": 90},
+                      {"modelRewrite": "m-v2", "weight": 10}]},
+         {"targets": [{"modelRewrite": "base"}]}]}},
+    {"apiVersion": ASM_BETA, "kind": "LLMRoute", "metadata": {"name": "mixed"},
+     "spec": {"host": "llm.example", "rules": [
+         {"name": "vip", "matches": [{"headers": {"user-type": {"exact": "subscriber"}}}],
+          "backendRefs": [{"providerHost": "dashscope.aliyuncs.com"}]},
+         {"backendRefs": [{"backendRef": {"name": "p"}, "weight": 3},
+                          {"providerHost": "dashscope.aliyuncs.com", "weight": 1}]}]}},
+]
 
 
 def _broken(doc: dict, path: str, value: Any) -> dict:
@@ -360,16 +380,20 @@ REJECTED = [
     _broken(SEED_CRS[1], "spec.targetPortNumber", 70000),
     _broken(V1_POOL, "spec.targetPorts", []),
     _broken(SEED_CRS[2], "spec.rules", []),
+    _broken(NEWER_CRS[3], "spec.rules", [{"targets": []}]),
+    _broken(NEWER_CRS[2], "spec.poolRef", {}),
 ]
 
 
-@pytest.mark.parametrize("doc", SEED_CRS + [V1_POOL], ids=lambda d: f"{d['kind']}-{d['apiVersion']}")
+@pytest.mark.parametrize("doc", SEED_CRS + [V1_POOL] + NEWER_CRS,
+                         ids=lambda d: f"{d['kind']}-{d['apiVersion']}")
 def test_the_crd_schemas_and_the_parser_accept_the_same_objects(doc: dict) -> None:
     jsonschema.validate(doc, schema_for(doc["apiVersion"], doc["kind"]))
     assert parse_resource(doc) is not None
 
 
-@pytest.mark.parametrize("doc", REJECTED, ids=["criticality", "port", "no-ports", "no-rules"])
+@pytest.mark.parametrize("doc", REJECTED, ids=["criticality", "port", "no-ports", "no-rules",
+                                               "no-rewrite-targets", "objective-no-pool"])
 def test_the_crd_schemas_and_the_parser_reject_the_same_objects(doc: dict) -> None:
     assert [d["kind"] for d in SEED_CRS] == ["InferenceModel", "InferencePool", "LLMRoute"]
     with pytest.raises(jsonschema.ValidationError):
