@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from llmtraffic.balancer.breaker import CircuitBreaker
 
 MAX_MODEL_CHARS = 256
+#: The request header naming its InferenceObjective (GIE), whose priority it takes.
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
 #: Deepest nesting of objects and arrays accepted (orjson writes at most 254 levels back;
 #: OpenAI request bodies, tool schemas included, need far fewer).
 MAX_DEPTH = 64
@@ -254,33 +256,39 @@ class Router:
             raise ApiError(404, f"no LLMRoute serves host {host!r}; routed hosts: {hosts}")
         return pool
 
-    def model_for(self, pool: Pool, name: str) -> Model:
-        model = self.resources.model(pool.name, name)
-        if model is None and not self.resources.models_in(pool.name):
-            # a pool with no InferenceModel at all serves whatever its pods serve
-            return Model(name, pool.namespace, name, "Standard", pool.name, ())
-        if model is None:
-            known = ", ".join(sorted(m.model_name for m in self.resources.models_in(pool.name)))
+    def model_for(self, pool: Pool, name: str, objective: str | None = None) -> Model:
+        """What a request for `name` becomes in `pool`: its InferenceModel or
+        InferenceModelRewrite rule; a pool with no InferenceModel at all serves whatever its
+        pods serve (404 otherwise). The InferenceObjective the request names sets its
+        priority."""
+        res = self.resources
+        model = res.resolve(pool.name, name)
+        if model is None and res.models_in(pool.name):
+            known = ", ".join(sorted(m.model_name for m in res.models_in(pool.name)))
             raise ApiError(404, f"The model `{name}` does not exist in pool {pool.name!r}; "
                            f"served models: {known or '(none)'}", "model")
-        return model
+        if model is None:
+            model = Model(name, pool.namespace, name, "Standard", pool.name, (), 0, "")
+        return res.with_objective(model, objective) if objective else model
 
-    def decide(self, host: str | None, body: dict[str, Any], chat: bool) -> Decision:
-        """Route one decoded body; raises ApiError (400/404/429/503)."""
+    def decide(self, host: str | None, body: dict[str, Any], chat: bool,
+               objective: str | None = None) -> Decision:
+        """Route one decoded body; `objective` is the request's OBJECTIVE_HEADER. Raises
+        ApiError (400/404/429/503)."""
         name = _model_name(body)
         try:
-            return self._decide(host, body, chat, name)
+            return self._decide(host, body, chat, name, objective)
         except ApiError as e:
             e.model = e.model or name
             raise
 
     def _decide(self, host: str | None, body: dict[str, Any], chat: bool,
-                name: str) -> Decision:
+                name: str, objective: str | None) -> Decision:
         stream, wants_usage = _stream_flags(body)
         text = prompt_text(body, chat)
         _check_types(body)
         pool = self.pool_for(host)
-        model = self.model_for(pool, name)
+        model = self.model_for(pool, name, objective)
         target = model.pick_target(self._rng)
         snap = self.store.snapshot(self.clock())
         pods = snap.in_pool(pool.name)
@@ -290,13 +298,15 @@ class Router:
         request = LLMRequest(model=name, target_model=target,
                              adapter=None if self._is_base(pool.name, target, pods) else target,
                              prompt=text, prompt_tokens=estimate_tokens(text),
-                             criticality=model.criticality, pool=pool.name)
+                             criticality=model.criticality, pool=pool.name,
+                             priority=model.priority)
         t0 = time.perf_counter()
         pick = self.policy.pick(request, members)
         took = time.perf_counter() - t0
         if isinstance(pick, Shed):
             err = ApiError(pick.status, f"{pick.reason} (pool {pool.name!r}, model {name!r}, "
-                           f"criticality {model.criticality})", retry_after=pick.retry_after)
+                           f"criticality {model.criticality}, priority {model.priority})",
+                           retry_after=pick.retry_after)
             err.pool, err.model = pool.name, name
             raise err
         out = dict(body)

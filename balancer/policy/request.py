@@ -17,6 +17,9 @@ class LLMRequest:
     prompt_tokens: int  # estimate (about 4 characters per token)
     criticality: str = "Standard"  # Critical | Standard | Sheddable
     pool: str = ""
+    #: InferenceObjective priority, higher first (GIE); the router sets `criticality` to
+    #: match (< 0 Sheddable: shed when the pool is saturated, as GIE does)
+    priority: int = 0
 
 
 @dataclass(slots=True)

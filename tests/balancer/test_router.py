@@ -1,11 +1,13 @@
 """`Router.decide` without HTTP: a target is a LoRA adapter unless a pod in the pool reports it
-as its base model, and that judgement follows the pods' scrapes (it is cached between them)."""
+as its base model, and that judgement follows the pods' scrapes (it is cached between them);
+GIE v1's objectives set a request's priority (negative: shed when saturated) and its rewrites
+split a model's traffic by weight."""
 
 from __future__ import annotations
 
 from llmtraffic.balancer.config import load_resources
 from llmtraffic.balancer.policy.registry import make_policy
-from llmtraffic.balancer.router import Router
+from llmtraffic.balancer.router import ApiError, Router
 from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 from tests.balancer.conftest import LABELS, POOL, SEED_FILES
 
@@ -31,3 +33,84 @@ def test_adapter_or_base_model_follows_what_the_pods_report():
     assert adapter() is None
     store.set_pods([Pod("vllm-1", "10.0.0.2:8000", dict(LABELS), POOL)])  # no metrics yet
     assert adapter() == "tweet-summary"
+
+
+# ---- GIE v1: InferenceObjective priority, InferenceModelRewrite splits -----------------------
+GA = """
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: ga, labels: null}
+spec:
+  selector: {matchLabels: {app: ga}}
+  targetPorts: [{number: 8000}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch}
+spec: {priority: -1, poolRef: {group: inference.networking.k8s.io, name: ga}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: interactive}
+spec: {priority: 10, poolRef: {group: inference.networking.k8s.io, name: ga}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: canary}
+spec:
+  poolRef: {group: inference.networking.k8s.io, name: ga}
+  rules:
+  - matches: [{model: {type: Exact, value: food-review}}]
+    targets: [{modelRewrite: food-review-v1, weight: 90}, {modelRewrite: food-review-v2, weight: 10}]
+"""
+
+
+def ga_router(tmp_path, waiting: float, kv: float) -> Router:
+    path = tmp_path / "ga.yaml"
+    path.write_text(GA)
+    store = MetricsStore()
+    store.set_pods([Pod("ga-0", "10.0.0.1:8000", {"app": "ga"}, "ga")])
+    store.update("10.0.0.1:8000", PodMetrics(waiting=waiting, kv_usage=kv,
+                                             models=("base",)), NOW)
+    return Router(load_resources([str(path)]), store, make_policy("llm", seed=1),
+                  clock=lambda: NOW, seed=3)
+
+
+def test_a_rewrite_splits_traffic_by_weight_and_other_models_pass_through(tmp_path):
+    router = ga_router(tmp_path, 0.0, 0.1)
+    body = {"model": "food-review", "prompt": "hi"}
+    targets = [router.decide("h", body, chat=False).body["model"] for _ in range(2000)]
+    assert set(targets) == {"food-review-v1", "food-review-v2"}
+    assert 0.87 < targets.count("food-review-v1") / len(targets) < 0.93
+    d = router.decide("h", {"model": "base", "prompt": "hi"}, chat=False)
+    assert d.body["model"] == "base" and d.model.kind == ""  # no InferenceModel: as sent
+
+
+def test_negative_priority_is_shed_when_saturated_the_rest_scheduled(tmp_path):
+    """GIE "Priority and Capacity": when every pod is over the thresholds, requests whose
+    objective has a negative priority get 429; the others are scheduled."""
+    saturated = ga_router(tmp_path, waiting=50.0, kv=0.95)
+    body = {"model": "food-review", "prompt": "hi"}
+    try:
+        saturated.decide("h", body, chat=False, objective="batch")
+        raise AssertionError("a negative priority was not shed")
+    except ApiError as e:
+        assert e.status == 429 and "priority -1" in e.message
+    for objective in (None, "interactive", "no-such-objective"):  # default priority 0
+        d = saturated.decide("h", body, chat=False, objective=objective)
+        assert d.pick.address == "10.0.0.1:8000"
+    d = saturated.decide("h", body, chat=False, objective="interactive")
+    assert (d.request.priority, d.request.criticality) == (10, "Critical")
+    idle = ga_router(tmp_path, waiting=0.0, kv=0.1)
+    d = idle.decide("h", body, chat=False, objective="batch")
+    assert (d.request.priority, d.model.criticality) == (-1, "Sheddable")  # not saturated
+
+
+def test_inference_model_criticality_keeps_its_behaviour_as_a_priority():
+    store = MetricsStore()
+    store.set_pods([Pod("vllm-0", "10.0.0.1:8000", dict(LABELS), POOL)])
+    store.update("10.0.0.1:8000", PodMetrics(waiting=50.0, kv_usage=0.95), NOW)
+    router = Router(load_resources(SEED_FILES), store, make_policy("llm", seed=1),
+                    clock=lambda: NOW)
+    d = router.decide("test.com", {"model": "tweet-summary", "prompt": "hi"}, chat=False)
+    assert (d.model.criticality, d.request.priority) == ("Critical", 1)  # scheduled
