@@ -5,7 +5,6 @@ discovery; and the one place a finished request's record goes."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 import logging
 import time
 
@@ -13,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from llmtraffic.balancer.breaker import CircuitBreaker
 from llmtraffic.balancer.discovery import ClusterView, Discovery
-from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.options import BalancerOptions
 from llmtraffic.balancer.policy.registry import make_policy
 from llmtraffic.balancer.router import Router
 from llmtraffic.balancer.stats import BalancerCollector, BalancerStats
@@ -31,50 +30,34 @@ class BalancerCore:
     """`start()` scrapes once and then keeps scraping and following discovery;
     `stop()` ends that; `close()` closes the access log (after the front end drained)."""
 
-    def __init__(self, discovery: Discovery, *, policy: str = "llm",
-                 policy_config: PolicyConfig | None = None, seed: int | None = None,
-                 access_log: str | None = None, scrape_interval: float = 0.1,
-                 scrape_timeout: float = 1.0, store: MetricsStore | None = None,
-                 breaker_failures: int = 5, breaker_cooldown: float = 10.0,
-                 max_label_values: int = 200) -> None:
+    def __init__(self, discovery: Discovery, options: BalancerOptions | None = None,
+                 store: MetricsStore | None = None) -> None:
+        o = options or BalancerOptions()
         self.discovery = discovery
         self.store = store or MetricsStore()
-        self.policy = make_policy(policy, policy_config, seed)
-        if getattr(self.policy, "native", True) is False:
-            from llmtraffic.balancer.policy.native import missing
-            log.warning("llm policy: the native core is not built, so picks run in pure "
-                        "Python (several times slower on large pools): %s", missing)
-        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
+        self.policy = make_policy(o.policy, o.policy_config, o.seed)
+        warning = self.policy.startup_warning()
+        if warning:
+            log.warning("%s", warning)
+        self.breaker = CircuitBreaker(o.breaker_failures, o.breaker_cooldown)
         view = discovery.view()
-        self.router = Router(view.resources, self.store, self.policy, seed=seed,
+        self.router = Router(view.resources, self.store, self.policy, seed=o.seed,
                              breaker=self.breaker)
         self.apply(view)
-        self.stats = BalancerStats(self.policy.name, max_label_values)
+        self.stats = BalancerStats(self.policy.name, o.max_label_values)
         self.scrape_counts = ScrapeCounts()
-        self.counters = TokenCounters(max_values_per_label=max_label_values)
+        self.counters = TokenCounters(max_values_per_label=o.max_label_values)
         self.registry = CollectorRegistry()
         self.registry.register(FamiliesCollector(self._families))
         self.registry.register(BalancerCollector(self.stats, self.store, self._models,
                                                  self.breaker))
         if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
             self.registry.register(discovery.collector())
-        self.access_log_path = access_log
-        self.access_log = AccessLogWriter(access_log) if access_log else None
-        self.scraper = Scraper(self.store, interval=scrape_interval, timeout=scrape_timeout,
-                               stats=self.scrape_counts)
+        self.access_log_path = o.access_log
+        self.access_log = AccessLogWriter(o.access_log) if o.access_log else None
+        self.scraper = Scraper(self.store, interval=o.scrape_interval,
+                               timeout=o.scrape_timeout, stats=self.scrape_counts)
         self._tasks: list[asyncio.Task] = []
-
-    @classmethod
-    def from_options(cls, discovery: Discovery, options: Any,
-                     store: MetricsStore | None = None) -> "BalancerCore":
-        """From the fields ProxyOptions and ExtProcOptions share."""
-        return cls(discovery, policy=options.policy, policy_config=options.policy_config,
-                   seed=options.seed, access_log=options.access_log,
-                   scrape_interval=options.scrape_interval,
-                   scrape_timeout=options.scrape_timeout, store=store,
-                   breaker_failures=options.breaker_failures,
-                   breaker_cooldown=options.breaker_cooldown,
-                   max_label_values=options.max_label_values)
 
     def _families(self):
         """Token series, scrape outcomes and pod/pool gauges, as the exporter shows them."""
@@ -87,11 +70,8 @@ class BalancerCore:
         before = {p.address for p in self.store.pods()}
         self.store.set_pods(view.pods)
         self.router.resources = view.resources
-        prefix = getattr(self.policy, "prefix", None)
         gone = before - {p.address for p in view.pods}
-        for address in gone:
-            if prefix is not None:
-                prefix.forget(address)
+        self.policy.forget(gone)
         self.breaker.forget(gone)
         log.info("routing %d pods in %d pools (%s)", len(view.pods), len(view.resources.pools),
                  ", ".join(sorted(view.resources.pools)))

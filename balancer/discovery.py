@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from llmtraffic.balancer.config import ConfigError, Pool, Resources, load_resources
-from llmtraffic.contracts.pods import pods_from_file
+from llmtraffic.contracts.pods import has_port, pods_from_file
 from llmtraffic.contracts.store import Pod
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ def endpoints(pod: Pod, pool: Pool) -> list[Pod]:
     """`pod` as members of `pool`: itself when its address has a port (or when it has no
     address yet: a pod without an IP, listed but never routed), else one endpoint per target
     port (each its own entry in the store, scraped on its own port)."""
-    if not pod.address or _has_port(pod.address):
+    if not pod.address or has_port(pod.address):
         return [replace(pod, pool=pool.name)]
     if len(pool.target_ports) == 1:
         return [replace(pod, pool=pool.name, address=_with_port(pod.address,
@@ -78,12 +77,6 @@ def _with_port(address: str, port: int) -> str:
     if ":" in address and not address.startswith("["):
         address = f"[{address}]"
     return f"{address}:{port}"
-
-
-def _has_port(address: str) -> bool:
-    if address.startswith("["):  # [v6]:port
-        return "]:" in address
-    return ":" in address and address.count(":") == 1
 
 
 class StaticDiscovery:
@@ -103,9 +96,6 @@ class StaticDiscovery:
             log.warning("%s", warning)
         raw = list(self._extra)
         if self.pods_file:
-            if not Path(self.pods_file).exists():
-                raise ConfigError(f"{self.pods_file}: pods file not found; give a YAML file "
-                                  "with `pods: [{name, address, labels}]`")
             try:
                 raw += pods_from_file(self.pods_file)
             except ValueError as e:

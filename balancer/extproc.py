@@ -47,7 +47,6 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable
 
 import grpc
@@ -61,10 +60,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
-from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.lifecycle import RequestLifecycle
+from llmtraffic.balancer.options import ExtProcOptions
 from llmtraffic.balancer.router import ApiError, Decision, decode_body
-from llmtraffic.balancer.usage import LineBuffer, SseTap, describe, now_iso, usage_from_json
-from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.balancer.usage import LineBuffer, SseTap, usage_from_json
 from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
@@ -85,25 +84,6 @@ ATTRIBUTES = "envoy.filters.http.ext_proc"  # where Envoy puts request_attribute
 MAX_STREAMED_CHUNK = 62_000  # Envoy caps streamed body chunks at 64 KiB
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 Mode = processing_mode_pb2.ProcessingMode
-
-
-@dataclass
-class ExtProcOptions:
-    """Knobs of one picker process."""
-
-    listen: str = "0.0.0.0:9002"
-    health_listen: str = "0.0.0.0:9003"
-    policy: str = "llm"
-    policy_config: PolicyConfig | None = None
-    access_log: str | None = None  # None: no access log; "-": stdout
-    scrape_interval: float = 0.1
-    scrape_timeout: float = 1.0
-    seed: int | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
-    grace: float = 5.0  # seconds streams get to finish on stop
-    breaker_failures: int = 5  # 5xx answers in a row that open a pod's circuit
-    breaker_cooldown: float = 10.0  # seconds an open circuit keeps its pod out
-    max_label_values: int = 200  # distinct model names per metric label, then `other`
 
 
 # ---- message builders ----------------------------------------------------------------------
@@ -168,9 +148,9 @@ def _served(req: pb.ProcessingRequest) -> str | None:
 class _Exchange:
     """What one gRPC stream knows about its HTTP request and response."""
 
-    def __init__(self, lb_policy: str) -> None:
-        self.t0 = time.monotonic()
-        self.rec = LLMRecord(start_time=now_iso(), lb_policy=lb_policy)
+    def __init__(self, core: BalancerCore) -> None:
+        self.life = RequestLifecycle(core)
+        self.rec = self.life.rec
         self.seen = False  # request headers arrived
         self.host: str | None = None
         self.chat = False
@@ -178,8 +158,6 @@ class _Exchange:
         self.duplex_response = False  # FULL_DUPLEX_STREAMED response body
         self.body = bytearray()
         self.decision: Decision | None = None
-        self.address: str | None = None  # where this request holds an in-flight slot
-        self.judged = False  # the circuit breaker heard the pod's answer
         self.tap: SseTap | None = None
         self.lines = LineBuffer()
         self.json: bytearray | None = None  # a JSON answer gathered for its usage
@@ -200,7 +178,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
-        ex = _Exchange(self.core.policy.name)
+        ex = _Exchange(self.core)
         try:
             async for req in request_iterator:
                 try:
@@ -275,7 +253,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         if not pods:
             raise ApiError(503, f"no ready pod in pool {pool.name!r}")
         addr = self._rng.choice(pods).address
-        self._hold(ex, addr, pool.name, 0.0)
+        ex.life.hold(addr, pool.name)
         meta = metadata({LB_NAMESPACE: {DESTINATION: addr},
                          LLM_NAMESPACE: ex.llm_fields(("pool", "pod", "lb_policy"))})
         common = pb.CommonResponse(header_mutation=header_mutation([(DESTINATION, addr)]),
@@ -293,10 +271,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.body = bytearray()
         ex.rec.bytes_received = len(raw)
         body = decode_body(raw)
-        d = self.core.router.decide(ex.host, body, ex.chat)
-        ex.decision = d
-        describe(ex.rec, d)
-        self._hold(ex, d.pick.address, d.pool.name, d.pick_seconds)
+        d = ex.decision = ex.life.decide(ex.host, body, ex.chat)
+        ex.life.hold(d.pick.address, d.pool.name, d.pick_seconds)
         payload = d.payload() if d.body != body else None
         if payload is not None:
             ex.rec.bytes_received = len(payload)
@@ -316,21 +292,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
             header_mutation=header_mutation(headers), clear_route_cache=True), meta)]
         return out + _streamed("request_body", payload if payload is not None else raw, True)
 
-    def _hold(self, ex: _Exchange, address: str, pool: str, pick_seconds: float) -> None:
-        """The request now counts as in flight on `address`."""
-        pod = self.core.store.pod(address)
-        ex.rec.upstream_host, ex.rec.pod = address, pod.name if pod else address
-        ex.address = address
-        self.core.store.acquire(address)
-        self.core.breaker.sent(address, time.monotonic())
-        self.core.stats.picked(pool, ex.rec.pod, pick_seconds)
-
     def _refuse(self, ex: _Exchange, e: ApiError) -> pb.ProcessingResponse:
-        rec = ex.rec
-        rec.response_code = e.status
-        rec.model, rec.pool = rec.model or e.model, rec.pool or e.pool
-        if e.status in (429, 503):
-            self.core.stats.refused(rec.pool or "", rec.model or "", e.status)
+        ex.life.refuse(e)
         ex.ended = True
         return immediate(e, metadata({LLM_NAMESPACE: ex.llm_fields(("model", "pool",
                                                                      "lb_policy"))}))
@@ -345,20 +308,16 @@ class Picker(pb_grpc.ExternalProcessorServicer):
             rec.response_code = int(h.get(":status", ""))
         except ValueError:
             pass
-        rec.upstream_service_time_ms = round((time.monotonic() - ex.t0) * 1000, 3)
+        rec.upstream_service_time_ms = round((time.monotonic() - ex.life.t0) * 1000, 3)
         rec.bytes_sent = 0
-        self._moved(ex, _served(req))
-        if ex.address is not None and rec.response_code is not None and not ex.judged:
-            ex.judged = True
-            if rec.response_code >= 500:
-                self.core.breaker.failed(ex.address, time.monotonic())
-            else:
-                self.core.breaker.succeeded(ex.address)
+        ex.life.move(_served(req))  # Envoy used a fallback: the in-flight slot follows
+        if rec.response_code is not None:
+            ex.life.answered(rec.response_code)
         d = ex.decision
         remove: list[str] = []
         if rec.response_code == 200 and d is not None:
             if d.stream and "text/event-stream" in h.get("content-type", ""):
-                ex.tap = SseTap(rec, ex.t0, drop_usage=not d.client_wants_usage)
+                ex.tap = SseTap(rec, ex.life.t0, drop_usage=not d.client_wants_usage)
                 ex.rewrite = ex.tap.drop_usage
                 if ex.rewrite and "content-length" in h:
                     remove.append("content-length")
@@ -369,16 +328,6 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         common = pb.CommonResponse(header_mutation=header_mutation(remove=remove)) \
             if remove else None
         return [_continue("response_headers", common)]
-
-    def _moved(self, ex: _Exchange, served: str | None) -> None:
-        """Envoy used a fallback: the in-flight slot follows the request."""
-        if not served or served == ex.address or self.core.store.pod(served) is None:
-            return
-        if ex.address is not None:
-            self.core.store.release(ex.address)
-        self.core.store.acquire(served)
-        ex.address = ex.rec.upstream_host = served
-        ex.rec.pod = self.core.store.pod(served).name  # type: ignore[union-attr]
 
     def _response_body(self, ex: _Exchange, msg: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk, eos = msg.body, msg.end_of_stream
@@ -418,18 +367,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
 
     # ---- end -----------------------------------------------------------------------------
     def _finish(self, ex: _Exchange) -> None:
-        if not ex.seen:
-            return
-        rec = ex.rec
-        rec.duration_ms = round((time.monotonic() - ex.t0) * 1000, 3)
-        if not ex.ended:
-            rec.response_flags = rec.response_flags or "DC"
-        if ex.address is not None:
-            self.core.store.release(ex.address)
-            if not ex.judged:
-                self.core.breaker.abandoned(ex.address)
-            ex.address = None
-        self.core.log(rec)
+        if ex.seen:  # a stream that never carried a request logs nothing
+            ex.life.finish(ended=ex.ended)
 
 
 def _streamed(kind: str, body: bytes, eos: bool, meta: struct_pb2.Struct | None = None
@@ -454,7 +393,7 @@ class ExtProcServer:
     def __init__(self, discovery: Discovery, options: ExtProcOptions,
                  store: MetricsStore | None = None) -> None:
         self.options = options
-        self.core = BalancerCore.from_options(discovery, options, store)
+        self.core = BalancerCore(discovery, options, store)
         self.picker = Picker(self.core, options)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None

@@ -9,7 +9,6 @@ import hmac
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -18,9 +17,10 @@ from prometheus_client import generate_latest
 
 from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
-from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.lifecycle import RequestLifecycle
+from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import ApiError, Decision, decode_body
-from llmtraffic.balancer.usage import SseTap, describe, now_iso, usage_from_json
+from llmtraffic.balancer.usage import SseTap, usage_from_json
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
 
@@ -56,29 +56,6 @@ HTTP_LOG = logging.getLogger("llmtraffic.balancer.http")
 HTTP_LOG.addFilter(_NoRequestBytes())
 
 
-@dataclass
-class ProxyOptions:
-    """Knobs of one balancer process."""
-
-    listen: str = "0.0.0.0:8080"
-    policy: str = "llm"
-    policy_config: PolicyConfig | None = None
-    access_log: str | None = None  # None: no access log; "-": stdout
-    api_key: str | None = None  # clients must send `Authorization: Bearer <key>`
-    metrics_token: str | None = None  # /metrics needs `Authorization: Bearer <token>`
-    scrape_interval: float = 0.1
-    scrape_timeout: float = 1.0
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_header_bytes: int = 8190  # a longer request line or header gets 400; at most 128
-    retries: int = 2  # other pods tried when a pod cannot be reached
-    connect_timeout: float = 2.0
-    idle_timeout: float = 120.0  # longest silence allowed from a pod mid-request
-    breaker_failures: int = 5  # failed answers in a row (5xx, connect) that open a circuit
-    breaker_cooldown: float = 10.0  # seconds an open circuit keeps its pod out
-    max_label_values: int = 200  # distinct model names per metric label, then `other`
-    seed: int | None = None
-
-
 def _bearer_ok(request: web.Request, secret: str | None) -> bool:
     if secret is None:
         return True
@@ -95,7 +72,7 @@ class BalancerApp:
                  store: MetricsStore | None = None) -> None:
         self.options = options
         self.discovery = discovery
-        self.core = BalancerCore.from_options(discovery, options, store)
+        self.core = BalancerCore(discovery, options, store)
         core = self.core
         self.store, self.policy, self.router = core.store, core.policy, core.router
         self.stats, self.scrape_counts, self.counters = core.stats, core.scrape_counts, \
@@ -181,14 +158,14 @@ class BalancerApp:
         return await self._serve(request, chat=True)
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        t0 = time.monotonic()
-        rec = LLMRecord(start_time=now_iso(), method=request.method, path=request.path,
-                        protocol=f"HTTP/{request.version.major}.{request.version.minor}",
-                        user_agent=request.headers.get("User-Agent"),
-                        x_forwarded_for=request.headers.get("X-Forwarded-For"),
-                        request_id=request.headers.get("X-Request-Id") or str(uuid.uuid4()),
-                        authority=request.host, downstream_remote_address=request.remote,
-                        lb_policy=self.policy.name)
+        life = RequestLifecycle(
+            self.core, method=request.method, path=request.path,
+            protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+            user_agent=request.headers.get("User-Agent"),
+            x_forwarded_for=request.headers.get("X-Forwarded-For"),
+            request_id=request.headers.get("X-Request-Id") or str(uuid.uuid4()),
+            authority=request.host, downstream_remote_address=request.remote)
+        rec = life.rec
         try:
             if not _bearer_ok(request, self.options.api_key):
                 raise ApiError(401, "missing or wrong API key: send "
@@ -199,76 +176,52 @@ class BalancerApp:
                 raise ApiError(413, "request body is larger than "
                                f"{self.options.max_body_bytes} bytes") from None
             rec.bytes_received = len(raw)
-            decision = self.router.decide(request.host, decode_body(raw), chat)
-            describe(rec, decision)
-            return await self._forward(request, decision, rec, t0)
+            decision = life.decide(request.host, decode_body(raw), chat)
+            return await self._forward(request, decision, life)
         except ApiError as e:
-            rec.response_code = e.status
-            rec.model, rec.pool = rec.model or e.model, rec.pool or e.pool
-            if e.status in (429, 503):
-                self.stats.refused(rec.pool or "", rec.model or "", e.status)
+            life.refuse(e)
             return _error(e)
         except asyncio.CancelledError:  # the client hung up before the answer was complete
             rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
             raise
         finally:
-            rec.duration_ms = round((time.monotonic() - t0) * 1000, 3)
-            self._log(rec)
+            life.finish()
 
-    def _log(self, rec: LLMRecord) -> None:
-        self.core.log(rec)
-
-    async def _forward(self, request: web.Request, d: Decision, rec: LLMRecord,
-                       t0: float) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, d: Decision,
+                       life: RequestLifecycle) -> web.StreamResponse:
         assert self._session is not None, "BalancerApp.start() was not awaited"
+        rec = life.rec
         payload = d.payload()
         headers = {"Content-Type": "application/json", "X-Request-Id": rec.request_id or ""}
         tried: list[str] = []
         last: Exception | None = None
-        breaker = self.core.breaker
         for i, addr in enumerate(d.addresses(self.options.retries)):
-            if i:
-                self.stats.retried(d.pool.name)
-            pod = self.store.pod(addr)
-            rec.upstream_host, rec.pod = addr, pod.name if pod else addr
-            self.stats.picked(d.pool.name, rec.pod, d.pick_seconds if not i else 0.0)
+            life.hold(addr, d.pool.name, d.pick_seconds, attempt=i)
             tried.append(addr)
-            self.store.acquire(addr)
-            breaker.sent(addr, time.monotonic())
-            judged = False  # the breaker heard how this attempt went
             try:
                 try:
                     up = await self._session.post(f"http://{addr}{request.path}", data=payload,
                                                   headers=headers)
                 except RETRYABLE as e:
                     last = e
-                    now = time.monotonic()
-                    self.store.mark_error(addr, f"proxy: {type(e).__name__}: {e}", now)
-                    judged = True
-                    breaker.failed(addr, now)
+                    life.failed(f"proxy: {type(e).__name__}: {e}")
                     log.warning("pod %s (%s) unreachable, trying another: %s", rec.pod, addr, e)
                     continue
                 except asyncio.TimeoutError:
-                    judged = True
-                    breaker.failed(addr, time.monotonic())
+                    life.failed()
                     raise ApiError(504, f"pod {rec.pod} ({addr}) sent no response within "
                                    f"{self.options.idle_timeout:g} s") from None
-                judged = True
-                if up.status >= 500:
-                    breaker.failed(addr, time.monotonic())
-                else:
-                    breaker.succeeded(addr)
+                life.answered(up.status)
                 try:
-                    rec.upstream_service_time_ms = round((time.monotonic() - t0) * 1000, 3)
+                    rec.upstream_service_time_ms = round((time.monotonic() - life.t0) * 1000,
+                                                         3)
                     if d.stream and up.status == 200:
-                        return await self._relay_stream(request, d, up, rec, t0)
+                        return await self._relay_stream(request, d, up, rec, life.t0)
                     return await self._relay_body(up, rec)
                 finally:
                     up.close()
             finally:
-                self.store.release(addr)
-                if not judged:  # the client left first: a probe may go again
-                    breaker.abandoned(addr)
+                life.release()
         raise ApiError(503, f"no pod could be reached in pool {d.pool.name!r} (tried "
                        f"{', '.join(tried)}; last error: {last})")
 

@@ -12,8 +12,9 @@ from prometheus_client.registry import Collector
 
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts.record import LLMRecord
-from llmtraffic.contracts.families import (OTHER, Hist, clean_label, counter_family,
-                                           gauge_family, hist_in, histogram_family)
+from llmtraffic.contracts.families import (MAX_LABEL_VALUES, OTHER, Hist, clean_label,
+                                           counter_family, gauge_family, hist_in,
+                                           histogram_family)
 from llmtraffic.contracts.store import MetricsStore
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class BalancerStats:
     Model names come from clients: each of the `model` and `target_model` labels keeps at
     most `max_label_values` values, later ones are counted as `other`."""
 
-    def __init__(self, lb_policy: str, max_label_values: int = 200) -> None:
+    def __init__(self, lb_policy: str, max_label_values: int = MAX_LABEL_VALUES) -> None:
         self.lb_policy = lb_policy
         self.max_label_values = max_label_values
         self._seen: dict[str, set[str]] = {"model": set(), "target_model": set()}

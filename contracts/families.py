@@ -18,6 +18,8 @@ OTHER = "other"
 _CACHEABLE = (str, int, type(None))  # label values whose equality means the same label
 UNKNOWN = ""
 MAX_LABEL_CHARS = 128
+#: Distinct values a label keeps by default before the rest count as `OTHER`.
+MAX_LABEL_VALUES = 200
 
 
 def clean_label(value: object) -> str:

@@ -9,8 +9,8 @@ from typing import Iterator
 from prometheus_client.core import Metric
 
 from llmtraffic.contracts import series as m
-from llmtraffic.contracts.families import (OTHER, Hist, clean_label, counter_family,
-                                           hist_in, histogram_family)
+from llmtraffic.contracts.families import (MAX_LABEL_VALUES, OTHER, Hist, clean_label,
+                                           counter_family, hist_in, histogram_family)
 from llmtraffic.contracts.record import FIELD_NAMES, LLMRecord
 
 _CACHEABLE = (str, int, type(None))  # label values whose equality means the same label
@@ -21,7 +21,7 @@ class TokenCounters:
     `model`); each label keeps at most `max_values_per_label` values, the rest are `other`."""
 
     def __init__(self, dimensions: tuple[str, ...] = ("model",),
-                 max_values_per_label: int = 200) -> None:
+                 max_values_per_label: int = MAX_LABEL_VALUES) -> None:
         for d in dimensions:
             if d not in FIELD_NAMES:
                 raise ValueError(f"unknown dimension {d!r}; use LLMRecord fields such as "

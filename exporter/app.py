@@ -8,17 +8,21 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from typing import Annotated
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmtraffic.exporter.accesslog import FieldMapping, ParseError, make_parser
 from llmtraffic.exporter.collector import ExporterCollector, ExporterStats
 from llmtraffic.contracts.tokens import TokenCounters
 from llmtraffic.exporter.enrich import Enricher
+from llmtraffic.contracts.flags import NOT_A_FLAG, Flag, add_flags, from_flags
+from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeInterval,
+    ScrapeTimeout)
 from llmtraffic.contracts.scrape import Scraper
-from llmtraffic.contracts.pods import pods_from_file, pods_from_urls
+from llmtraffic.contracts.pods import pods_from_file, pods_from_urls, require_ports
 from llmtraffic.contracts.serving import parse_listen
 from llmtraffic.contracts.store import MetricsStore
 from llmtraffic.exporter.tail import Tailer, load_checkpoint, save_checkpoint
@@ -27,23 +31,45 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 
 
-@dataclass
-class ExporterOptions:
-    access_logs: list[str] = field(default_factory=list)
-    format: str = "json"
-    mapping: str | None = None
-    pods: list[str] = field(default_factory=list)  # URLs
-    pods_file: str | None = None
-    listen: str = "0.0.0.0:9100"
-    enriched_log: str | None = None
-    positions: str | None = None
-    from_beginning: bool = False
-    poll_interval: float = 0.2
-    checkpoint_interval: float = 1.0
-    scrape_interval: float = 0.25
-    scrape_timeout: float = 1.0
-    dimensions: tuple[str, ...] = ("model",)
-    max_label_values: int = 200
+class ExporterOptions(BaseModel):
+    """The exporter process's options, each declared once; the command line is made from
+    them (`contracts.flags`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    access_logs: Annotated[list[str], Flag(name="--access-log", metavar="GLOB")] = Field(
+        [], description="access-log files or globs to follow")
+    format: str = Field("json", description="json | istio-text | envoy:'<Envoy format "
+                        "string>'")
+    mapping: str | None = Field(None, description="YAML field mapping (see "
+                                "exporter/accesslog.py)")
+    pods: Annotated[list[str], Flag(metavar="URL")] = Field(
+        [], description="vLLM pod base URLs to scrape, e.g. http://10.0.0.5:8000")
+    pods_file: PodsFile
+    listen: Listen = Field("0.0.0.0:9100", description="host:port for /metrics and /health")
+    enriched_log: Annotated[str | None, Flag(metavar="PATH")] = Field(
+        None, description="write enriched JSON lines here ('-' for stdout)")
+    positions: Annotated[str | None, Flag(metavar="PATH")] = Field(
+        None, description="checkpoint file: positions, counter values and enriched-log "
+        "offset, saved atomically; a restart resumes with nothing lost and nothing counted "
+        "twice")
+    from_beginning: bool = Field(False, description="read files that exist at start from "
+                                 "their beginning (default: end)")
+    poll_interval: Annotated[float, NOT_A_FLAG] = Field(0.2, gt=0)
+    checkpoint_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, ge=0)
+    scrape_interval: ScrapeInterval = 0.25
+    scrape_timeout: ScrapeTimeout
+    dimensions: Annotated[tuple[str, ...], Flag(text=True)] = Field(
+        ("model",), description="comma-separated record fields used as token-counter labels "
+        "(e.g. model,target_model,pool,lb_policy,response_code)")
+    max_label_values: MaxLabelValues
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(d.strip() for d in value.split(",") if d.strip())
+        return value
 
 
 class ExporterApp:
@@ -58,7 +84,7 @@ class ExporterApp:
         self.store = store or MetricsStore()
         pods = pods_from_urls(options.pods)
         if options.pods_file:
-            pods += pods_from_file(options.pods_file)
+            pods += require_ports(pods_from_file(options.pods_file), options.pods_file)
         if pods:
             self.store.set_pods(pods)
         self.tailer = Tailer(options.access_logs, from_beginning=options.from_beginning,
@@ -198,52 +224,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Follow Envoy/Istio access logs and expose asm_llm_proxy_prompt_tokens_"
         "total / asm_llm_proxy_completion_tokens_total by model, scrape vLLM pods into "
         "pod/pool gauges, and write an enriched JSON log.")
-    p.add_argument("--access-log", nargs="+", default=[], metavar="GLOB",
-                   help="access-log files or globs to follow")
-    p.add_argument("--format", default="json",
-                   help="json | istio-text | envoy:'<Envoy format string>' (default: json)")
-    p.add_argument("--mapping", help="YAML field mapping (see exporter/accesslog.py)")
-    p.add_argument("--pods", nargs="+", default=[], metavar="URL",
-                   help="vLLM pod base URLs to scrape, e.g. http://10.0.0.5:8000")
-    p.add_argument("--pods-file", help="YAML pods file (the balancer's format)")
-    p.add_argument("--listen", default="0.0.0.0:9100",
-                   help="host:port for /metrics and /health (default: %(default)s)")
-    p.add_argument("--enriched-log", metavar="PATH", help="write enriched JSON lines here "
-                   "('-' for stdout)")
-    p.add_argument("--positions", metavar="PATH", help="checkpoint file: positions, counter "
-                   "values and enriched-log offset, saved atomically; a restart resumes "
-                   "with nothing lost and nothing counted twice")
-    p.add_argument("--from-beginning", action="store_true",
-                   help="read files that exist at start from their beginning (default: end)")
-    p.add_argument("--scrape-interval", type=float, default=0.25,
-                   help="seconds between pod scrapes (default: %(default)s; 0.05 minimum)")
-    p.add_argument("--scrape-timeout", type=float, default=1.0,
-                   help="per-pod scrape timeout in seconds (default: %(default)s)")
-    p.add_argument("--dimensions", default="model",
-                   help="comma-separated record fields used as token-counter labels "
-                   "(default: model; e.g. model,target_model,pool,lb_policy,response_code)")
-    p.add_argument("--max-label-values", type=int, default=200,
-                   help="distinct values kept per label; the rest become 'other' "
-                   "(default: %(default)s)")
+    add_flags(p, ExporterOptions)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.scrape_interval < 0.05:
-        print("llmtraffic exporter: --scrape-interval must be at least 0.05 s")
-        return 2
-    opts = ExporterOptions(
-        access_logs=args.access_log, format=args.format, mapping=args.mapping,
-        pods=args.pods, pods_file=args.pods_file, listen=args.listen,
-        enriched_log=args.enriched_log, positions=args.positions,
-        from_beginning=args.from_beginning, scrape_interval=args.scrape_interval,
-        scrape_timeout=args.scrape_timeout,
-        dimensions=tuple(d.strip() for d in args.dimensions.split(",") if d.strip()),
-        max_label_values=args.max_label_values)
     try:
+        opts = from_flags(ExporterOptions, args)
         app = ExporterApp(opts)
-        parse_listen(opts.listen)
-    except ValueError as e:
+    except ValueError as e:  # OptionError included
         print(f"llmtraffic exporter: {e}")
         return 2
     if not opts.access_logs and not app.store.pods():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 
 from llmtraffic.balancer.policy.filters import usable
-from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, PolicyHooks, Shed, no_endpoint
 from llmtraffic.contracts.store import Snapshot
 
 
-class LeastRequest:
+class LeastRequest(PolicyHooks):
     name = "least-request"
 
     def __init__(self, seed: int | None = None) -> None:

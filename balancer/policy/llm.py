@@ -6,6 +6,7 @@ reference, which the native core matches pick for pick."""
 from __future__ import annotations
 
 import random
+from typing import Collection
 
 from llmtraffic.balancer.policy import native as native_core
 from llmtraffic.balancer.policy.filters import saturated, usable
@@ -68,6 +69,17 @@ class LLMPolicy:
             return cfg.prefix_lru_per_pod
         blocks = cfg.prefix_capacity_factor * m.num_gpu_blocks * m.block_size / TOKENS_PER_BLOCK
         return max(1, min(cfg.prefix_lru_per_pod, int(blocks)))
+
+    def forget(self, addresses: Collection[str]) -> None:
+        """Pods that left: the prefix index drops what they held."""
+        for address in addresses:
+            self.prefix.forget(address)
+
+    def startup_warning(self) -> str | None:
+        if self.native:
+            return None
+        return ("llm policy: the native core is not built, so picks run in pure Python "
+                f"(several times slower on large pools): {native_core.missing}")
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
         if self.native:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Collection, Protocol
 
 from llmtraffic.contracts.store import Snapshot
 
@@ -37,11 +37,28 @@ class Shed:
 
 
 class Policy(Protocol):
-    """A pure picker: no I/O, no clock reads except `snapshot.now`, seeded randomness."""
+    """A pure picker: no I/O, no clock reads except `snapshot.now`, seeded randomness.
+    Besides `pick`, two hooks the balancer calls (`PolicyHooks` has their defaults)."""
 
     name: str
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed: ...
+
+    def forget(self, addresses: Collection[str]) -> None:
+        """These pods left the pools: drop what the policy remembers of them."""
+
+    def startup_warning(self) -> str | None:
+        """What an operator should hear when a balancer starts with this policy, if any."""
+
+
+class PolicyHooks:
+    """The hooks' defaults: nothing remembered per pod, nothing to warn of."""
+
+    def forget(self, addresses: Collection[str]) -> None:
+        return None
+
+    def startup_warning(self) -> str | None:
+        return None
 
 
 def no_endpoint(snapshot: Snapshot) -> Shed:

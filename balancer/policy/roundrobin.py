@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from llmtraffic.balancer.policy.filters import usable
-from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from llmtraffic.balancer.policy.request import LLMRequest, Pick, PolicyHooks, Shed, no_endpoint
 from llmtraffic.contracts.store import Snapshot
 
 
-class RoundRobin:
+class RoundRobin(PolicyHooks):
     name = "round-robin"
 
     def __init__(self, seed: int | None = None) -> None:

@@ -228,3 +228,32 @@ def test_backlog_in_bounded_batches_with_checkpoints_is_exact_across_a_crash(tmp
     app.tailer.close()
     ids = [orjson.loads(x)["request_id"] for x in enriched.read_bytes().splitlines()]
     assert ids == [f"req-{i}" for i in range(3000)]
+
+
+def test_exporter_flags_and_defaults_are_kept() -> None:
+    from llmtraffic.cli import build_parser
+    from llmtraffic.contracts.flags import from_flags
+
+    args = vars(build_parser().parse_args(["exporter"]))
+    assert {k: args.get(k, "missing") for k in (
+        "access_log", "format", "mapping", "pods", "pods_file", "listen", "enriched_log",
+        "positions", "from_beginning", "scrape_interval", "scrape_timeout", "dimensions",
+        "max_label_values")} == {
+        "access_log": [], "format": "json", "mapping": None, "pods": [], "pods_file": None,
+        "listen": "0.0.0.0:9100", "enriched_log": None, "positions": None,
+        "from_beginning": False, "scrape_interval": 0.25, "scrape_timeout": 1.0,
+        "dimensions": "model", "max_label_values": 200}
+    args = build_parser().parse_args(["exporter", "--access-log", "a", "b", "--dimensions",
+                                      "model, pool,"])
+    opts = from_flags(ExporterOptions, args)
+    assert opts.access_logs == ["a", "b"] and opts.dimensions == ("model", "pool")
+
+
+def test_the_exporter_needs_ports_in_the_pods_file(tmp_path) -> None:
+    """It reads no InferencePool, so an address without a port has no target port."""
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("pods:\n- {name: vllm-0, address: 10.0.0.5, labels: {app: x}}\n")
+    with pytest.raises(ValueError, match=r"pods.yaml: pod vllm-0 \(10.0.0.5\) has no port"):
+        ExporterApp(ExporterOptions(pods_file=str(pods)))
+    with pytest.raises(ValueError, match="absent.yaml: pods file not found"):
+        ExporterApp(ExporterOptions(pods_file=str(tmp_path / "absent.yaml")))

@@ -1,0 +1,105 @@
+"""The balancer process's options, each declared once (name, default, bounds, help):
+`BalancerOptions` for what `BalancerCore` wires, `ProxyOptions` and `ExtProcOptions` for the
+two front ends, `BalancerCommand` for what only `llmtraffic balancer` reads (files, mode)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmtraffic.balancer.eventloop import CHOICES as LOOPS
+from llmtraffic.balancer.policy.registry import POLICY_NAMES
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.contracts.flags import NOT_A_FLAG, Flag
+from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeInterval,
+    ScrapeTimeout)
+
+PolicyName = Literal[POLICY_NAMES]  # type: ignore[valid-type]
+
+
+class BalancerOptions(BaseModel):
+    """What every front end shares: the policy, scraping, breaker, limits, access log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: PolicyName = Field("llm", description="llm (LLM-aware), round-robin (what a "
+                               "Kubernetes Service does), random, least-request")
+    policy_config: Annotated[PolicyConfig | None, NOT_A_FLAG] = None  # from --policy-config
+    access_log: Annotated[str | None, Flag(metavar="PATH")] = Field(
+        None, description="append one JSON line per request here ('-' for stdout); the "
+        "exporter reads it with --format json")
+    scrape_interval: ScrapeInterval = 0.1
+    scrape_timeout: ScrapeTimeout
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1,
+                                description="larger request bodies get 413")
+    breaker_failures: Annotated[int, Flag(metavar="N")] = Field(
+        5, ge=1, description="failed answers in a row (5xx, failed connect) after which a "
+        "pod's circuit opens: no requests go there for --breaker-cooldown, then one probe")
+    breaker_cooldown: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        10.0, gt=0, description="how long an open circuit keeps its pod out")
+    max_label_values: MaxLabelValues
+    seed: int | None = Field(None, description="seed the policy's tie-breaks")
+
+
+class ProxyOptions(BalancerOptions):
+    """The OpenAI-compatible HTTP proxy (`balancer.proxy`)."""
+
+    listen: Listen = "0.0.0.0:8080"
+    # clients must send `Authorization: Bearer <key>` (read from --api-key-env's variable)
+    api_key: Annotated[str | None, NOT_A_FLAG] = None
+    # /metrics needs `Authorization: Bearer <token>` (from --metrics-token-env's variable)
+    metrics_token: Annotated[str | None, NOT_A_FLAG] = None
+    max_header_bytes: int = Field(8190, ge=1, description="a longer request line or header "
+                                  "gets 400; at most 128 headers")
+    retries: int = Field(2, ge=0, description="other pods tried when the picked pod cannot "
+                         "be reached")
+    connect_timeout: Annotated[float, NOT_A_FLAG] = Field(2.0, gt=0)
+    idle_timeout: float = Field(120.0, gt=0, description="seconds a pod may stay silent "
+                                "mid-request before the request fails")
+
+
+class ExtProcOptions(BalancerOptions):
+    """The Envoy ext_proc endpoint picker (`balancer.extproc`)."""
+
+    listen: Listen = "0.0.0.0:9002"
+    health_listen: Listen = Field("0.0.0.0:9003",
+                                  description="extproc: gRPC health service address")
+    grace: Annotated[float, NOT_A_FLAG] = Field(5.0, ge=0)  # seconds streams get on stop
+
+
+class BalancerCommand(BaseModel):
+    """What `llmtraffic balancer` alone reads: where resources and pods come from, which
+    front end runs, where secrets are, which event loop."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Annotated[list[str], Flag(metavar="FILE")] = Field(
+        [], description="YAML files with InferencePool, InferenceModel and LLMRoute objects "
+        "(other kinds are skipped)")
+    pods_file: PodsFile
+    kubernetes: bool = Field(False, description="discover pools, models, routes and ready "
+                             "pods from the Kubernetes API (in-cluster, else kubeconfig) "
+                             "instead of files")
+    namespace: str | None = Field(None, description="with --kubernetes: watch this namespace "
+                                  "(default: the pod's own, else 'default')")
+    mode: Literal["proxy", "extproc"] = Field(
+        "proxy", description="proxy: OpenAI-compatible HTTP proxy; extproc: Envoy ext_proc "
+        "endpoint picker (gRPC)")
+    listen: Annotated[Listen | None, Flag(
+        metavar="HOST:PORT", shown_default="0.0.0.0:8080 for proxy, 0.0.0.0:9002 for "
+        "extproc")] = Field(None, description="where the proxy or the picker listens")
+    policy_config_file: Annotated[str | None, Flag(name="--policy-config", metavar="FILE")] = \
+        Field(None, description="YAML with the llm policy's weights and thresholds (fields of "
+              "PolicyConfig: queue_weight, kv_weight, lora_weight, prefix_weight, "
+              "queue_threshold, kv_threshold, ...)")
+    api_key_env: Annotated[str, Flag(metavar="VAR")] = Field(
+        "LLMTRAFFIC_API_KEY", description="if this environment variable is set, clients must "
+        "send `Authorization: Bearer <its value>`")
+    metrics_token_env: Annotated[str, Flag(metavar="VAR")] = Field(
+        "LLMTRAFFIC_METRICS_TOKEN", description="if set, /metrics needs `Authorization: "
+        "Bearer <its value>`")
+    loop: Literal[LOOPS] = Field(  # type: ignore[valid-type]
+        "auto", description="event loop: uvloop (about a quarter less CPU and added latency "
+        "per request), asyncio, or auto = uvloop when installed for the proxy and asyncio "
+        "for --mode extproc (gRPC's own)")

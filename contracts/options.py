@@ -1,0 +1,39 @@
+"""The options every serving process shares, declared once (name, default, bounds, help):
+where it listens, how it scrapes pods, the pods file, and the label-value cap. A process's
+options model uses these types; `contracts.flags` puts them on its command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+from llmtraffic.contracts.families import MAX_LABEL_VALUES
+from llmtraffic.contracts.flags import Flag
+from llmtraffic.contracts.pods import PODS_FILE_HELP
+from llmtraffic.contracts.serving import parse_listen
+
+def _host_port(listen: str) -> str:
+    try:
+        parse_listen(listen)
+    except ValueError:
+        raise ValueError("give host:port, e.g. 0.0.0.0:9100") from None
+    return listen
+
+
+#: host:port a server binds (its default is the process's own).
+Listen = Annotated[str, AfterValidator(_host_port), Flag(metavar="HOST:PORT"),
+                   Field(description="host:port to serve on")]
+
+ScrapeInterval = Annotated[float, Field(
+    ge=0.05, description="seconds between scrapes of every pod's /metrics (each scrape costs "
+    "the pod's API server CPU)")]
+
+ScrapeTimeout = Annotated[float, Field(
+    1.0, gt=0, description="per-pod scrape timeout in seconds")]
+
+MaxLabelValues = Annotated[int, Field(
+    MAX_LABEL_VALUES, ge=1, description="distinct values kept per metric label (model names "
+    "come from clients); the rest are counted as 'other'")]
+
+PodsFile = Annotated[str | None, Field(None, description=PODS_FILE_HELP), Flag(metavar="FILE")]
