@@ -16,14 +16,14 @@ from typing import Callable
 
 import pytest
 import yaml
-from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry, generate_latest
 
 from llmtraffic.balancer.config import GIE_ALPHA, GIE_ALPHA2, GIE_V1, ConfigError
 from llmtraffic.balancer.discovery import ClusterView
 from llmtraffic.balancer.kube import KubeDiscovery, pod_entry, pod_from_object
 from llmtraffic.contracts.store import Pod
-from tests.fixtures.fake_apiserver import RELEASES, SERVED, FakeApiServer, pod
+from tests.fixtures.fake_apiserver import (RELEASES, SERVED, FakeApiServer, discovery_for,
+    pod)
 
 SEED = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 POOL = "vllm-llama2-7b-pool"
@@ -41,13 +41,6 @@ def fake():
     f = FakeApiServer().start()
     yield f
     f.go_away()
-
-
-def discovery_for(fake: FakeApiServer, namespace: str = "default") -> KubeDiscovery:
-    cfg = k8s.Configuration(host=fake.host)
-    cfg.retries = 0  # as load_api_client sets it
-    return KubeDiscovery(namespace, k8s.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.2),
-                         request_timeout=5, absent_retry=0.3)
 
 
 class Running:

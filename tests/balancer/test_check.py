@@ -1,0 +1,108 @@
+"""`balancer --check`'s report: a table no wider than 100 columns or JSON, exit 0 when the
+routing is usable and 1 (with the reason) when it is not, whatever the source."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from llmtraffic.balancer.check import WIDTH, run_check
+from llmtraffic.balancer.config import ConfigError
+from llmtraffic.balancer.discovery import StaticDiscovery
+from tests.balancer.conftest import POOL, SEED_FILES
+from tests.fixtures.fake_apiserver import RELEASES, FakeApiServer, discovery_for, pod
+
+PODS = f"""
+pods:
+- {{name: vllm-0, address: 10.1.0.1, labels: {{app: {POOL}}}}}
+- {{name: vllm-with-a-rather-long-name-that-needs-room-0, address: "10.1.0.2:8001",
+   labels: {{app: {POOL}}}}}
+"""
+
+
+def check(make, output: str = "table") -> tuple[int, str]:
+    out = io.StringIO()
+    return run_check(make, output, out), out.getvalue()
+
+
+@pytest.fixture
+def pods_file(tmp_path: Path) -> str:
+    path = tmp_path / "pods.yaml"
+    path.write_text(PODS)
+    return str(path)
+
+
+def test_the_seed_as_a_table(pods_file: str) -> None:
+    status, text = check(lambda: StaticDiscovery(SEED_FILES, pods_file))
+    assert status == 0
+    lines = text.splitlines()
+    assert lines[0] == "llmtraffic balancer --check: OK"
+    assert max(len(line) for line in lines) <= WIDTH
+    assert "test.com -> vllm-llama2-7b-pool" in text
+    assert "10.1.0.1:8000" in text and "10.1.0.2:8001" in text
+    row = next(line for line in lines if line.lstrip().startswith("tweet-summary"))
+    assert row.split()[:6] == ["tweet-summary", "tweet-summary", "100%", "Critical", "1",
+                               "InferenceModel"]
+    assert "SKIPPED" in text and "Deployment x1, Service x1" in text
+
+
+def test_the_seed_as_json(pods_file: str) -> None:
+    status, text = check(lambda: StaticDiscovery(SEED_FILES, pods_file), "json")
+    report = json.loads(text)
+    assert status == 0 and report["ok"] is True and report["errors"] == []
+    assert report["hosts"] == [{"host": "test.com", "route": "test-llm-route",
+                                "pools": [{"pool": POOL, "weight": 1}]}]
+    (pool,) = report["pools"]
+    assert [(e["address"], e["ready"]) for e in pool["endpoints"]] == [
+        ("10.1.0.1:8000", True), ("10.1.0.2:8001", True)]
+    assert pool["models"] == [{"model": "tweet-summary", "criticality": "Critical",
+                               "priority": 1, "source": "InferenceModel inferencemodel-sample",
+                               "targets": [{"model": "tweet-summary", "weight": 100,
+                                            "share": 100.0}]}]
+
+
+def test_a_broken_file_fails_with_the_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: InferencePool\n"
+                   "metadata: {name: p}\nspec: {selector: {app: a}, targetPortNumber: 0}\n")
+    status, text = check(lambda: StaticDiscovery([str(bad)]))
+    assert status == 1
+    assert "FAILED" in text.splitlines()[0]
+    assert "bad.yaml" in text and "spec.targetPortNumber" in text
+
+
+def test_a_pool_without_ready_pods_is_a_warning_not_an_error() -> None:
+    status, text = check(lambda: StaticDiscovery(SEED_FILES))
+    assert status == 0
+    assert "no ready endpoint" in text and "(none)" in text
+
+
+def test_an_error_from_the_source_fails() -> None:
+    def boom():
+        raise ConfigError("give --config FILE… or --kubernetes")
+
+    status, text = check(boom, "json")
+    assert status == 1 and json.loads(text)["errors"] == ["give --config FILE… or --kubernetes"]
+
+
+def test_kubernetes_invalid_objects_and_an_unreachable_api_fail() -> None:
+    fake = FakeApiServer(served=RELEASES["v1.0"]).start()
+    try:
+        fake.apply({"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+                    "metadata": {"name": "ga"}, "spec": {"selector": {"matchLabels": {
+                        "app": "ga"}}, "targetPorts": [{"number": 8000}]}})
+        fake.apply(pod("ga-0", "10.0.0.1", {"app": "ga"}))
+        status, text = check(lambda: discovery_for(fake))
+        assert status == 0 and "10.0.0.1:8000" in text
+        fake.apply({"apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+                    "kind": "InferenceObjective", "metadata": {"name": "bad"},
+                    "spec": {"priority": 1}})
+        status, text = check(lambda: discovery_for(fake))
+        assert status == 1 and "'bad'" in text and "poolRef" in text
+    finally:
+        fake.go_away()
+    status, text = check(lambda: discovery_for(fake))
+    assert status == 1 and "did not answer" in text
