@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 
@@ -29,3 +30,15 @@ def port_pair() -> int:
                 continue
         return base
     raise RuntimeError("no two consecutive free loopback ports found")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the real vLLM fleet early when a test of tests/realvllm will run."""
+    if any("realvllm" in item.nodeid.split("/") for item in session.items):
+        from tests.realvllm.conftest import start_fleet
+        start_fleet()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "tests.realvllm.conftest" in sys.modules:
+        sys.modules["tests.realvllm.conftest"].stop_fleet()
