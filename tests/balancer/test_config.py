@@ -3,6 +3,7 @@ the file, the document and the field."""
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -309,3 +310,152 @@ spec:
     (where, doc), = load_documents(path)
     model = parse_resource(doc, where)
     assert isinstance(model, Model) and model.targets == (("a", 1), ("b", 1))
+
+
+# ---- GIE v1 kinds, ASM v1beta1, nulls, and what is not read --------------------------------
+def test_null_maps_and_lists_read_as_empty(tmp_path):
+    res = load_resources([write(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferencePool
+metadata: {name: p, labels: null, namespace: null}
+spec: {selector: {app: a}, targetPortNumber: 8000, extensionRef: null}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: m}
+spec: {modelName: m, targetModels: null, criticality: null, poolRef: {name: p}}
+""")])
+    assert res.pools["p"].namespace == "default" and res.pools["p"].api_version == \
+        "inference.networking.x-k8s.io/v1alpha2"
+    m = res.model("p", "m")
+    assert (m.targets, m.criticality, m.priority) == ((), "Standard", 0)
+
+
+def test_objective_priority_or_its_release_candidates_criticality(tmp_path):
+    path = write(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: explicit}
+spec: {priority: -3, criticality: Critical, poolRef: {name: p}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: rc}
+spec: {criticality: Sheddable, poolRef: {name: p}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: unset}
+spec: {poolRef: {name: p}, targetModels: [{name: t, weight: 1}]}
+""")
+    got = {o.name: o for o in (parse_resource(d, w) for w, d in load_documents(path))}
+    assert {n: o.priority for n, o in got.items()} == {"explicit": -3, "rc": -1, "unset": 0}
+    assert "targetModels is not read" in str(got["unset"].skipped[0])
+
+
+def test_rewrite_precedence_exact_then_oldest_then_rule_order(tmp_path):
+    res = load_resources([write(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {name: p}
+spec: {selector: {app: a}, targetPortNumber: 8000}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: newer, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec:
+  poolRef: {name: p}
+  rules:
+  - matches: [{model: {value: a}}]
+    targets: [{modelRewrite: a-newer}]
+  - targets: [{modelRewrite: fallback-newer}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: older, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  poolRef: {name: p}
+  rules:
+  - targets: [{modelRewrite: fallback-older}]
+  - matches: [{model: {value: a}}, {model: {value: b}}]
+    targets: [{modelRewrite: a-older, weight: 3}, {modelRewrite: a-older-2, weight: 1}]
+  - matches: [{model: {value: b}}]
+    targets: [{modelRewrite: b-second-rule}]
+""")])
+    assert res.resolve("p", "a").targets == (("a-older", 3), ("a-older-2", 1))
+    assert res.resolve("p", "b").targets == (("a-older", 3), ("a-older-2", 1))
+    other = res.resolve("p", "anything")
+    assert (other.targets, other.model_name, other.name) == ((("fallback-older", 1),),
+                                                             "anything", "older")
+    assert res.resolve("elsewhere", "a") is None
+
+
+def test_a_rewrite_rule_with_no_targets_is_refused(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: empty}
+spec: {poolRef: {name: p}, rules: [{targets: []}]}
+""")
+    assert "InferenceModelRewrite 'empty'" in msg and "spec.rules.0.targets" in msg
+
+
+def test_objective_at_an_unknown_version_names_the_ones_read(tmp_path):
+    msg = error_of(tmp_path, """
+apiVersion: inference.networking.k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: typo}
+spec: {poolRef: {name: p}}
+""")
+    assert "'typo'" in msg and "inference.networking.x-k8s.io/v1alpha2" in msg
+
+
+def test_provider_hosts_and_match_rules_are_skipped_once_with_the_reason(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="llmtraffic.balancer.config")
+    path = write(tmp_path, """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {name: p}
+spec: {selector: {app: a}, targetPortNumber: 8000}
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: r}
+spec:
+  host: llm.example
+  rules:
+  - name: vip
+    matches: [{headers: {user-type: {exact: subscriber}}}]
+    backendRefs: [{backendRef: {name: p}}]
+  - backendRefs: [{providerHost: dashscope.aliyuncs.com}, {backendRef: {name: p}, weight: 2}]
+---
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {name: external-only}
+spec:
+  host: dashscope.aliyuncs.com
+  rules: [{backendRefs: [{providerHost: dashscope.aliyuncs.com}]}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: x}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: y}
+""")
+    res = load_resources([path])
+    assert res.routes["llm.example"].pools == (("p", 2),)
+    assert "dashscope.aliyuncs.com" not in res.routes  # nothing in-cluster to serve it
+    said = caplog.messages
+    assert sum("providerHost dashscope.aliyuncs.com" in m and "'r'" in m for m in said) == 1
+    assert sum("rule 'vip'" in m and "matches on headers" in m for m in said) == 1
+    assert sum("'external-only': no in-cluster InferencePool" in m for m in said) == 1
+    assert [m for m in said if "not read" in m] == [
+        f"{path}: not read (kinds llmtraffic does not route by): ConfigMap x1, HTTPRoute x1"]
+
+
+def test_a_backend_ref_needs_a_name_or_a_provider_host_not_both(tmp_path):
+    msg = error_of(tmp_path, ROUTE.replace("backendRef: {name: p}",
+                                           "backendRef: {name: p}, providerHost: x.com"))
+    assert "LLMRoute 'r'" in msg and "providerHost" in msg
