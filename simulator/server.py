@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import signal
+from pathlib import Path
 import threading
 import time
 import uuid
@@ -596,10 +597,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-port", "--port", dest="base_port", type=int, default=8001,
                    help="port of the first pod; pod i listens on base+i (default: %(default)s)")
     add_pod_arguments(p)
+    real = p.add_argument_group("real engines (--engine vllm)")
+    real.add_argument("--engine", choices=["sim", "vllm"], default="sim",
+                      help="sim: simulated pods in this process; vllm: real vLLM OpenAI "
+                      "servers (CPU build, from their own venv: `bash scripts/install-vllm`) "
+                      "serving the model kit and the seed's ten adapters, or the Hugging Face "
+                      "model directory given as --model (default: sim)")
+    real.add_argument("--vllm-python", default=None, metavar="PATH",
+                      help="with --engine vllm: the vLLM venv's python (default: "
+                      "$LLMTRAFFIC_VLLM_PYTHON, else the venv scripts/install-vllm makes)")
+    real.add_argument("--pods-file", type=Path, default=None,
+                      help="with --engine vllm: write the balancer's pods file here once ready")
+    real.add_argument("--log-dir", type=Path, default=None,
+                      help="with --engine vllm: pod logs (default: a temporary directory)")
+    real.add_argument("--timeout", type=float, default=300,
+                      help="with --engine vllm: seconds to wait for every /health")
     p.set_defaults(func=_run_sim)
 
 
 def _run_sim(args: argparse.Namespace) -> int:
+    if args.engine == "vllm":
+        from llmtraffic.simulator.vllmfleet import serve
+        return serve(args)
     try:
         fleet = SimFleet(args.pods, base_port=args.base_port, host=args.host,
                          **pod_options(args))

@@ -364,10 +364,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods-file", type=Path, help="write the balancer's pods file here")
     p.add_argument("--log-dir", type=Path, help="pod logs (default: a temporary directory)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for /health")
-    args = p.parse_args(argv)
+    return serve(p.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the fleet `args` describes (pods, base_port, host, max_loras, pods_file,
+    log_dir, timeout, and optionally model, vllm_python), serve until Ctrl-C or SIGTERM."""
+    model = getattr(args, "model", None)
+    if model and not Path(model, "config.json").is_file():
+        print(f"vllmfleet: --model {model}: not a model directory (no config.json); give a "
+              "Hugging Face model directory, or leave --model out to serve the kit",
+              file=sys.stderr)
+        return 2
     fleet = VllmFleet(VllmFleetConfig(pods=args.pods, base_port=args.base_port,
-                                      host=args.host, max_loras=args.max_loras,
-                                      log_dir=args.log_dir))
+                                      host=args.host, max_loras=args.max_loras or 4,
+                                      log_dir=args.log_dir, model_dir=model or None,
+                                      vllm_python=getattr(args, "vllm_python", None)))
     try:
         fleet.start()
         print(f"starting {args.pods} pod(s); logs in {fleet.log_dir}", flush=True)
