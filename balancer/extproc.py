@@ -62,7 +62,7 @@ from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
 from llmtraffic.balancer.lifecycle import RequestLifecycle
 from llmtraffic.balancer.options import ExtProcOptions
-from llmtraffic.balancer.router import ApiError, Decision, decode_body
+from llmtraffic.balancer.router import OBJECTIVE_HEADER, ApiError, Decision, decode_body
 from llmtraffic.balancer.usage import LineBuffer, SseTap, usage_from_json
 from llmtraffic.contracts.store import MetricsStore
 
@@ -153,6 +153,7 @@ class _Exchange:
         self.rec = self.life.rec
         self.seen = False  # request headers arrived
         self.host: str | None = None
+        self.objective: str | None = None  # the request's OBJECTIVE_HEADER
         self.chat = False
         self.duplex = False  # FULL_DUPLEX_STREAMED request body
         self.duplex_response = False  # FULL_DUPLEX_STREAMED response body
@@ -220,6 +221,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         rec = ex.rec
         ex.seen = True
         ex.host = h.get(":authority") or h.get("host")
+        ex.objective = h.get(OBJECTIVE_HEADER)
         rec.method, rec.path, rec.authority = h.get(":method"), h.get(":path"), ex.host
         rec.user_agent, rec.x_forwarded_for = h.get("user-agent"), h.get("x-forwarded-for")
         rec.request_id = h.get("x-request-id") or str(uuid.uuid4())
@@ -271,7 +273,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.body = bytearray()
         ex.rec.bytes_received = len(raw)
         body = decode_body(raw)
-        d = ex.decision = ex.life.decide(ex.host, body, ex.chat)
+        d = ex.decision = ex.life.decide(ex.host, body, ex.chat, ex.objective)
         ex.life.hold(d.pick.address, d.pool.name, d.pick_seconds)
         payload = d.payload() if d.body != body else None
         if payload is not None:

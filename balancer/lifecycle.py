@@ -27,9 +27,11 @@ class RequestLifecycle:
         self.address: str | None = None  # the pod this request holds an in-flight slot on
         self.judged = False  # the breaker heard how that pod answered
 
-    def decide(self, host: str | None, body: dict[str, Any], chat: bool) -> Decision:
-        """Route the request (ApiError when it is refused) and note what was decided."""
-        d = self.core.router.decide(host, body, chat)
+    def decide(self, host: str | None, body: dict[str, Any], chat: bool,
+               objective: str | None = None) -> Decision:
+        """Route the request (ApiError when it is refused) and note what was decided;
+        `objective` is its OBJECTIVE_HEADER (an InferenceObjective's name)."""
+        d = self.core.router.decide(host, body, chat, objective)
         describe(self.rec, d)
         return d
 

@@ -19,7 +19,7 @@ from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
 from llmtraffic.balancer.lifecycle import RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
-from llmtraffic.balancer.router import ApiError, Decision, decode_body
+from llmtraffic.balancer.router import OBJECTIVE_HEADER, ApiError, Decision, decode_body
 from llmtraffic.balancer.usage import SseTap, usage_from_json
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
@@ -176,7 +176,8 @@ class BalancerApp:
                 raise ApiError(413, "request body is larger than "
                                f"{self.options.max_body_bytes} bytes") from None
             rec.bytes_received = len(raw)
-            decision = life.decide(request.host, decode_body(raw), chat)
+            decision = life.decide(request.host, decode_body(raw), chat,
+                                   request.headers.get(OBJECTIVE_HEADER))
             return await self._forward(request, decision, life)
         except ApiError as e:
             life.refuse(e)

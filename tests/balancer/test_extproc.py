@@ -149,12 +149,14 @@ class FakeEnvoy:
 
     async def send(self, body: dict[str, Any] | bytes, path: str = "/v1/completions",
                    host: str = "test.com", chunk: int = 41, duplex: bool = False,
-                   use_fallback: bool = False) -> Exchange:
+                   use_fallback: bool = False, extra: dict[str, str] | None = None
+                   ) -> Exchange:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         ex = Exchange()
         ex.request_headers = {":method": "POST", ":path": path, ":authority": host,
                               ":scheme": "http", "content-type": "application/json",
-                              "content-length": str(len(raw)), "x-request-id": "req-1"}
+                              "content-length": str(len(raw)), "x-request-id": "req-1",
+                              **(extra or {})}
         call = self.stub.Process()
         first = pb.ProcessingRequest(request_headers=pb.HttpHeaders(
             headers=headers(ex.request_headers)))
@@ -405,6 +407,24 @@ async def test_unknown_model_and_host_get_immediate_404(fleet, configs, tmp_path
         err = orjson.loads(e.immediate.body)["error"]
         assert err["code"] == 404 and words in err["message"]
     assert [r.response_code for r in log_lines(log)] == [404, 404, 500]
+
+
+async def test_the_objective_header_reaches_the_router(fleet, configs, tmp_path, http):
+    async with picker(configs, fleet.addresses, tmp_path / "access.log") as server:
+        seen = []
+        decide = server.core.router.decide
+
+        def spy(host, body, chat, objective=None):
+            seen.append(objective)
+            return decide(host, body, chat, objective)
+
+        server.core.router.decide = spy
+        envoy = FakeEnvoy(server.port, http)
+        await envoy.send({**STEP4, "max_tokens": 2},
+                         extra={"x-gateway-inference-objective": "interactive"})
+        await envoy.send({**STEP4, "max_tokens": 2})
+        await envoy.close()
+    assert seen == ["interactive", None]
 
 
 async def test_sheddable_on_saturated_pool_gets_429(fleet, configs, tmp_path, http):

@@ -19,8 +19,8 @@ from llmtraffic.balancer.proxy import BalancerApp
 from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 from llmtraffic.harness.prometheus import free_port
 from llmtraffic.simulator.server import run_fleet_in_thread
-from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, client, next_scrape, records,
-                                     stop_pod, total_inflight, wait_for)
+from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, SEED_FILES, client, next_scrape,
+                                     records, stop_pod, total_inflight, wait_for)
 
 pytestmark = pytest.mark.e2e
 
@@ -247,6 +247,35 @@ async def test_only_sheddable_requests_are_shed_when_saturated(fleet, make_app):
     assert await metric(app, "llmtraffic_balancer_shed_total", model="batch",
                         reason="shed") == 1
     assert [x["response_code"] for x in records(app)] == [429, 200, 200, 200]
+
+
+async def test_an_objective_with_a_negative_priority_is_shed_when_saturated(fleet, make_app,
+                                                                              extra_models,
+                                                                              tmp_path):
+    """GIE v1: the request names its InferenceObjective in x-gateway-inference-objective."""
+    objectives = tmp_path / "objectives.yaml"
+    objectives.write_text(f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {{name: background}}
+spec: {{priority: -5, poolRef: {{name: {POOL}}}}}
+""")
+    store = MetricsStore(stale_after=600)
+    app = await make_app(fleet.addresses, store=store, scrape_interval=3600,
+                         configs=SEED_FILES + [extra_models, str(objectives)])
+    await next_scrape(app)
+    for a in fleet.addresses:
+        store.update(a, PodMetrics(models=(BASE,), waiting=50, kv_usage=0.95),
+                     time.monotonic())
+    c = client(app)
+    with pytest.raises(openai.RateLimitError) as e:
+        await c.completions.create(model="llama2", prompt="later", max_tokens=1,
+                                   extra_headers={"x-gateway-inference-objective": "background"})
+    assert "priority -5" in e.value.message
+    r = await c.completions.create(model="llama2", prompt="now", max_tokens=1)
+    assert r.choices[0].text  # no objective: priority 0, scheduled
+    assert [(x["response_code"], x.get("criticality")) for x in records(app)] == [
+        (429, None), (200, "Standard")]
 
 
 # ---- round-robin and the weighted split ------------------------------------------------------
