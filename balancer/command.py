@@ -50,7 +50,7 @@ def load_policy_config(path: str | None) -> PolicyConfig | None:
         raise ConfigError(f"{path}: {errs}") from None
 
 
-def make_discovery(cmd: BalancerCommand):
+def make_discovery(cmd: BalancerCommand, pods_required: bool = True):
     if cmd.kubernetes:
         from llmtraffic.balancer.kube import KubeDiscovery
 
@@ -60,7 +60,7 @@ def make_discovery(cmd: BalancerCommand):
     if not cmd.config:
         raise ConfigError("give --config FILE… (InferencePool/InferenceModel/LLMRoute YAML) "
                           "or --kubernetes")
-    if not cmd.pods_file:
+    if not cmd.pods_file and pods_required:
         raise ConfigError("give --pods-file FILE (`pods: [{name, address, labels}]`) or "
                           "--kubernetes")
     return StaticDiscovery(cmd.config, cmd.pods_file)
@@ -80,6 +80,11 @@ def front_end_options(cmd: BalancerCommand, args: argparse.Namespace
 def _run(args: argparse.Namespace) -> int:
     try:
         cmd = from_flags(BalancerCommand, args)
+        if cmd.check:
+            from llmtraffic.balancer.check import run_check
+
+            return run_check(lambda: make_discovery(cmd, pods_required=False), cmd.output,
+                             sys.stdout)
         loop_name(cmd.loop)
         opts = front_end_options(cmd, args)
         discovery = make_discovery(cmd)

@@ -103,3 +103,9 @@ class BalancerCommand(BaseModel):
         "auto", description="event loop: uvloop (about a quarter less CPU and added latency "
         "per request), asyncio, or auto = uvloop when installed for the proxy and asyncio "
         "for --mode extproc (gRPC's own)")
+    check: bool = Field(False, description="load the resources and pods (--config with "
+                        "--pods-file, or --kubernetes), print the resolved routing (hosts, "
+                        "pools, endpoints, model targets and priorities, what was skipped) "
+                        "and exit: 0 when usable, 1 otherwise (like nginx -t)")
+    output: Literal["table", "json"] = Field("table", description="with --check: a table "
+                                             "or JSON")

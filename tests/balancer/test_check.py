@@ -106,3 +106,38 @@ def test_kubernetes_invalid_objects_and_an_unreachable_api_fail() -> None:
         fake.go_away()
     status, text = check(lambda: discovery_for(fake))
     assert status == 1 and "did not answer" in text
+
+
+def test_the_command_with_files_and_with_kubernetes(capsys, pods_file, tmp_path,
+                                                    monkeypatch) -> None:
+    from llmtraffic.cli import main
+
+    assert main(["balancer", "--check", "--config", *SEED_FILES, "--pods-file",
+                 pods_file]) == 0
+    assert capsys.readouterr().out.startswith("llmtraffic balancer --check: OK\n")
+    assert main(["balancer", "--check", "--output", "json", "--config", *SEED_FILES]) == 0
+    assert json.loads(capsys.readouterr().out)["pools"][0]["endpoints"] == []
+    assert main(["balancer", "--check"]) == 1  # nothing to load
+    assert "--config" in capsys.readouterr().out
+
+    fake = FakeApiServer(served=RELEASES["v1.3"]).start()
+    try:
+        fake.apply({"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+                    "metadata": {"name": "ga", "namespace": "team"},
+                    "spec": {"selector": {"matchLabels": {"app": "ga"}},
+                             "targetPorts": [{"number": 3000}, {"number": 3002}]}})
+        fake.apply(pod("ga-0", "10.0.0.1", {"app": "ga"}, namespace="team"))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "c", "cluster": {"server": fake.host}}],
+            "users": [{"name": "u", "user": {"token": "secret"}}],
+            "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u",
+                                                   "namespace": "team"}}]}))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        assert main(["balancer", "--check", "--kubernetes", "--output", "json"]) == 0
+    finally:
+        fake.go_away()
+    (pool,) = json.loads(capsys.readouterr().out)["pools"]
+    assert [e["address"] for e in pool["endpoints"]] == ["10.0.0.1:3000", "10.0.0.1:3002"]
