@@ -13,7 +13,8 @@ from llmtraffic.balancer.check import WIDTH, run_check
 from llmtraffic.balancer.config import ConfigError
 from llmtraffic.balancer.discovery import StaticDiscovery
 from tests.balancer.conftest import POOL, SEED_FILES
-from tests.fixtures.fake_apiserver import RELEASES, FakeApiServer, discovery_for, pod
+from tests.fixtures.fake_apiserver import (RELEASES, FakeApiServer, discovery_for, pod,
+    use_kubeconfig)
 
 PODS = f"""
 pods:
@@ -127,15 +128,7 @@ def test_the_command_with_files_and_with_kubernetes(capsys, pods_file, tmp_path,
                     "spec": {"selector": {"matchLabels": {"app": "ga"}},
                              "targetPorts": [{"number": 3000}, {"number": 3002}]}})
         fake.apply(pod("ga-0", "10.0.0.1", {"app": "ga"}, namespace="team"))
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "c", "cluster": {"server": fake.host}}],
-            "users": [{"name": "u", "user": {"token": "secret"}}],
-            "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u",
-                                                   "namespace": "team"}}]}))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        use_kubeconfig(fake, tmp_path / "kubeconfig", monkeypatch, "team")
         assert main(["balancer", "--check", "--kubernetes", "--output", "json"]) == 0
     finally:
         fake.go_away()

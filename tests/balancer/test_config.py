@@ -313,6 +313,14 @@ spec:
 
 
 # ---- GIE v1 kinds, ASM v1beta1, nulls, and what is not read --------------------------------
+POOL_P = """apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: InferencePool
+metadata: {name: p}
+spec: {selector: {app: a}, targetPortNumber: 8000}
+---
+"""
+
+
 def test_null_maps_and_lists_read_as_empty(tmp_path):
     res = load_resources([write(tmp_path, """
 apiVersion: inference.networking.x-k8s.io/v1alpha2
@@ -354,12 +362,7 @@ spec: {poolRef: {name: p}, targetModels: [{name: t, weight: 1}]}
 
 
 def test_rewrite_precedence_exact_then_oldest_then_rule_order(tmp_path):
-    res = load_resources([write(tmp_path, """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferencePool
-metadata: {name: p}
-spec: {selector: {app: a}, targetPortNumber: 8000}
----
+    res = load_resources([write(tmp_path, POOL_P + """
 apiVersion: inference.networking.x-k8s.io/v1alpha2
 kind: InferenceModelRewrite
 metadata: {name: newer, creationTimestamp: "2026-02-01T00:00:00Z"}
@@ -412,12 +415,7 @@ spec: {poolRef: {name: p}}
 
 def test_provider_hosts_and_match_rules_are_skipped_once_with_the_reason(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="llmtraffic.balancer.config")
-    path = write(tmp_path, """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: InferencePool
-metadata: {name: p}
-spec: {selector: {app: a}, targetPortNumber: 8000}
----
+    path = write(tmp_path, POOL_P + """
 apiVersion: istio.alibabacloud.com/v1beta1
 kind: LLMRoute
 metadata: {name: r}

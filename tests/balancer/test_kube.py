@@ -23,7 +23,7 @@ from llmtraffic.balancer.discovery import ClusterView
 from llmtraffic.balancer.kube import KubeDiscovery, pod_entry, pod_from_object
 from llmtraffic.contracts.store import Pod
 from tests.fixtures.fake_apiserver import (RELEASES, SERVED, FakeApiServer, discovery_for,
-    pod)
+    pod, use_kubeconfig)
 
 SEED = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 POOL = "vllm-llama2-7b-pool"
@@ -433,15 +433,7 @@ async def test_the_proxy_exposes_discovery_health(fake) -> None:
 
 
 def test_kubeconfig_is_used_outside_a_cluster(fake, tmp_path, monkeypatch) -> None:
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "t",
-        "clusters": [{"name": "c", "cluster": {"server": fake.host}}],
-        "users": [{"name": "u", "user": {"token": "secret"}}],
-        "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u",
-                                               "namespace": "team"}}]}))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    use_kubeconfig(fake, tmp_path / "config", monkeypatch, "team")
     d = KubeDiscovery()
     assert d.namespace == "team"
     d.view()
