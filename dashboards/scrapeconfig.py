@@ -83,7 +83,7 @@ def localize(config_text: str, pods: list[LocalPod], sd_dir: Path, *,
     if rules_dir is None:
         config.pop("rule_files", None)
     else:
-        config["rule_files"] = [str(Path(rules_dir) / Path(p).name)
+        config["rule_files"] = [str(Path(rules_dir).resolve() / Path(p).name)
                                 for p in config.get("rule_files", [])]
     for job in config.get("scrape_configs", []):
         sds = job.pop("kubernetes_sd_configs", None)
@@ -97,5 +97,6 @@ def localize(config_text: str, pods: list[LocalPod], sd_dir: Path, *,
             groups += [g for pod in pods if _selected(pod, sd) for g in pod_targets(pod)]
         path = sd_dir / f"{_sanitize(job['job_name'])}.json"
         path.write_text(json.dumps(groups, indent=1))
-        job["file_sd_configs"] = [{"files": [str(path)], "refresh_interval": "1s"}]
+        # absolute: Prometheus reads it relative to its working directory, not the config's
+        job["file_sd_configs"] = [{"files": [str(path.resolve())], "refresh_interval": "1s"}]
     return yaml.safe_dump(config, sort_keys=False)

@@ -73,7 +73,7 @@ class PrometheusServer(PrometheusAPI):
 
     def __init__(self, workdir: Path, config_text: str, port: int | None = None,
                  extra_files: dict[str, str] | None = None) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # the server runs inside it
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.config_path = self.workdir / "prometheus.yml"
