@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts.record import LLMRecord
-from llmtraffic.contracts.families import (MAX_LABEL_VALUES, OTHER, Hist, clean_label,
+from llmtraffic.contracts.families import (MAX_LABEL_VALUES, Hist, LabelCap, clean_label,
                                            counter_family, gauge_family, hist_in,
                                            histogram_family)
 from llmtraffic.contracts.store import MetricsStore
@@ -30,8 +30,7 @@ class BalancerStats:
     def __init__(self, lb_policy: str, max_label_values: int = MAX_LABEL_VALUES) -> None:
         self.lb_policy = lb_policy
         self.max_label_values = max_label_values
-        self._seen: dict[str, set[str]] = {"model": set(), "target_model": set()}
-        self.overflow: dict[str, int] = {}  # label -> values folded into `other`
+        self._capped = LabelCap(("model", "target_model"), max_label_values)
         self.requests: dict[tuple[str, ...], float] = {}
         self.prompt: dict[tuple[str, ...], float] = {}
         self.completion: dict[tuple[str, ...], float] = {}
@@ -48,16 +47,10 @@ class BalancerStats:
     def _add(table: dict, key: tuple[str, ...], v: float = 1.0) -> None:
         table[key] = table.get(key, 0.0) + v
 
-    def _capped(self, label: str, value: object) -> str:
-        v = clean_label(value)
-        seen = self._seen[label]
-        if v in seen:
-            return v
-        if len(seen) >= self.max_label_values:
-            self.overflow[label] = self.overflow.get(label, 0) + 1
-            return OTHER
-        seen.add(v)
-        return v
+    @property
+    def overflow(self) -> dict[str, int]:
+        """Label -> values folded into `other`."""
+        return self._capped.overflow
 
     def picked(self, pool: str, pod: str, seconds: float) -> None:
         with self._lock:

@@ -30,6 +30,30 @@ def clean_label(value: object) -> str:
     return s[:MAX_LABEL_CHARS]
 
 
+class LabelCap:
+    """Label values that clients choose, at most `max_values` per label: later ones read as
+    `OTHER` and are counted per label in `overflow`."""
+
+    __slots__ = ("max_values", "seen", "overflow")
+
+    def __init__(self, labels: Iterable[str], max_values: int) -> None:
+        self.max_values = max_values
+        self.seen: dict[str, set[str]] = {label: set() for label in labels}
+        self.overflow: dict[str, int] = {}  # label -> values folded into OTHER
+
+    def __call__(self, label: str, value: object) -> str:
+        """`value` made safe (`clean_label`), or OTHER once `label` has its fill."""
+        v = clean_label(value)
+        seen = self.seen[label]
+        if v in seen:
+            return v
+        if len(seen) >= self.max_values:
+            self.overflow[label] = self.overflow.get(label, 0) + 1
+            return OTHER
+        seen.add(v)
+        return v
+
+
 @dataclass
 class Hist:
     buckets: tuple[float, ...]

@@ -9,7 +9,7 @@ from typing import Iterator
 from prometheus_client.core import Metric
 
 from llmtraffic.contracts import series as m
-from llmtraffic.contracts.families import (MAX_LABEL_VALUES, OTHER, Hist, clean_label,
+from llmtraffic.contracts.families import (MAX_LABEL_VALUES, Hist, LabelCap, clean_label,
                                            counter_family, hist_in, histogram_family)
 from llmtraffic.contracts.record import FIELD_NAMES, LLMRecord
 
@@ -35,8 +35,7 @@ class TokenCounters:
         self.requests: dict[tuple[str, str], float] = {}
         self.ttft: dict[str, Hist] = {}
         self.duration: dict[str, Hist] = {}
-        self._seen: dict[str, set[str]] = {d: set() for d in self.dimensions}
-        self.overflow: dict[str, int] = {}
+        self._cap = LabelCap(self.dimensions, max_values_per_label)
         # dimension values (the model alone, or a tuple) -> (label key, code -> requests key);
         # a field's values keep one type (the parser's converters see to it), so equal
         # values mean equal labels
@@ -44,27 +43,21 @@ class TokenCounters:
         self._model_only = self.dimensions == ("model",)
         self._values = attrgetter(*self.dimensions) if len(self.dimensions) > 1 else None
 
-    def _capped(self, dim: str, value: object) -> str:
-        v = clean_label(value)
-        seen = self._seen[dim]
-        if v in seen:
-            return v
-        if len(seen) >= self.max_values:
-            self.overflow[dim] = self.overflow.get(dim, 0) + 1
-            return OTHER
-        seen.add(v)
-        return v
+    @property
+    def overflow(self) -> dict[str, int]:
+        """Dimension -> values folded into `other`."""
+        return self._cap.overflow
 
     def _entry(self, raw: object, values: tuple) -> tuple[tuple[str, ...], dict]:
         """(label key, response_code -> requests key) for a record's dimension values;
         remembered only when no value was folded into `other` (each such record counts
         toward the overflow) and every value is a str, int or None (equal means same
         label)."""
-        key = tuple(self._capped(d, v) for d, v in zip(self.dimensions, values))
+        key = tuple(self._cap(d, v) for d, v in zip(self.dimensions, values))
         entry: tuple[tuple[str, ...], dict] = (key, {})
         if (len(self._keys) < self.max_values * 4
                 and all(type(v) in _CACHEABLE for v in values)
-                and all(clean_label(v) in self._seen[d]  # folded values never are
+                and all(clean_label(v) in self._cap.seen[d]  # folded values never are
                         for d, v in zip(self.dimensions, values))):
             self._keys[raw] = entry
         return entry
@@ -125,11 +118,11 @@ class TokenCounters:
         self.ttft = {k: Hist(m.TTFT.buckets, list(c), s) for k, (c, s) in state["ttft"].items()}
         self.duration = {k: Hist(m.DURATION.buckets, list(c), s)
                          for k, (c, s) in state["duration"].items()}
-        self.overflow = dict(state.get("overflow", {}))
+        self._cap.overflow = dict(state.get("overflow", {}))
         self._keys.clear()
         for key in [*self.prompt, *self.completion]:
             for d, v in zip(self.dimensions, key):
-                self._seen[d].add(v)
+                self._cap.seen[d].add(v)
 
 
 def token_families(c: TokenCounters) -> Iterator[Metric]:

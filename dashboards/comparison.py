@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from grafana_foundation_sdk.builders import dashboard
-from grafana_foundation_sdk.models import dashboard as dm
-
 from llmtraffic.dashboards import queries as q
 from llmtraffic.dashboards.panels import (RATIO, REQUESTS_PER_SECOND, SECONDS, SHORT, TOKENS_PER_SECOND,
-                               Target, assemble, datasource_variable, query_variable,
+                               Target, assemble, datasource_variable, new_board, query_variable,
                                stat_panel, timeseries_panel)
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts import vllm as v
@@ -123,14 +120,9 @@ def cache_utilization() -> list[Any]:
 
 
 def build() -> dict[str, Any]:
-    board = (dashboard.Dashboard(TITLE).uid(UID)
-             .description("LLM-aware routing vs round-robin: cache utilization, queue time, "
-                          "token throughput and TTFT, by lb_policy and by pool.")
-             .tags(["llmtraffic", "vllm", "llm", "load-balancing"]).editable().refresh("30s")
-             .time("now-1h", "now").timezone("browser")
-             .tooltip(dm.DashboardCursorSync.CROSSHAIR))
-    for var in variables():
-        board = board.with_variable(var)
+    board = new_board(TITLE, UID, "LLM-aware routing vs round-robin: cache utilization, "
+                      "queue time, token throughput and TTFT, by lb_policy and by pool.",
+                      ["llmtraffic", "vllm", "llm", "load-balancing"], variables())
     return assemble(board, [
         ("Headline (whole time range)", headline()),
         ("Token throughput", throughput()),

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from grafana_foundation_sdk.builders import dashboard
-from grafana_foundation_sdk.models import dashboard as dm
-
 from llmtraffic.dashboards import queries as q
 from llmtraffic.dashboards.panels import (RATIO, REQUESTS_PER_SECOND, SECONDS, SHORT, TOKENS_PER_SECOND,
-                               Target, assemble, datasource_variable, query_variable,
+                               Target, assemble, datasource_variable, new_board, query_variable,
                                stat_panel, table_panel, timeseries_panel)
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts import vllm as v
@@ -200,14 +197,9 @@ def pipeline() -> list[Any]:
 
 
 def build() -> dict[str, Any]:
-    board = (dashboard.Dashboard(TITLE).uid(UID)
-             .description("vLLM fleet behind an LLM-aware gateway: traffic, latency, "
-                          "saturation, cache/LoRA and autoscaling signals.")
-             .tags(["llmtraffic", "vllm", "llm"]).editable().refresh("30s")
-             .time("now-1h", "now").timezone("browser")
-             .tooltip(dm.DashboardCursorSync.CROSSHAIR))
-    for var in variables():
-        board = board.with_variable(var)
+    board = new_board(TITLE, UID, "vLLM fleet behind an LLM-aware gateway: traffic, latency, "
+                      "saturation, cache/LoRA and autoscaling signals.",
+                      ["llmtraffic", "vllm", "llm"], variables())
     return assemble(board, [
         ("Traffic", traffic()),
         ("Latency", latency()),

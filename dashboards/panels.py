@@ -110,6 +110,18 @@ def query_variable(name: str, label: str, query: str, *, multi: bool = True,
     return var
 
 
+def new_board(title: str, uid: str, description: str, tags: list[str],
+              variables: list[Any]) -> dashboard.Dashboard:
+    """A dashboard as each of ours starts: editable, the last hour refreshed every 30 s in
+    the browser's time zone, a shared crosshair, and `variables` in order."""
+    board = (dashboard.Dashboard(title).uid(uid).description(description).tags(tags)
+             .editable().refresh("30s").time("now-1h", "now").timezone("browser")
+             .tooltip(dm.DashboardCursorSync.CROSSHAIR))
+    for var in variables:
+        board = board.with_variable(var)
+    return board
+
+
 def assemble(board: dashboard.Dashboard, rows: list[tuple[str, list[Panel]]]) -> dict[str, Any]:
     """Add `rows` (title, panels) to `board` with ids 1, 2, ... in reading order and return
     the dashboard as a plain JSON-able dict."""

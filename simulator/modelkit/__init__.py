@@ -15,15 +15,15 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Callable, Iterable
 
+from llmtraffic.simulator.workloads import BASE_MODEL, SEED_ADAPTERS
+
 #: The served base model name. The seed's Deployment passes a container path as --model
 #: and sets no --served-model-name; its InferenceModel only names the `tweet-summary`
 #: adapter. The simulator's profile, the benchmarks and the exporter's fixtures all call
 #: the base model this, so the real engine serves the kit under the same name.
-BASE_MODEL_NAME = "meta-llama/Llama-2-7b-hf"
+BASE_MODEL_NAME = BASE_MODEL
 #: The seed's ten LoRA adapters (deploy/seed/vllm-deployment.yaml, --lora-modules).
-ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "sql-lora-3", "sql-lora-4",
-            "tweet-summary", "tweet-summary-1", "tweet-summary-2", "tweet-summary-3",
-            "tweet-summary-4")
+ADAPTERS = SEED_ADAPTERS
 SEED = 0
 LORA_RANK = 8
 LORA_ALPHA = 16
