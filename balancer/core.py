@@ -10,6 +10,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from llmtraffic.balancer.bodyshape import BodyLimits
 from llmtraffic.balancer.breaker import CircuitBreaker
 from llmtraffic.balancer.discovery import ClusterView, Discovery
 from llmtraffic.balancer.options import BalancerOptions
@@ -17,11 +18,10 @@ from llmtraffic.balancer.policy.registry import make_policy
 from llmtraffic.balancer.router import Router
 from llmtraffic.balancer.stats import BalancerCollector, BalancerStats
 from llmtraffic.contracts.families import FamiliesCollector
-from llmtraffic.contracts.podseries import pod_families
 from llmtraffic.contracts.record import AccessLogWriter, LLMRecord
 from llmtraffic.contracts.scrape import ScrapeCounts, Scraper, scrape_families
 from llmtraffic.contracts.store import MetricsStore
-from llmtraffic.contracts.tokens import TokenCounters, token_families
+from llmtraffic.contracts.tokens import TokenCounters, overflow_family
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class BalancerCore:
         if warning:
             log.warning("%s", warning)
         self.breaker = CircuitBreaker(o.breaker_failures, o.breaker_cooldown)
+        self.body_limits = BodyLimits(o.max_json_containers, o.max_json_values,
+                                      o.max_prompts, o.max_messages)
         view = discovery.view()
         self.router = Router(view.resources, self.store, self.policy, seed=o.seed,
                              breaker=self.breaker)
@@ -60,10 +62,12 @@ class BalancerCore:
         self._tasks: list[asyncio.Task] = []
 
     def _families(self):
-        """Token series, scrape outcomes and pod/pool gauges, as the exporter shows them."""
-        yield from token_families(self.counters)
+        """Label overflow and scrape outcomes. Each fact is counted by one process: the
+        gateway's token series (asm_llm_proxy_*) and the pod/pool gauges come from the
+        exporter alone; a balancer replica's own traffic is its llmtraffic_balancer_* series
+        (BalancerCollector), which sum to the truth over any number of replicas."""
+        yield overflow_family(self.counters)
         yield from scrape_families(self.scrape_counts)
-        yield from pod_families(self.store, time.monotonic())
 
     def apply(self, view: ClusterView) -> None:
         """A new membership: pods into the store, resources into the router."""

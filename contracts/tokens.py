@@ -134,4 +134,9 @@ def token_families(c: TokenCounters) -> Iterator[Metric]:
         snap = dict(table)
         yield histogram_family(series, {k: h.counts for k, h in snap.items()},
                                {k: h.sum for k, h in snap.items()}, series.labels)
-    yield counter_family(m.LABEL_OVERFLOW, ((((k,), v)) for k, v in list(c.overflow.items())))
+    yield overflow_family(c)
+
+
+def overflow_family(c: TokenCounters) -> Metric:
+    """llmtraffic_exporter_label_overflow_total: values folded into `other`, by label."""
+    return counter_family(m.LABEL_OVERFLOW, ((((k,), v)) for k, v in list(c.overflow.items())))

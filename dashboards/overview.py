@@ -153,19 +153,23 @@ def cache_and_lora() -> list[Any]:
 def autoscaling() -> list[Any]:
     return [
         stat_panel(
-            "Ready pods", "Pods per pool whose metrics are fresh (llmtraffic store).",
-            [Target(f"sum by (pool) ({q.sel(q.gauge(m.POOL_READY_PODS), P)})", "{{pool}}")],
+            "Ready pods", "Pods per pool whose metrics are fresh (llmtraffic exporter). Every "
+            "exporter replica reports the same pods, so replicas are not added up.",
+            [Target(f"max by (pool) ({q.sel(q.gauge(m.POOL_READY_PODS), P)})", "{{pool}}")],
             SHORT, height=8),
         timeseries_panel(
             "Pool KV-cache usage (mean / max)",
             "Mean and max KV-cache usage over each pool's fresh pods: scale out when the mean "
             "stays high.",
-            [Target(q.sel(q.gauge(m.POOL_KV_USAGE_MEAN), P), "{{pool}} mean"),
-             Target(q.sel(q.gauge(m.POOL_KV_USAGE_MAX), P), "{{pool}} max")],
+            [Target(f"max by (pool) ({q.sel(q.gauge(m.POOL_KV_USAGE_MEAN), P)})",
+                    "{{pool}} mean"),
+             Target(f"max by (pool) ({q.sel(q.gauge(m.POOL_KV_USAGE_MAX), P)})",
+                    "{{pool}} max")],
             RATIO, width=6, max_=1),
         timeseries_panel(
             "Pool waiting requests", "Queued requests summed over each pool's fresh pods.",
-            [Target(q.sel(q.gauge(m.POOL_WAITING), P), "{{pool}}")], SHORT, width=6),
+            [Target(f"max by (pool) ({q.sel(q.gauge(m.POOL_WAITING), P)})", "{{pool}}")],
+            SHORT, width=6),
         timeseries_panel(
             "Balancer in-flight per pod", "Requests the balancer has in flight to each pod.",
             [Target(f"sum by (pod) ({q.sel(q.gauge(m.BALANCER_INFLIGHT), P)})", "{{pod}}")],
