@@ -62,6 +62,7 @@ from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
 from llmtraffic.balancer.lifecycle import RequestLifecycle
 from llmtraffic.balancer.options import ExtProcOptions
+from llmtraffic.balancer.bodyshape import OFF_LOOP_BYTES, refusal
 from llmtraffic.balancer.router import OBJECTIVE_HEADER, ApiError, Decision, decode_body
 from llmtraffic.balancer.usage import LineBuffer, SseTap, usage_from_json
 from llmtraffic.contracts.store import MetricsStore
@@ -158,6 +159,7 @@ class _Exchange:
         self.duplex = False  # FULL_DUPLEX_STREAMED request body
         self.duplex_response = False  # FULL_DUPLEX_STREAMED response body
         self.body = bytearray()
+        self.measured = False  # the whole body's shape was checked off the event loop
         self.decision: Decision | None = None
         self.tap: SseTap | None = None
         self.lines = LineBuffer()
@@ -183,6 +185,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 try:
+                    if req.WhichOneof("request") == "request_body":
+                        await self._measure(ex, req.request_body)
                     answers = self._handle(ex, req)
                 except ApiError as e:
                     yield self._refuse(ex, e)
@@ -196,6 +200,19 @@ class Picker(pb_grpc.ExternalProcessorServicer):
                     yield answer
         finally:
             self._finish(ex)
+
+    async def _measure(self, ex: _Exchange, msg: pb.HttpBody) -> None:
+        """A large whole body's shape, checked in a thread (ApiError when refused), so a
+        hostile body does not hold up the other streams."""
+        size = len(ex.body) + len(msg.body)
+        if size < OFF_LOOP_BYTES or size > self.options.max_body_bytes or \
+                (ex.duplex and not msg.end_of_stream):
+            return
+        refused = await asyncio.to_thread(refusal, bytes(ex.body) + msg.body,
+                                          self.core.body_limits)
+        if refused is not None:
+            raise ApiError(*refused)
+        ex.measured = True
 
     # ---- dispatch ----------------------------------------------------------------------
     def _handle(self, ex: _Exchange, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -272,7 +289,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         raw = bytes(ex.body)
         ex.body = bytearray()
         ex.rec.bytes_received = len(raw)
-        body = decode_body(raw)
+        body = decode_body(raw, self.core.body_limits, measured=ex.measured)
         d = ex.decision = ex.life.decide(ex.host, body, ex.chat, ex.objective)
         ex.life.hold(d.pick.address, d.pool.name, d.pick_seconds)
         payload = d.payload() if d.body != body else None

@@ -29,10 +29,21 @@ class BalancerOptions(BaseModel):
     access_log: Annotated[str | None, Flag(metavar="PATH")] = Field(
         None, description="append one JSON line per request here ('-' for stdout); the "
         "exporter reads it with --format json")
-    scrape_interval: ScrapeInterval = 0.1
+    scrape_interval: ScrapeInterval = 0.25  # routing reads it; see SCRAPE_CPU_S
     scrape_timeout: ScrapeTimeout
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1,
                                 description="larger request bodies get 413")
+    max_json_containers: Annotated[int, Flag(metavar="N")] = Field(
+        16384, ge=1, description="arrays and objects one request body may hold (a chat "
+        "message is one or two); more get 413 before the body is parsed")
+    max_json_values: Annotated[int, Flag(metavar="N")] = Field(
+        262144, ge=1, description="values (array items and object members) one request body "
+        "may hold, e.g. a prompt of token ids; more get 413 before the body is parsed")
+    max_prompts: Annotated[int, Flag(metavar="N")] = Field(
+        2048, ge=1, description="prompts in one completions request (a list of strings); "
+        "more get 413")
+    max_messages: Annotated[int, Flag(metavar="N")] = Field(
+        4096, ge=1, description="messages in one chat request; more get 413")
     breaker_failures: Annotated[int, Flag(metavar="N")] = Field(
         5, ge=1, description="failed answers in a row (5xx, failed connect) after which a "
         "pod's circuit opens: no requests go there for --breaker-cooldown, then one probe")

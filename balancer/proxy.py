@@ -19,7 +19,8 @@ from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
 from llmtraffic.balancer.lifecycle import RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
-from llmtraffic.balancer.router import OBJECTIVE_HEADER, ApiError, Decision, decode_body
+from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
+                                        decode_body_off_loop)
 from llmtraffic.balancer.usage import SseTap, usage_from_json
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
@@ -176,7 +177,8 @@ class BalancerApp:
                 raise ApiError(413, "request body is larger than "
                                f"{self.options.max_body_bytes} bytes") from None
             rec.bytes_received = len(raw)
-            decision = life.decide(request.host, decode_body(raw), chat,
+            body = await decode_body_off_loop(raw, self.core.body_limits)
+            decision = life.decide(request.host, body, chat,
                                    request.headers.get(OBJECTIVE_HEADER))
             return await self._forward(request, decision, life)
         except ApiError as e:

@@ -4,6 +4,7 @@ forward. Refusals are `ApiError`s in OpenAI's error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
+from llmtraffic.balancer.bodyshape import MAX_DEPTH, OFF_LOOP_BYTES, BodyLimits, refusal
 from llmtraffic.balancer.config import Model, Pool, Resources
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Policy, Shed
 from llmtraffic.contracts.prompt import estimate_tokens
@@ -24,9 +26,6 @@ if TYPE_CHECKING:
 MAX_MODEL_CHARS = 256
 #: The request header naming its InferenceObjective (GIE), whose priority it takes.
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
-#: Deepest nesting of objects and arrays accepted (orjson writes at most 254 levels back;
-#: OpenAI request bodies, tool schemas included, need far fewer).
-MAX_DEPTH = 64
 #: Keys read at the top level: a body naming one twice is ambiguous (orjson keeps the last,
 #: another parser in front of us may keep the first), so it is refused.
 _READ_KEYS = tuple(f'"{k}"'.encode() for k in ("model", "prompt", "messages", "stream",
@@ -99,34 +98,51 @@ class Decision:
         return out[:1 + retries]
 
 
-def decode_body(raw: bytes) -> dict[str, Any]:
-    """A request body as a JSON object, or a 400 that says what is wrong: not UTF-8, not
-    JSON, not an object, nested deeper than MAX_DEPTH, or a key given twice."""
+def decode_body(raw: bytes, limits: BodyLimits = BodyLimits(),
+                measured: bool = False) -> dict[str, Any]:
+    """A request body as a JSON object, or an ApiError that says what is wrong: empty, more
+    arrays/objects/values/prompts/messages than `limits` allow (413), nested deeper than
+    MAX_DEPTH, not UTF-8, not JSON, not an object, or a key given twice (400). `measured`:
+    the caller already checked its shape (`bodyshape.refusal`)."""
     if not raw:
         raise ApiError(400, "request body is empty; send a JSON object with `model`")
+    if not measured:
+        _refuse_shape(refusal(raw, limits))
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
-        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
+    _check_counts(body, limits)
     if _maybe_duplicate(raw, body):
         _refuse_duplicates(raw)
     return body
 
 
-def _depth_over(value: Any, limit: int) -> bool:
-    """True when `value` nests objects/arrays more than `limit` levels deep."""
-    stack = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if d > limit:
-            return True
-        children = v.values() if isinstance(v, dict) else v
-        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
-    return False
+async def decode_body_off_loop(raw: bytes, limits: BodyLimits) -> dict[str, Any]:
+    """`decode_body`, measuring a large body's shape in a thread so the event loop serves
+    other requests meanwhile."""
+    if len(raw) < OFF_LOOP_BYTES:
+        return decode_body(raw, limits)
+    _refuse_shape(await asyncio.to_thread(refusal, raw, limits))
+    return decode_body(raw, limits, measured=True)
+
+
+def _refuse_shape(refused: tuple[int, str] | None) -> None:
+    if refused is not None:
+        raise ApiError(*refused)
+
+
+def _check_counts(body: dict[str, Any], limits: BodyLimits) -> None:
+    messages, prompt = body.get("messages"), body.get("prompt")
+    if isinstance(messages, list) and len(messages) > limits.messages:
+        raise ApiError(413, f"`messages` holds {len(messages)} messages, more than "
+                       f"{limits.messages} (--max-messages)", "messages")
+    if isinstance(prompt, list) and len(prompt) > limits.prompts and \
+            isinstance(prompt[0], str):
+        raise ApiError(413, f"`prompt` holds {len(prompt)} prompts, more than "
+                       f"{limits.prompts} (--max-prompts)", "prompt")
 
 
 def _maybe_duplicate(raw: bytes, body: dict[str, Any]) -> bool:

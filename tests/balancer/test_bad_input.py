@@ -41,7 +41,7 @@ CASES = [
      f"larger than {LIMIT} bytes"),
     ("nested-100", "/v1/completions", nest(100), 400, "nested deeper than 64 levels"),
     ("nested-600", "/v1/completions", nest(600), 400, "nested deeper than 64 levels"),
-    ("nested-5000", "/v1/completions", nest(5000), 400, "depth limit exceeded"),
+    ("nested-5000", "/v1/completions", nest(5000), 400, "nested deeper than 64 levels"),
     ("not-utf8", "/v1/completions", b'{"model": "llama2", "prompt": "caf\xe9"}', 400,
      "not valid UTF-8"),
     ("lone-surrogate", "/v1/completions", b'{"model": "llama2", "prompt": "\\ud800"}', 400,
@@ -210,3 +210,74 @@ async def test_ext_proc_answers_bad_bodies_with_an_immediate_4xx(case, pod, tmp_
     assert pod.requests == 0
     log = (tmp_path / "access.log").read_bytes()
     assert log.count(b"\n") == 1 and json.loads(log)["response_code"] == want
+
+
+# ---- cheap bodies, expensive requests ----------------------------------------------------------
+def hostile(key: bytes, item: bytes, n: int, head: bytes = b'"model": "llama2", ') -> bytes:
+    return b"{" + head + b'"' + key + b'": [' + b",".join([item] * n) + b"]}"
+
+
+#: (id, path, body, status, words): valid JSON that costs far more to parse, walk or relay
+#: than a request should (the issue's 8 MB bodies scaled down to the same shapes; two are
+#: over a MiB, so they are measured off the event loop).
+HOSTILE = [
+    ("empty-lists", "/v1/completions",
+     hostile(b"x", b"[]", 400_000, b'"model": "llama2", "prompt": "hi", '), 413,
+     "more than 16384 arrays and objects"),
+    ("escaped-key-objects", "/v1/completions",
+     hostile(b"x", b'{"\\u0041": 1}', 20_000, b'"model": "llama2", "prompt": "hi", '), 413,
+     "more than 16384 arrays and objects"),
+    ("token-ids", "/v1/completions", hostile(b"prompt", b"7", 300_000), 413,
+     "more than 262144 values"),
+    ("prompts", "/v1/completions", hostile(b"prompt", b'"hi"', 100_000), 413,
+     "more than 2048 (--max-prompts)"),
+    ("messages", CHAT, hostile(b"messages", b'{"role": "user", "content": "hi"}', 5_000), 413,
+     "more than 4096 (--max-messages)"),
+    ("deep-in-a-big-body", "/v1/completions",
+     js({"model": "llama2", "prompt": "x" * (1 << 20)})[:-1] + b', "t": ' + b"[" * 70
+     + b"]" * 70 + b"}", 400, "nested deeper than 64 levels"),
+]
+#: Bodies as large whose brackets and commas are inside strings pass (a code prompt).
+BIG_OK = [js({"model": "llama2", "prompt": "f(a, [b], {c}); " * 120_000}),
+          js({"model": "llama2", "prompt": list(range(200_000))}),
+          js({"model": "llama2", "prompt": 'say \\"[{' * 100_000})]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
+async def test_proxy_refuses_bodies_over_their_budget_before_parsing(case, pod, make_app):
+    _, path, body, want, words = case
+    app = await make_app([pod.address])
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"http://127.0.0.1:{app.port}{path}", data=body,
+                          headers={"Host": "test.com", "Content-Type": "application/json"}) as r:
+            assert_openai_error(r.status, await r.read(), want, words)
+        for ok in BIG_OK:
+            async with s.post(f"http://127.0.0.1:{app.port}/v1/completions", data=ok,
+                              headers={"Host": "test.com"}) as r:
+                assert r.status == 200, await r.read()
+    assert pod.requests == len(BIG_OK) and len(records(app)) == 1 + len(BIG_OK)
+    assert [orjson.loads(b)["prompt"] for b in pod.bodies] == \
+        [orjson.loads(b)["prompt"] for b in BIG_OK]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c[0] for c in HOSTILE])
+async def test_ext_proc_refuses_bodies_over_their_budget(case, pod, tmp_path):
+    from tests.balancer.test_extproc import FakeEnvoy
+
+    _, path, body, want, words = case
+    server = ExtProcServer(
+        StaticDiscovery(SEED_FILES, pods=[Pod("vllm-0", pod.address, dict(LABELS))]),
+        ExtProcOptions(listen="127.0.0.1:0", health_listen="127.0.0.1:0", seed=7,
+                       access_log=str(tmp_path / "access.log")))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            envoy = FakeEnvoy(server.port, http)
+            ex = await envoy.send(body, path=path)
+            ok = await envoy.send(BIG_OK[0].replace(b'"llama2"', b'"tweet-summary"'))
+            await envoy.close()
+    finally:
+        await server.stop()
+    assert ex.immediate is not None and ex.destination is None
+    assert_openai_error(ex.immediate.status.code, ex.immediate.body, want, words)
+    assert ok.immediate is None and ok.destination == pod.address
