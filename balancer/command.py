@@ -88,17 +88,27 @@ def _run(args: argparse.Namespace) -> int:
         loop_name(cmd.loop)
         opts = front_end_options(cmd, args)
         discovery = make_discovery(cmd)
+        if isinstance(opts, ExtProcOptions):
+            serve_extproc = _extproc()
     except (ConfigError, ImportError, EventLoopError, OptionError) as e:
         print(f"llmtraffic balancer: {e}", file=sys.stderr)
         return 2
     if isinstance(opts, ExtProcOptions):
-        from llmtraffic.balancer.extproc import serve_extproc
-
         return run_loop(_serve(serve_extproc(discovery, opts)),
                         "asyncio" if cmd.loop == "auto" else cmd.loop)
     from llmtraffic.balancer.proxy import BalancerApp
 
     return run_loop(_serve_proxy(BalancerApp(discovery, opts)), cmd.loop)
+
+
+def _extproc():
+    """The ext_proc server, or ImportError naming the extra that brings gRPC."""
+    try:
+        from llmtraffic.balancer.extproc import serve_extproc
+    except ImportError as e:
+        raise ImportError(f"--mode extproc needs gRPC ({e}): pip install "
+                          "'llmtraffic[extproc]'") from None
+    return serve_extproc
 
 
 async def _serve_proxy(app) -> int:

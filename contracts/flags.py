@@ -69,6 +69,8 @@ def _argument(field: FieldInfo, flag: Flag) -> dict[str, Any]:
     if shown is not None:
         help_ += f" (default: {shown})".replace("%", "%%")
     kw: dict[str, Any] = {"help": help_}
+    if kind is bool and default is None:  # None: the program decides; --x / --no-x say
+        return {**kw, "action": argparse.BooleanOptionalAction, "default": None}
     if kind is bool:
         return {**kw, "action": "store_true", "default": bool(default)}
     kw["default"] = default

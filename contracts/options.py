@@ -15,9 +15,11 @@ from llmtraffic.contracts.serving import parse_listen
 
 def _host_port(listen: str) -> str:
     try:
-        parse_listen(listen)
+        _, port = parse_listen(listen)
     except ValueError:
         raise ValueError("give host:port, e.g. 0.0.0.0:9100") from None
+    if port > 65535:
+        raise ValueError("the port must be 1-65535 (0 picks a free one)")
     return listen
 
 

@@ -32,17 +32,41 @@ def pods_from_file(path: str) -> list[Pod]:
         raise ValueError(f"{path}: pods file not found; give a YAML file with "
                          "`pods: [{name, address, labels}]`")
     try:
-        doc = yaml.safe_load(open(path)) or {}
+        doc = yaml.safe_load(open(path))
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: cannot read the pods file: {e}") from None
+    if not isinstance(doc, dict) or set(doc) != {"pods"}:
+        found = ", ".join(f"`{k}:`" for k in doc) if isinstance(doc, dict) and doc else \
+            "nothing"
+        raise ValueError(f"{path}: a pods file has one key, `pods:` (a list of "
+                         f"{{name, address, labels}}); found {found}")
     out = []
-    for i, p in enumerate(doc.get("pods") or []):
+    for i, p in enumerate(doc["pods"] or []):
         if not isinstance(p, dict) or "address" not in p:
             raise ValueError(f"{path}: pods[{i}]: each pod needs an `address` (host:port)")
+        problem = address_problem(str(p["address"]))
+        if problem:
+            raise ValueError(f"{path}: pods[{i}]: address {p['address']!r}: {problem}")
         out.append(Pod(name=str(p.get("name", p["address"])), address=str(p["address"]),
                        labels=dict(p.get("labels") or {}), pool=str(p.get("pool", "")),
                        namespace=str(p.get("namespace", "default"))))
     return out
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with `host`, `host:port` or `[v6]:port`; None when it is usable."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (None if not rest else rest)
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    else:
+        host, port = address, None
+    if not host:
+        return "no host; write host:port, e.g. 10.0.0.5:8000"
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "the port must be a number from 1 to 65535"
+    return None
 
 
 def has_port(address: str) -> bool:

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from llmtraffic.harness.live import DEFAULT_ROUTERS
+from llmtraffic.harness.options import parse_load
 
 
 def _csv(value: str) -> list[str]:
@@ -49,9 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seed-lora, shared-prefix or mixed; comma-separate several "
                    "(default: %(default)s)")
     r.add_argument("--pods", type=int, default=4, help="simulated pods (default: %(default)s)")
-    r.add_argument("--load", type=float, default=0.9,
-                   help="offered load as a fraction of the fleet's measured capacity "
-                   "(default: %(default)s)")
+    r.add_argument("--load", type=parse_load, default=0.9,
+                   help="offered load as a fraction of the fleet's measured capacity, e.g. "
+                   "0.9 for 90%% (default: %(default)s)")
     r.add_argument("--policies", type=_csv, default=["round-robin", "least-request", "llm",
                                                      "oracle"],
                    help="comma-separated: round-robin, random, least-request, llm, oracle "
@@ -85,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lv.add_argument("--pods", type=int, default=4, help="simulated pods (default: %(default)s)")
     rate = lv.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=float, help="arrivals per simulated second")
-    rate.add_argument("--load", type=float, default=None,
+    rate.add_argument("--load", type=parse_load, default=None,
                       help="arrivals as a fraction of the fleet's capacity measured in virtual "
                       "time (default: 0.9 when --rate is not given)")
     lv.add_argument("--duration", type=float, default=120.0,

@@ -15,11 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict, Field
 
+from llmtraffic.contracts.flags import NOT_A_FLAG, Flag, OptionError, add_flags, from_flags
+from llmtraffic.harness.options import Load
 from llmtraffic.harness.loadclient import Outcome, replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.routing import RoutingRun, format_table, measure_capacity, plot
@@ -37,16 +40,27 @@ POOL_RR = "vllm-llama2-7b-pool-rr"
 WORKLOAD = "seed-lora"
 
 
-@dataclass
-class DemoOptions:
-    out: Path = Path("llmtraffic-demo")
-    duration: float = 60.0  # wall seconds of arrivals
-    pods: int = 3
-    load: float = 0.9
-    time_scale: float = 2.0
-    seed: int = 1
-    prometheus: bool = True  # start Prometheus when the binary is on the PATH
-    scrape_interval: str = "2s"
+class DemoOptions(BaseModel):
+    """`llmtraffic demo`'s options, one flag each (`contracts.flags`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quick: bool = Field(False, description="a 10-second run (tests, a first look)")
+    duration: float = Field(60.0, gt=0, le=3600, description="seconds of arrivals (wall "
+                            "clock); the requests still running then finish")
+    out: Annotated[Path, Flag(metavar="DIR")] = Field(Path("llmtraffic-demo"),
+                                                      description="output folder")
+    pods: int = Field(3, ge=1, le=32, description="pods per pool")
+    load: Load = 0.9
+    time_scale: float = Field(2.0, gt=0, le=10,
+                              description="simulated seconds per wall second")
+    seed: int = Field(1, description="workload seed")
+    no_prometheus: bool = Field(False, description="do not start Prometheus even if it is "
+                                "on the PATH")
+    serve: bool | None = Field(None, description="after the run, keep everything (and "
+                               "Prometheus) up until Ctrl-C (default: when interactive, "
+                               "except with --quick)")
+    scrape_interval: Annotated[str, NOT_A_FLAG] = "2s"  # Prometheus's
 
 
 @dataclass
@@ -133,11 +147,12 @@ class Demo:
         config = localize(SCRAPE_CONFIG.read_text(), self.local_pods(), pdir / "sd",
                           scrape_interval=self.o.scrape_interval,
                           evaluation_interval=self.o.scrape_interval)
-        if not (self.o.prometheus and shutil.which("prometheus")):
+        if self.o.no_prometheus or not shutil.which("prometheus"):
             pdir.mkdir(parents=True, exist_ok=True)
             (pdir / "prometheus.yml").write_text(config)
-            say(f"  prometheus   not started ({'not on the PATH' if self.o.prometheus else 'disabled'}"
-                f"); config for these ports: {pdir / 'prometheus.yml'}")
+            why = "disabled" if self.o.no_prometheus else "not on the PATH"
+            say(f"  prometheus   not started ({why}); config for these ports: "
+                f"{pdir / 'prometheus.yml'}")
             return
         shutil.rmtree(pdir / "data", ignore_errors=True)
         try:
@@ -183,6 +198,18 @@ class Demo:
         for side, outcomes, sm in zip(self.sides, done, samplers):
             side.outcomes = outcomes
             side.figures = sm.summary(self.o.time_scale)
+
+    def serve_forever(self) -> None:
+        """Keep every process up until Ctrl-C, saying where each one answers."""
+        for side in self.sides:
+            say(f"\n{side.policy} balancer: {side.url}/v1/completions")
+        say(f"exporter: {self.exporter_url}/metrics")
+        if self.prometheus is not None:
+            say(f"Prometheus: {self.prometheus.url}  (import {self.out / 'dashboards'}/*.json "
+                "into Grafana with it as the datasource)")
+        say("serving until Ctrl-C")
+        while True:
+            time.sleep(3600)
 
     # ---- report --------------------------------------------------------------------------
     def exporter_tokens(self) -> dict[tuple[str, str], tuple[float, float]]:
@@ -273,23 +300,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "access logs; send the same seeded load through each; print a "
                        "comparison and write plots, the enriched log, the dashboards and a "
                        "Prometheus config into --out. Ctrl-C stops everything.")
-    p.add_argument("--quick", action="store_true", help="a 10-second run (tests, a first look)")
-    p.add_argument("--duration", type=float, default=60.0,
-                   help="seconds of load (default: %(default)s)")
-    p.add_argument("--out", default="llmtraffic-demo",
-                   help="output folder (default: ./%(default)s)")
-    p.add_argument("--pods", type=int, default=3, help="pods per pool (default: %(default)s)")
-    p.add_argument("--load", type=float, default=0.9,
-                   help="arrivals as a fraction of the pool's capacity (default: %(default)s)")
-    p.add_argument("--time-scale", type=float, default=2.0,
-                   help="simulated seconds per wall second (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1, help="workload seed (default: %(default)s)")
-    p.add_argument("--no-prometheus", action="store_true",
-                   help="do not start Prometheus even if it is on the PATH")
-    p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=None,
-                   help="after the run, keep everything (and Prometheus) up until Ctrl-C "
-                   "(default: when interactive and Prometheus runs)")
+    add_flags(p, DemoOptions)
     p.set_defaults(func=_run)
+
+
+def prepare_out(out: Path) -> None:
+    """Create the output folder and prove it writable; OSError says which and what to do."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".llmtraffic-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"--out {out}: cannot write there ({e.strerror or e}); give a folder "
+                      "you can write, e.g. --out ./llmtraffic-demo") from None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -301,10 +325,14 @@ def _run(args: argparse.Namespace) -> int:
     # service manager that ignores SIGINT for background jobs
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    opts = DemoOptions(out=Path(args.out), duration=10.0 if args.quick else args.duration,
-                       pods=args.pods, load=args.load, time_scale=args.time_scale,
-                       seed=args.seed, prometheus=not args.no_prometheus,
-                       scrape_interval="1s" if args.quick else "2s")
+    try:
+        opts = from_flags(DemoOptions, args)
+        if opts.quick:
+            opts = opts.model_copy(update={"duration": 10.0, "scrape_interval": "1s"})
+        prepare_out(opts.out)
+    except (OptionError, OSError) as e:
+        print(f"llmtraffic demo: {e}", file=sys.stderr)
+        return 2
     demo = Demo(opts)
     try:
         demo.start()
@@ -318,13 +346,10 @@ def _run(args: argparse.Namespace) -> int:
         say(f"\nwrote {', '.join(str(p) for p in written[:1])}, {opts.out / 'dashboards'}/, "
             f"{written[-1]}, {opts.out / 'enriched.log'}, logs in {opts.out / 'logs'}/")
         _headline(run)
-        serve = args.serve if args.serve is not None else (
-            demo.prometheus is not None and sys.stdin.isatty() and not args.quick)
-        if serve and demo.prometheus is not None:
-            say(f"\nPrometheus: {demo.prometheus.url}  (import {opts.out / 'dashboards'}/*.json "
-                "into Grafana with it as the datasource). Ctrl-C stops everything.")
-            while True:
-                time.sleep(3600)
+        serve = opts.serve if opts.serve is not None else (
+            sys.stdin.isatty() and not opts.quick)
+        if serve:
+            demo.serve_forever()
         return 0
     except KeyboardInterrupt:
         say("\nstopping")

@@ -480,6 +480,9 @@ class SimFleet:
                  **pod_options: Any) -> None:
         if pods < 1:
             raise ValueError("a fleet needs at least one pod")
+        if base_port and not 1 <= base_port <= 65536 - pods:
+            raise ValueError(f"--base-port {base_port}: pod i listens on base+i, so give a "
+                             f"port from 1 to {65536 - pods} for {pods} pods")
         base = PodOptions(host=host, **pod_options)
         self.servers = [
             SimServer(replace(base, port=(base_port + i) if base_port else 0,

@@ -77,3 +77,23 @@ def test_models_sharing_a_field_share_its_flag() -> None:
     assert from_flags(Other, args).retries == 4 and from_flags(Knobs, args).retries == 4
     with pytest.raises(ValueError, match=r"Clash.retries: default 9 differs from 2"):
         parser(Knobs, Clash)  # its flag would show, and give, Knobs' default
+
+
+def test_a_port_out_of_range_is_refused_not_bound_elsewhere() -> None:
+    p = parser(Knobs)
+    with pytest.raises(OptionError, match=r"^--listen localhost:99999: the port must be "
+                       r"1-65535 \(0 picks a free one\)$"):
+        from_flags(Knobs, p.parse_args(["--listen", "localhost:99999"]))
+    assert from_flags(Knobs, p.parse_args(["--listen", "127.0.0.1:0"])).listen == \
+        "127.0.0.1:0"
+
+
+class Tristate(BaseModel):
+    serve: bool | None = Field(None, description="keep serving")
+
+
+def test_an_optional_bool_is_a_yes_no_flag_left_to_the_program_when_absent() -> None:
+    p = parser(Tristate)
+    assert "--serve, --no-serve" in p.format_help()
+    assert [from_flags(Tristate, p.parse_args(a)).serve
+            for a in ([], ["--serve"], ["--no-serve"])] == [None, True, False]

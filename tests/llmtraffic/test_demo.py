@@ -51,9 +51,9 @@ def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> tuple[s
 def test_demo_quick_serves_prometheus_with_every_dashboard_query_answering(
         tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtraffic", "demo", "--quick", "--serve", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(  # a relative --out, as a newcomer would give
+        [sys.executable, "-m", "llmtraffic", "demo", "--quick", "--serve", "--out", "demo"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         text, url = _read_until(proc, r"Prometheus: (http://\S+)", timeout=300)
