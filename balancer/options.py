@@ -49,6 +49,16 @@ class BalancerOptions(BaseModel):
         "pod's circuit opens: no requests go there for --breaker-cooldown, then one probe")
     breaker_cooldown: Annotated[float, Flag(metavar="SECONDS")] = Field(
         10.0, gt=0, description="how long an open circuit keeps its pod out")
+    outlier_inflight_excess: Annotated[int, Flag(metavar="N")] = Field(
+        8, ge=1, description="eject a pod (as an open circuit) when this many more of our "
+        "requests are in flight there than its fresh metrics say it runs or queues: it "
+        "accepts work and does none")
+    max_response_bytes: Annotated[int, Flag(metavar="BYTES")] = Field(
+        64 * 1024 * 1024, ge=1, description="a pod's answer (a JSON body, or a whole stream) "
+        "larger than this is cut: the client gets an error and the pod a breaker strike")
+    max_stream_tokens: Annotated[int, Flag(metavar="N")] = Field(
+        65536, ge=1, description="a stream may carry max_tokens (this when the request sets "
+        "none) times n events, plus 64; a longer one is cut as an endless stream")
     max_label_values: MaxLabelValues
     seed: int | None = Field(None, description="seed the policy's tie-breaks")
 

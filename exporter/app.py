@@ -57,7 +57,7 @@ class ExporterOptions(BaseModel):
                                  "their beginning (default: end)")
     poll_interval: Annotated[float, NOT_A_FLAG] = Field(0.2, gt=0)
     checkpoint_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, ge=0)
-    scrape_interval: ScrapeInterval = 0.25
+    scrape_interval: ScrapeInterval = 1.0  # dashboards only; Prometheus samples at 15 s
     scrape_timeout: ScrapeTimeout
     dimensions: Annotated[tuple[str, ...], Flag(text=True)] = Field(
         ("model",), description="comma-separated record fields used as token-counter labels "

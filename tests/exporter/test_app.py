@@ -241,7 +241,7 @@ def test_exporter_flags_and_defaults_are_kept() -> None:
         "max_label_values")} == {
         "access_log": [], "format": "json", "mapping": None, "pods": [], "pods_file": None,
         "listen": "0.0.0.0:9100", "enriched_log": None, "positions": None,
-        "from_beginning": False, "scrape_interval": 0.25, "scrape_timeout": 1.0,
+        "from_beginning": False, "scrape_interval": 1.0, "scrape_timeout": 1.0,
         "dimensions": "model", "max_label_values": 200}
     args = build_parser().parse_args(["exporter", "--access-log", "a", "b", "--dimensions",
                                       "model, pool,"])
