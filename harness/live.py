@@ -14,7 +14,9 @@ from typing import Sequence
 from llmtraffic.harness.loadclient import replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.routing import RoutingRun, measure_capacity
-from llmtraffic.harness.stack import Stack, start_balancer, start_fleet, start_vllm_router
+from llmtraffic.harness.progress import Progress
+from llmtraffic.harness.stack import (Stack, start_balancer, start_fleet, start_vllm_router,
+                                      vllm_router_binary)
 from llmtraffic.simulator.workloads import make_workload
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,20 @@ class RouterSpec:
         return cls(kind, policy)
 
 
-async def _drive(url: str, fleet_urls: list[str], reqs, time_scale: float) -> dict:
+async def _drive(url: str, fleet_urls: list[str], reqs, time_scale: float,
+                 name: str) -> dict:
     t0 = time.monotonic()
-    async with PodSampler(list(fleet_urls), interval=max(0.25, 1.0 / time_scale)) as sampler:
-        outcomes = await replay(url, reqs, time_scale=time_scale)
+    arrivals = reqs[-1].arrival / time_scale if reqs else 0.0
+    progress = Progress(len(reqs), [name], arrivals)
+    ticker = asyncio.create_task(progress.tick())
+    try:
+        async with PodSampler(list(fleet_urls),
+                              interval=max(0.25, 1.0 / time_scale)) as sampler:
+            outcomes = await replay(url, reqs, time_scale=time_scale,
+                                    on_done=lambda out: progress.done(name, out))
+    finally:
+        ticker.cancel()
+        progress.finish()
     elapsed = time.monotonic() - t0
     errors = sorted({o.error for o in outcomes if o.error})[:3]
     if errors:
@@ -77,7 +89,7 @@ def run_router(spec: RouterSpec, workdir: Path, reqs, pods: int, time_scale: flo
         else:
             url = start_vllm_router(stack, "router", fleet, spec.policy)
         router = stack.procs[-1]
-        figures = asyncio.run(_drive(url, list(fleet.urls), reqs, time_scale))
+        figures = asyncio.run(_drive(url, list(fleet.urls), reqs, time_scale, spec.name))
         figures["router_cpu_s"] = router.cpu_seconds()
         figures["pods_cpu_s"] = fleet.proc.cpu_seconds()
         return figures, figures["router_cpu_s"]
@@ -90,6 +102,8 @@ def run_live(workload: str, pods: int, duration: float, routers: Sequence[str],
     """Every router on the same seeded arrivals; `rate` (simulated req/s) or `load` (a
     fraction of the fleet's capacity measured in virtual time)."""
     specs = [RouterSpec.parse(r) for r in routers]
+    if any(s.kind == "vllm-router" for s in specs):
+        vllm_router_binary()  # before minutes of measuring, not after
     capacity = pods * measure_capacity(workload, profile, seed)
     if rate is None:
         rate = (load if load is not None else 0.9) * capacity

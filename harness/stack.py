@@ -224,12 +224,19 @@ def start_balancer(stack: Stack, name: str, fleet: Fleet, policy: str,
     return url
 
 
-def start_vllm_router(stack: Stack, name: str, fleet: Fleet, policy: str) -> str:
-    """vllm-router (PyPI) in front of `fleet`; returns its base URL."""
+def vllm_router_binary() -> str:
+    """The `vllm-router` on the PATH, or StackError saying how to install it."""
     binary = shutil.which("vllm-router")
     if binary is None:
         raise StackError("vllm-router is not installed: pip install vllm-router "
-                         "(it is in llmtraffic's dev extra)")
+                         "(it is in llmtraffic's dev extra), or leave the vllm-router:* "
+                         "routers out of --routers")
+    return binary
+
+
+def start_vllm_router(stack: Stack, name: str, fleet: Fleet, policy: str) -> str:
+    """vllm-router (PyPI) in front of `fleet`; returns its base URL."""
+    binary = vllm_router_binary()
     port, prom = free_port(), free_port()
     argv = [binary, "--worker-urls", *fleet.urls, "--policy", policy, "--host", "127.0.0.1",
             "--port", str(port), "--prometheus-port", str(prom)]

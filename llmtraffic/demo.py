@@ -25,6 +25,7 @@ from llmtraffic.contracts.flags import NOT_A_FLAG, Flag, OptionError, add_flags,
 from llmtraffic.harness.options import Load
 from llmtraffic.harness.loadclient import Outcome, replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
+from llmtraffic.harness.progress import Progress
 from llmtraffic.harness.routing import RoutingRun, format_table, measure_capacity, plot
 from llmtraffic.harness.stack import Fleet, Stack, start_balancer, start_exporter, start_fleet
 from llmtraffic.simulator.workloads import make_workload
@@ -180,7 +181,7 @@ class Demo:
                           self.capacity, self.rate, results, {})
 
     async def _drive(self, reqs) -> None:
-        progress = Progress(self.o.duration, len(reqs), [s.policy for s in self.sides])
+        progress = Progress(len(reqs), [s.policy for s in self.sides], self.o.duration)
         samplers = [PodSampler(list(s.fleet.urls), interval=1.0) for s in self.sides]
         for sm in samplers:
             await sm.__aenter__()
@@ -250,41 +251,6 @@ def tokens_table(tokens: dict[tuple[str, str], tuple[float, float]]) -> str:
     for (policy, model), (prompt, completion) in tokens.items():
         lines.append(f"{policy:<13}{model:<28}{prompt:>15.0f}{completion:>19.0f}")
     return "\n".join(lines)
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line every 10 s when not a terminal)."""
-
-    def __init__(self, duration: float, total: int, sides: list[str]) -> None:
-        self.duration = duration
-        self.total = total
-        self.counts = {s: [0, 0] for s in sides}  # ok, failed
-        self.t0 = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def done(self, side: str, out: Outcome) -> None:
-        self.counts[side][0 if out.ok else 1] += 1
-
-    def line(self) -> str:
-        t = time.monotonic() - self.t0
-        frac = min(1.0, t / self.duration) if self.duration > 0 else 1.0
-        bar = "#" * int(frac * 30)
-        sides = "  ".join(f"{s}: {ok}/{self.total} done" + (f", {bad} failed" if bad else "")
-                          for s, (ok, bad) in self.counts.items())
-        return f"[{bar:<30}] {t:5.0f}s  {sides}"
-
-    async def tick(self) -> None:
-        last = -10.0
-        while True:
-            if self.tty:
-                print("\r" + self.line(), end="", file=sys.stderr, flush=True)
-            elif time.monotonic() - last >= 10:
-                last = time.monotonic()
-                print(self.line(), file=sys.stderr, flush=True)
-            await asyncio.sleep(0.5)
-
-    def finish(self) -> None:
-        print(("\r" if self.tty else "") + self.line(), file=sys.stderr, flush=True)
 
 
 def say(text: str) -> None:
