@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from llmtraffic.harness.interrupt import run_until_interrupted
 from llmtraffic.harness.loadclient import replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.routing import RoutingRun, measure_capacity
@@ -89,7 +90,7 @@ def run_router(spec: RouterSpec, workdir: Path, reqs, pods: int, time_scale: flo
         else:
             url = start_vllm_router(stack, "router", fleet, spec.policy)
         router = stack.procs[-1]
-        figures = asyncio.run(_drive(url, list(fleet.urls), reqs, time_scale, spec.name))
+        figures = run_until_interrupted(_drive(url, list(fleet.urls), reqs, time_scale, spec.name))
         figures["router_cpu_s"] = router.cpu_seconds()
         figures["pods_cpu_s"] = fleet.proc.cpu_seconds()
         return figures, figures["router_cpu_s"]

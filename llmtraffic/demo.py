@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmtraffic.contracts.flags import NOT_A_FLAG, Flag, OptionError, add_flags, from_flags
 from llmtraffic.harness.options import Load
+from llmtraffic.harness.interrupt import run_until_interrupted
 from llmtraffic.harness.loadclient import Outcome, replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.progress import Progress
@@ -172,7 +173,7 @@ class Demo:
             f"ShareGPT-like lengths) at {o.load:.0%} of capacity through each balancer, "
             f"{o.duration:.0f} s (x{o.time_scale:g} simulated time)")
         t0 = time.monotonic()
-        asyncio.run(self._drive(reqs))
+        run_until_interrupted(self._drive(reqs))
         elapsed = time.monotonic() - t0
         for side in self.sides:
             side.figures.update(summarize(side.outcomes, elapsed, o.time_scale))
