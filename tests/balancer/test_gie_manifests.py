@@ -94,7 +94,8 @@ spec:
   poolRef: {group: inference.networking.k8s.io, name: vllm-llama3-8b-instruct-ga}
   rules:
   - matches: [{model: {type: Exact, value: food-review}}]
-    targets: [{modelRewrite: food-review-v1, weight: 90}, {modelRewrite: food-review-v2, weight: 10}]
+    targets: [{modelRewrite: food-review-v1, weight: 90},
+              {modelRewrite: food-review-v2, weight: 10}]
   - targets: [{modelRewrite: meta-llama/Llama-3.1-8B-Instruct}]
 """
 #: ASM's documented LLMRoute (LLMRoute CRD reference, v1beta1): a header rule and a default

@@ -61,7 +61,8 @@ spec:
   poolRef: {group: inference.networking.k8s.io, name: ga}
   rules:
   - matches: [{model: {type: Exact, value: food-review}}]
-    targets: [{modelRewrite: food-review-v1, weight: 90}, {modelRewrite: food-review-v2, weight: 10}]
+    targets: [{modelRewrite: food-review-v1, weight: 90},
+              {modelRewrite: food-review-v2, weight: 10}]
 """
 
 
