@@ -190,8 +190,12 @@ class Scraper:
                 self._warned_bad_lines.add(pod.address)
                 log.warning("pod %s (%s): skipped %d malformed line(s) of vLLM families in %s",
                             pod.name, pod.address, metrics.bad_lines, url)
-        else:
-            self.store.mark_error(pod.address, reason, now)
+        elif not self.store.mark_error(pod.address, reason, now):
+            if self.stats is not None:
+                self.stats.scrape(pod.name, outcome, time.perf_counter() - started)
+            log.debug("pod %s (%s): one scrape timed out after a good one; kept in rotation",
+                      pod.name, pod.address)
+            return
         if self.stats is not None:
             self.stats.scrape(pod.name, outcome, time.perf_counter() - started)
         self._note_state(pod, url, metrics is not None, reason, detail)

@@ -41,6 +41,10 @@ class PodMetrics:
 
     running: float = 0.0
     waiting: float = 0.0
+    #: Of `waiting`, requests deferred by a transient constraint (no free LoRA slot for
+    #: their adapter): `vllm:num_requests_waiting_by_reason{reason="deferred"}`; 0 on
+    #: engines that do not publish it.
+    waiting_deferred: float = 0.0
     swapped: float = 0.0
     kv_usage: float = 0.0  # 0..1
     running_adapters: tuple[str, ...] = ()
@@ -128,6 +132,7 @@ class _Entry:
     scraped_at: float | None = None
     last_error: str | None = None
     errors: int = 0
+    missed: int = 0  # scrapes failed in a row since the last good one
     inflight: int = 0
     sent_since_scrape: int = 0
     state: PodState | None = None  # the last PodState handed out; None once anything changed
@@ -195,20 +200,30 @@ class MetricsStore:
             e.metrics = metrics
             e.scraped_at = now
             e.last_error = None
+            e.missed = 0
             e.sent_since_scrape = 0
             e.state = None
             self._dirty.add(e)
 
-    def mark_error(self, address: str, error: str, now: float) -> None:
-        """Record a failed scrape: the pod keeps its last metrics but they age into staleness."""
+    def mark_error(self, address: str, error: str, now: float) -> bool:
+        """Record a failed scrape; True when it takes the pod out of rotation.
+
+        One timeout right after a good scrape is forgiven: a loaded vLLM API server misses a
+        scrape now and then (19-25 per pod in 28 minutes were seen), and its last metrics
+        still age into staleness (`stale_after`). A second timeout in a row, a pod never
+        scraped, or any other error (refused, HTTP error, garbage) counts at once."""
         with self._lock:
             e = self._entries.get(address)
             if e is None:
-                return
-            e.last_error = error
+                return False
             e.errors += 1
+            e.missed += 1
+            if error == "timeout" and e.missed == 1 and e.metrics is not None:
+                return False
+            e.last_error = error
             e.state = None
             self._dirty.add(e)
+            return True
 
     def scrape_errors(self, address: str) -> int:
         e = self._entries.get(address)

@@ -25,7 +25,7 @@ def test_incremental_snapshots_equal_a_fresh_reading(seed):
         store.set_pods([Pod(a, a, {}, rng.choice(pools), ready=rng.random() < 0.9)
                         for a in chosen])
         kept = {a: shadow.get(a) or dict(metrics=None, scraped_at=None, error=None,
-                                          inflight=0, sent=0) for a in chosen}
+                                          inflight=0, sent=0, missed=0) for a in chosen}
         shadow.clear()
         shadow.update(kept)
 
@@ -46,10 +46,16 @@ def test_incremental_snapshots_equal_a_fresh_reading(seed):
                 m = PodMetrics(waiting=float(rng.randint(0, 5)), kv_usage=rng.random(),
                                models=(rng.choice(["m1", "m2"]),))
                 store.update(a, m, now)
-                s.update(metrics=m, scraped_at=now, error=None, sent=0)
+                s.update(metrics=m, scraped_at=now, error=None, sent=0, missed=0)
             elif op < 0.4:
-                store.mark_error(a, "timeout", now)
-                s["error"] = "timeout"
+                error = rng.choice(["timeout", "timeout", "connect_error"])
+                out = store.mark_error(a, error, now)
+                s["missed"] += 1
+                # one timeout right after a good scrape is forgiven
+                forgiven = error == "timeout" and s["missed"] == 1 and s["metrics"] is not None
+                assert out is not forgiven
+                if not forgiven:
+                    s["error"] = error
             elif op < 0.7:
                 store.acquire(a)
                 s["inflight"] += 1
