@@ -1,6 +1,8 @@
-"""Per-pod circuit breaker: a pod whose last `failures` answers in a row were failures (5xx,
-failed connect, no response) is left out of every pick for `cooldown` seconds; then one
-probe request may go there (half-open), and its answer closes the circuit or opens it again.
+"""Per-pod circuit breaker and outlier ejection: a pod whose last `failures` answers in a
+row were failures (5xx, failed connect, no response, broken HTTP, an empty or endless
+answer), or that is ejected at once for what it does (`eject`: in flight far beyond what
+its metrics claim), is left out of every pick for `cooldown` seconds; then one probe
+request may go there (half-open), and its answer closes the circuit or opens it again.
 
 Time is passed in (`now`), as in the store, so the same breaker works in virtual time."""
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from llmtraffic.contracts.store import PodState
 
@@ -41,6 +43,9 @@ class CircuitBreaker:
         self._circuits: dict[str, _Circuit] = {}
         self._open = 0  # circuits not closed: mark() is free while this is 0
         self.opens: dict[str, int] = {}  # address -> times its circuit opened
+        self.reasons: dict[str, str] = {}  # address -> why its circuit last opened
+        #: called with the address whenever a circuit opens (the proxy stops waiting there)
+        self.listeners: list[Callable[[str], None]] = []
 
     # ---- state -----------------------------------------------------------------------
     def state(self, address: str, now: float) -> str:
@@ -61,8 +66,8 @@ class CircuitBreaker:
         pods = tuple(pods)
         if not self._open:
             return pods
-        return tuple(dataclasses.replace(p, last_error=f"circuit open: {self.failures} "
-                                         "failed answers in a row")
+        return tuple(dataclasses.replace(p, last_error="circuit open: "
+                                         + self.reasons.get(p.pod.address, "failed answers"))
                      if self.blocked(p.pod.address, now) else p for p in pods)
 
     # ---- verdicts ----------------------------------------------------------------------
@@ -85,26 +90,45 @@ class CircuitBreaker:
             self._open -= 1
         del self._circuits[address]
 
-    def failed(self, address: str, now: float) -> bool:
-        """Count a failure; True when it opened the circuit."""
+    def failed(self, address: str, now: float, reason: str = "") -> bool:
+        """Count a failure (`reason` says what the pod did); True when it opened the
+        circuit."""
         c = self._circuits.setdefault(address, _Circuit())
         if c.opened_at is not None:
             if c.probing:  # the probe failed: another cooldown
                 c.opened_at, c.probing = now, False
-                self.opens[address] = self.opens.get(address, 0) + 1
-                log.warning("circuit of pod %s open again: the probe request failed",
-                            address)
+                self._opened(address, f"the probe request failed{_why(reason)}")
+                log.warning("circuit of pod %s open again: the probe request failed%s",
+                            address, _why(reason))
                 return True
             return False
         c.failures += 1
         if c.failures < self.failures:
             return False
+        self._open_now(c, address, now, f"{c.failures} failed answers in a row{_why(reason)}")
+        return True
+
+    def eject(self, address: str, now: float, reason: str) -> bool:
+        """Open the circuit of `address` at once (outlier detection judged it by what it
+        does); True when it was closed before."""
+        c = self._circuits.setdefault(address, _Circuit())
+        if c.opened_at is not None:
+            return False
+        self._open_now(c, address, now, reason)
+        return True
+
+    def _open_now(self, c: _Circuit, address: str, now: float, reason: str) -> None:
         c.opened_at = now
         self._open += 1
+        self._opened(address, reason)
+        log.warning("circuit of pod %s open: %s; no requests for %g s, then one probe",
+                    address, reason, self.cooldown)
+
+    def _opened(self, address: str, reason: str) -> None:
         self.opens[address] = self.opens.get(address, 0) + 1
-        log.warning("circuit of pod %s open: %d failed answers in a row; no requests for "
-                    "%g s, then one probe", address, c.failures, self.cooldown)
-        return True
+        self.reasons[address] = reason
+        for listener in self.listeners:
+            listener(address)
 
     def abandoned(self, address: str) -> None:
         """The request ended without a verdict: if it was the probe, another may go."""
@@ -115,6 +139,7 @@ class CircuitBreaker:
     def forget(self, addresses: Iterable[str]) -> None:
         """Pods that left the pool."""
         for a in addresses:
+            self.reasons.pop(a, None)
             c = self._circuits.pop(a, None)
             if c is not None and c.opened_at is not None:
                 self._open -= 1
@@ -123,3 +148,7 @@ class CircuitBreaker:
         """Address -> open or half_open, for every circuit not closed."""
         return {a: self.state(a, now) for a, c in self._circuits.items()
                 if c.opened_at is not None}
+
+
+def _why(reason: str) -> str:
+    return f" (last: {reason})" if reason else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from prometheus_client import CollectorRegistry
@@ -25,6 +26,10 @@ from llmtraffic.contracts.tokens import TokenCounters, overflow_family
 
 log = logging.getLogger(__name__)
 
+#: Seconds a pod must hoard requests before it is ejected (a burst just sent may not have
+#: reached it when it was scraped).
+OUTLIER_PERSISTS = 1.0
+
 
 class BalancerCore:
     """`start()` scrapes once and then keeps scraping and following discovery;
@@ -40,6 +45,8 @@ class BalancerCore:
         if warning:
             log.warning("%s", warning)
         self.breaker = CircuitBreaker(o.breaker_failures, o.breaker_cooldown)
+        self.outlier_excess = o.outlier_inflight_excess
+        self._excess_since: dict[str, float] = {}  # address -> since when it hoards
         self.body_limits = BodyLimits(o.max_json_containers, o.max_json_values,
                                       o.max_prompts, o.max_messages)
         view = discovery.view()
@@ -91,7 +98,37 @@ class BalancerCore:
     async def start(self) -> None:
         await self.scraper.scrape_once()
         self._tasks = [asyncio.create_task(self.scraper.run(), name="scrape"),
-                       asyncio.create_task(self.discovery.run(self.apply), name="discovery")]
+                       asyncio.create_task(self.discovery.run(self.apply), name="discovery"),
+                       asyncio.create_task(self._judge_outliers(), name="outliers")]
+
+    async def _judge_outliers(self) -> None:
+        while True:
+            await asyncio.sleep(self.scraper.interval)
+            self.judge_outliers(time.monotonic())
+
+    def judge_outliers(self, now: float) -> list[str]:
+        """Eject every pod that has held, for OUTLIER_PERSISTS seconds on end, far more of
+        this balancer's requests than its own fresh metrics claim it runs or queues (a
+        black hole: it accepts and never answers while its page says idle). Returns the
+        addresses ejected now."""
+        out, excess = [], {}
+        for st in self.store.snapshot(now).pods:
+            m = st.metrics
+            if not st.fresh or m is None:
+                continue
+            seen = st.inflight - st.sent_since_scrape  # ours, sent before its last scrape
+            claimed = m.running + m.waiting
+            if not 0 <= claimed < math.inf:
+                claimed = 0.0
+            if seen - claimed < self.outlier_excess:
+                continue
+            since = excess[st.address] = self._excess_since.get(st.address, now)
+            if now - since >= OUTLIER_PERSISTS and self.breaker.eject(
+                    st.address, now, f"{seen} requests of ours in flight there for "
+                    f"{now - since:.1f} s, its metrics claim {claimed:g} running or waiting"):
+                out.append(st.address)
+        self._excess_since = excess
+        return out
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -330,9 +330,12 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         rec.upstream_service_time_ms = round((time.monotonic() - ex.life.t0) * 1000, 3)
         rec.bytes_sent = 0
         ex.life.move(_served(req))  # Envoy used a fallback: the in-flight slot follows
-        if rec.response_code is not None:
-            ex.life.answered(rec.response_code)
         d = ex.decision
+        if rec.response_code == 404 and d is not None and d.routed:
+            ex.life.strike(f"answered 404 for {d.request.target_model!r}, which the routing "
+                           "sends there")
+        elif rec.response_code is not None:
+            ex.life.answered(rec.response_code)
         remove: list[str] = []
         if rec.response_code == 200 and d is not None:
             if d.stream and "text/event-stream" in h.get("content-type", ""):

@@ -68,15 +68,24 @@ class RequestLifecycle:
         else:
             self.core.breaker.succeeded(self.address)
 
-    def failed(self, error: str | None = None) -> None:
+    def failed(self, error: str | None = None, reason: str = "") -> None:
         """The held pod gave no answer: timed out, or could not be reached (`error`, which
-        the store keeps as the pod's last error)."""
+        the store keeps as the pod's last error); `reason` tells the breaker's log."""
         assert self.address is not None, "RequestLifecycle.failed() before hold()"
         now = time.monotonic()
         if error is not None:
             self.core.store.mark_error(self.address, error, now)
         self.judged = True
-        self.core.breaker.failed(self.address, now)
+        self.core.breaker.failed(self.address, now, reason or error or "")
+
+    def strike(self, reason: str) -> None:
+        """The held pod answered, but wrongly (broken HTTP, an empty or endless answer, a
+        404 for a model the routing sends there): one failure for its breaker, whatever
+        was heard before."""
+        if self.address is None:
+            return
+        self.judged = True
+        self.core.breaker.failed(self.address, time.monotonic(), reason)
 
     def move(self, address: str | None) -> None:
         """The gateway sent the request to `address` instead (a fallback): the in-flight

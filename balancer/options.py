@@ -78,6 +78,9 @@ class ProxyOptions(BalancerOptions):
     connect_timeout: Annotated[float, NOT_A_FLAG] = Field(2.0, gt=0)
     idle_timeout: float = Field(120.0, gt=0, description="seconds a pod may stay silent "
                                 "mid-request before the request fails")
+    stream_header_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        15.0, gt=0, description="a pod sends a stream's response head at once (vLLM does); "
+        "one that takes longer gets a breaker strike and the request goes to another pod")
 
 
 class ExtProcOptions(BalancerOptions):

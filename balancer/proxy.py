@@ -11,6 +11,7 @@ import time
 import uuid
 
 import aiohttp
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import generate_latest
@@ -21,8 +22,7 @@ from llmtraffic.balancer.lifecycle import RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
-from llmtraffic.balancer.usage import SseTap, usage_from_json
-from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.balancer.usage import SseTap, apply_usage
 from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class BalancerApp:
             core.scraper
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        #: address -> a future set when that pod is ejected (requests waiting there leave)
+        self._ejections: dict[str, asyncio.Future[None]] = {}
+        self.core.breaker.listeners.append(self._ejected)
         self.port = 0
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -203,55 +206,135 @@ class BalancerApp:
             tried.append(addr)
             try:
                 try:
-                    up = await self._session.post(f"http://{addr}{request.path}", data=payload,
-                                                  headers=headers)
+                    up = await self._send(addr, request.path, payload, headers, d.stream)
                 except RETRYABLE as e:
                     last = e
                     life.failed(f"proxy: {type(e).__name__}: {e}")
                     log.warning("pod %s (%s) unreachable, trying another: %s", rec.pod, addr, e)
                     continue
+                except PodFault as e:
+                    last = e
+                    life.failed(reason=e.reason)
+                    log.warning("pod %s (%s) %s; trying another", rec.pod, addr, e.reason)
+                    continue
                 except asyncio.TimeoutError:
-                    life.failed()
+                    life.failed(reason="no response")
                     raise ApiError(504, f"pod {rec.pod} ({addr}) sent no response within "
                                    f"{self.options.idle_timeout:g} s") from None
-                life.answered(up.status)
                 try:
                     rec.upstream_service_time_ms = round((time.monotonic() - life.t0) * 1000,
                                                          3)
                     if d.stream and up.status == 200:
-                        return await self._relay_stream(request, d, up, rec, life.t0)
-                    return await self._relay_body(up, rec)
+                        life.answered(200)
+                        return await self._relay_stream(request, d, up, life)
+                    try:
+                        return await self._relay_body(up, d, life)
+                    except PodFault as e:
+                        last = e
+                        life.strike(e.reason)
+                        rec.response_flags = e.flag
+                        log.warning("pod %s (%s) %s; trying another", rec.pod, addr, e.reason)
+                        continue
                 finally:
                     up.close()
             finally:
                 life.release()
+        if isinstance(last, PodFault):
+            rec.response_flags = last.flag
+            raise ApiError(502, f"no pod of pool {d.pool.name!r} answered properly (tried "
+                           f"{', '.join(tried)}; last: {last.reason})")
         raise ApiError(503, f"no pod could be reached in pool {d.pool.name!r} (tried "
                        f"{', '.join(tried)}; last error: {last})")
 
-    async def _relay_body(self, up: aiohttp.ClientResponse, rec: LLMRecord) -> web.Response:
+    async def _send(self, addr: str, path: str, payload: bytes, headers: dict[str, str],
+                    stream: bool) -> aiohttp.ClientResponse:
+        """POST to the pod and wait for its response head: a PodFault when its head is
+        broken, when a stream's head takes over --stream-header-timeout, or when the pod
+        is ejected meanwhile (the request then goes elsewhere)."""
+        assert self._session is not None
+        post = asyncio.ensure_future(self._session.post(f"http://{addr}{path}", data=payload,
+                                                        headers=headers))
+        ejected = self._ejections.get(addr)
+        if ejected is None:
+            ejected = self._ejections[addr] = asyncio.get_running_loop().create_future()
+        timeout = self.options.stream_header_timeout if stream else None
         try:
-            data = await up.read()
-        except STREAM_FAILURES as e:
-            rec.response_flags = "UC"
-            raise ApiError(502, f"pod {rec.pod} failed while answering: {e!r}") from None
+            done, _ = await asyncio.wait((post, ejected), timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            post.cancel()
+            raise
+        if post in done:
+            try:
+                return post.result()
+            except aiohttp.ClientResponseError as e:  # a head aiohttp cannot read
+                raise PodFault(f"sent a broken HTTP response head ({e.message})") from None
+        post.cancel()
+        post.add_done_callback(_close_late_response)
+        if ejected.done():
+            raise PodFault("was ejected while the request waited for its answer: "
+                           + self.core.breaker.reasons.get(addr, "outlier"), "UO")
+        raise PodFault(f"sent no response head within {timeout:g} s "
+                       "(--stream-header-timeout)", "UT")
+
+    def _ejected(self, address: str) -> None:
+        """The breaker opened the circuit of `address`: requests waiting there go elsewhere."""
+        fut = self._ejections.pop(address, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _relay_body(self, up: aiohttp.ClientResponse, d: Decision,
+                          life: RequestLifecycle) -> web.Response:
+        """A whole answer, read up to --max-response-bytes and judged before any byte goes
+        to the client (PodFault: another pod may take the request)."""
+        rec = life.rec
+        data = await self._read_answer(up, rec.pod)
+        if up.status == 200:
+            answer = _json(data) if _plain(up) else None
+            if _plain(up) and not (isinstance(answer, dict) and answer.get("choices")):
+                raise PodFault("answered 200 without any choices")
+            if answer is not None:
+                apply_usage(rec, answer.get("usage"))
+        elif up.status == 404 and d.routed:
+            raise PodFault(f"answered 404 for {d.request.target_model!r}, which the routing "
+                           "sends there")
+        life.answered(up.status)
         rec.response_code = up.status
         rec.bytes_sent = len(data)
-        if up.status == 200:
-            usage_from_json(rec, data)
-        return web.Response(status=up.status, body=data,
-                            content_type=up.content_type or "application/json")
+        headers = {"Content-Type": up.headers.get("Content-Type", "application/json")}
+        return web.Response(status=up.status, body=data, headers=headers)
+
+    async def _read_answer(self, up: aiohttp.ClientResponse, pod: str | None) -> bytes:
+        cap = self.options.max_response_bytes
+        if (up.content_length or 0) > cap:
+            raise PodFault(f"announced an answer of {up.content_length} bytes, more than "
+                           f"{cap} (--max-response-bytes)")
+        data = bytearray()
+        try:
+            async for chunk in up.content.iter_any():
+                data += chunk
+                if len(data) > cap:
+                    raise PodFault(f"sent an answer larger than {cap} bytes "
+                                   "(--max-response-bytes)")
+        except STREAM_FAILURES as e:
+            raise PodFault(f"failed while answering: {type(e).__name__}: {e}", "UC") from None
+        return bytes(data)
 
     async def _relay_stream(self, request: web.Request, d: Decision,
-                            up: aiohttp.ClientResponse, rec: LLMRecord,
-                            t0: float) -> web.StreamResponse:
+                            up: aiohttp.ClientResponse, life: RequestLifecycle
+                            ) -> web.StreamResponse:
+        rec = life.rec
         resp = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Request-Id": rec.request_id or ""})
         await resp.prepare(request)
         rec.response_code = 200
         sent = 0
-        tap = SseTap(rec, t0, drop_usage=not d.client_wants_usage)
+        tap = SseTap(rec, life.t0, drop_usage=not d.client_wants_usage)
+        max_events = d.stream_events(self.options.max_stream_tokens)
+        max_bytes = self.options.max_response_bytes
         failure: str | None = None
+        strike = True  # the pod's fault (else the stream ended well, or the client left)
         it = up.content.__aiter__()
         while True:
             try:
@@ -259,12 +342,18 @@ class BalancerApp:
             except StopAsyncIteration:
                 if not tap.done:
                     failure = "the pod closed the stream before [DONE]"
+                elif not tap.choices:
+                    failure = "the pod's stream carried no choices"
                 break
             except STREAM_FAILURES as e:
                 failure = f"{type(e).__name__}: {e}"
                 break
             if not tap.keep(line):
                 continue
+            if tap.chunks > max_events or sent + len(line) > max_bytes:
+                failure = (f"the stream went past {max_events} events or {max_bytes} bytes "
+                           "(max_tokens x n + 64, --max-response-bytes)")
+                break
             try:
                 await resp.write(line)
             except ConnectionResetError:
@@ -274,6 +363,7 @@ class BalancerApp:
             sent += len(line)
         if failure is not None:
             rec.response_code, rec.response_flags = 502, "UC"
+            life.strike(failure)
             log.warning("stream from pod %s (%s) broke after %d chunks: %s", rec.pod,
                         rec.upstream_host, tap.chunks, failure)
             err = ApiError(502, f"upstream pod {rec.pod} failed mid-stream: {failure}")
@@ -287,6 +377,33 @@ class BalancerApp:
         except ConnectionResetError:
             pass
         return resp
+
+
+class PodFault(Exception):
+    """A pod answered wrongly or not at all, before any byte reached the client: another
+    pod may take the request. `flag` is the access log's response_flags."""
+
+    def __init__(self, reason: str, flag: str = "UPE") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.flag = flag
+
+
+def _plain(up: aiohttp.ClientResponse) -> bool:
+    return up.headers.get("Content-Encoding", "identity").lower() == "identity"
+
+
+def _json(data: bytes) -> object:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _close_late_response(post: asyncio.Future) -> None:
+    """A response head that arrived after we stopped waiting for it is closed."""
+    if not post.cancelled() and post.exception() is None:
+        post.result().close()
 
 
 def _error(e: ApiError) -> web.Response:

@@ -87,9 +87,18 @@ class Decision:
     stream: bool
     client_wants_usage: bool  # the client asked for the usage chunk itself
     pick_seconds: float
+    routed: bool = True  # an InferenceModel names the model (a pod's 404 is then its fault)
 
     def payload(self) -> bytes:
         return orjson.dumps(self.body)
+
+    def stream_events(self, default_tokens: int) -> int:
+        """Data events a stream of this request may carry: max_tokens (or
+        `default_tokens`) for each of its n choices, plus 64 (role, usage, finish)."""
+        b = self.body
+        tokens = b.get("max_tokens") or b.get("max_completion_tokens") or default_tokens
+        n = max(b.get("n") or 1, b.get("best_of") or 1, 1)
+        return max(tokens, 1) * n + 64
 
     def addresses(self, retries: int) -> list[str]:
         """The pick, then fallbacks: at most 1 + retries distinct addresses."""
@@ -331,7 +340,8 @@ class Router:
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True  # so tokens are counted; dropped again if not asked
             out["stream_options"] = opts
-        return Decision(pool, model, request, pick, out, stream, wants_usage, took)
+        return Decision(pool, model, request, pick, out, stream, wants_usage, took,
+                        routed=bool(self.resources.models_in(pool.name)))
 
 
     def _is_base(self, pool: str, target: str, pods: tuple[PodState, ...]) -> bool:

@@ -82,6 +82,7 @@ class SseTap:
         self.clock = clock
         self.done = False  # `data: [DONE]` seen
         self.chunks = 0  # data events passed on
+        self.choices = False  # some event carried a choice (an answer, if an empty one)
         self._skip_blank = False
 
     def keep(self, line: bytes) -> bool:
@@ -97,6 +98,7 @@ class SseTap:
                 except orjson.JSONDecodeError:
                     ev = None
                 if isinstance(ev, dict):
+                    self.choices = self.choices or bool(ev.get("choices"))
                     if rec.ttft_ms is None and text_of(ev):
                         rec.ttft_ms = round((self.clock() - self.t0) * 1000, 3)
                     if ev.get("usage"):
