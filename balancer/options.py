@@ -78,6 +78,17 @@ class ProxyOptions(BalancerOptions):
     connect_timeout: Annotated[float, NOT_A_FLAG] = Field(2.0, gt=0)
     idle_timeout: float = Field(120.0, gt=0, description="seconds a pod may stay silent "
                                 "mid-request before the request fails")
+    head_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        10.0, gt=0, description="a client connection whose first request head is not whole "
+        "by then is closed (slow-header clients)")
+    body_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        60.0, gt=0, description="a request body not received whole by then gets 408")
+    keepalive_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        75.0, gt=0, description="an idle keep-alive client connection is closed after this")
+    max_connections: Annotated[int | None, Flag(
+        metavar="N", shown_default="(open-file limit - 64) / 2")] = Field(
+        None, ge=1, description="client connections open at once; more are closed at accept "
+        "and logged, so file descriptors remain for pods, scrapes and logs")
     stream_header_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
         15.0, gt=0, description="a pod sends a stream's response head at once (vLLM does); "
         "one that takes longer gets a breaker strike and the request goes to another pod")

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import generate_latest
 
+from llmtraffic.balancer.connections import ConnectionGuard, default_limit
 from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
 from llmtraffic.balancer.lifecycle import RequestLifecycle
@@ -82,6 +83,8 @@ class BalancerApp:
             core.scraper
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.guard: ConnectionGuard | None = None
         #: address -> a future set when that pod is ejected (requests waiting there leave)
         self._ejections: dict[str, asyncio.Future[None]] = {}
         self.core.breaker.listeners.append(self._ejected)
@@ -92,7 +95,7 @@ class BalancerApp:
         limit = self.options.max_header_bytes
         app = web.Application(client_max_size=self.options.max_body_bytes, handler_args={
             "max_line_size": limit, "max_field_size": limit, "max_headers": 128,
-            "logger": HTTP_LOG})
+            "logger": HTTP_LOG, "keepalive_timeout": self.options.keepalive_timeout})
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -112,13 +115,20 @@ class BalancerApp:
             auto_decompress=False)
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        assert self._runner.server is not None
+        self.guard = ConnectionGuard(self._runner.server,
+                                     self.options.max_connections or default_limit(),
+                                     self.options.head_timeout)
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.guard.factory, host, port, reuse_address=True)
+        self.port = self._listener.sockets[0].getsockname()[1]
         await self.core.start()
         log.info("balancer listening on %s:%d (policy %s)", host, self.port, self.policy.name)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections
+            self._listener = None
         await self.core.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -175,10 +185,14 @@ class BalancerApp:
                 raise ApiError(401, "missing or wrong API key: send "
                                "`Authorization: Bearer <key>`")
             try:
-                raw = await request.read()
+                async with asyncio.timeout(self.options.body_timeout):
+                    raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise ApiError(413, "request body is larger than "
                                f"{self.options.max_body_bytes} bytes") from None
+            except TimeoutError:
+                raise ApiError(408, "request body not received whole within "
+                               f"{self.options.body_timeout:g} s (--body-timeout)") from None
             rec.bytes_received = len(raw)
             body = await decode_body_off_loop(raw, self.core.body_limits)
             decision = life.decide(request.host, body, chat,
@@ -204,6 +218,7 @@ class BalancerApp:
         for i, addr in enumerate(d.addresses(self.options.retries)):
             life.hold(addr, d.pool.name, d.pick_seconds, attempt=i)
             tried.append(addr)
+            sent_at = time.monotonic()  # upstream time and TTFT count from here
             try:
                 try:
                     up = await self._send(addr, request.path, payload, headers, d.stream)
@@ -222,11 +237,11 @@ class BalancerApp:
                     raise ApiError(504, f"pod {rec.pod} ({addr}) sent no response within "
                                    f"{self.options.idle_timeout:g} s") from None
                 try:
-                    rec.upstream_service_time_ms = round((time.monotonic() - life.t0) * 1000,
+                    rec.upstream_service_time_ms = round((time.monotonic() - sent_at) * 1000,
                                                          3)
                     if d.stream and up.status == 200:
                         life.answered(200)
-                        return await self._relay_stream(request, d, up, life)
+                        return await self._relay_stream(request, d, up, life, sent_at)
                     try:
                         return await self._relay_body(up, d, life)
                     except PodFault as e:
@@ -321,8 +336,8 @@ class BalancerApp:
         return bytes(data)
 
     async def _relay_stream(self, request: web.Request, d: Decision,
-                            up: aiohttp.ClientResponse, life: RequestLifecycle
-                            ) -> web.StreamResponse:
+                            up: aiohttp.ClientResponse, life: RequestLifecycle,
+                            sent_at: float) -> web.StreamResponse:
         rec = life.rec
         resp = web.StreamResponse(status=200, headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -330,7 +345,7 @@ class BalancerApp:
         await resp.prepare(request)
         rec.response_code = 200
         sent = 0
-        tap = SseTap(rec, life.t0, drop_usage=not d.client_wants_usage)
+        tap = SseTap(rec, sent_at, drop_usage=not d.client_wants_usage)
         max_events = d.stream_events(self.options.max_stream_tokens)
         max_bytes = self.options.max_response_bytes
         failure: str | None = None

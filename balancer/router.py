@@ -50,7 +50,8 @@ class ApiError(Exception):
     """An error answer: `{"error": {"message", "type", "code"}}` with an HTTP status."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error",
-             404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
+             404: "not_found_error", 408: "request_timeout", 413: "invalid_request_error",
+             429: "rate_limit_error",
              502: "upstream_error", 503: "service_unavailable", 504: "upstream_timeout"}
 
     def __init__(self, status: int, message: str, param: str | None = None,
