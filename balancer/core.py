@@ -63,7 +63,8 @@ class BalancerCore:
         if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
             self.registry.register(discovery.collector())
         self.access_log_path = o.access_log
-        self.access_log = AccessLogWriter(o.access_log) if o.access_log else None
+        self.access_log = AccessLogWriter(o.access_log, o.access_log_max_bytes,
+                                          o.access_log_keep) if o.access_log else None
         self.scraper = Scraper(self.store, interval=o.scrape_interval,
                                timeout=o.scrape_timeout, stats=self.scrape_counts)
         self._tasks: list[asyncio.Task] = []

@@ -29,6 +29,12 @@ class BalancerOptions(BaseModel):
     access_log: Annotated[str | None, Flag(metavar="PATH")] = Field(
         None, description="append one JSON line per request here ('-' for stdout); the "
         "exporter reads it with --format json")
+    access_log_max_bytes: Annotated[int, Flag(metavar="BYTES")] = Field(
+        0, ge=0, description="rotate the access log when it reaches this size: renamed to "
+        "PATH.1 (older ones shifted, the oldest dropped) and a new one started, which the "
+        "exporter follows; 0 never rotates")
+    access_log_keep: Annotated[int, Flag(metavar="N")] = Field(
+        3, ge=1, description="rotated access-log files kept (PATH.1 .. PATH.N)")
     scrape_interval: ScrapeInterval = 0.25  # routing reads it; see SCRAPE_CPU_S
     scrape_timeout: ScrapeTimeout
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1,

@@ -3,6 +3,7 @@ it), and the one writer whose JSON lines the balancer emits and the exporter rea
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, fields
 from typing import IO
@@ -46,6 +47,11 @@ class LLMRecord:
     lb_policy: str | None = None
     pick_reason: str | None = None
     criticality: str | None = None
+    # the Kubernetes pod, namespace and container whose log held the record (container log
+    # files, OTLP resource attributes); not the vLLM pod it went to (`pod`)
+    source_pod: str | None = None
+    source_namespace: str | None = None
+    source_container: str | None = None
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LLMRecord))
@@ -73,12 +79,22 @@ def record_to_json(record: LLMRecord) -> bytes:
 
 
 class AccessLogWriter:
-    """Appends one JSON line per record to a file (or stdout when path is None/'-')."""
+    """Appends one JSON line per record to a file (or stdout when path is None/'-').
 
-    def __init__(self, path: str | None) -> None:
+    With `max_bytes`, a file that reached it is renamed to `path.1` (`path.1` to `path.2`,
+    ..., `path.<keep>` deleted) and a new one started: rename-and-create, which the exporter
+    follows, finishing the renamed file first."""
+
+    def __init__(self, path: str | None, max_bytes: int = 0, keep: int = 3) -> None:
         self.path = None if path in (None, "-") else path
+        if max_bytes < 0 or keep < 1:
+            raise ValueError(f"access log {path}: max_bytes must be >= 0 (0: never rotate) "
+                             f"and keep >= 1 (got {max_bytes}, {keep})")
+        self.max_bytes = max_bytes
+        self.keep = keep
         self._lock = threading.Lock()
         self._file: IO[bytes] = self._open()
+        self._size = self._file.tell() if self.path is not None else 0
 
     def _open(self) -> IO[bytes]:
         if self.path is None:
@@ -92,6 +108,22 @@ class AccessLogWriter:
             self._file.write(line)
             if self.path is None:
                 self._file.flush()
+                return
+            self._size += len(line)
+            if self.max_bytes and self._size >= self.max_bytes:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        """path -> path.1 -> ... -> path.<keep> (the oldest dropped); a new path."""
+        assert self.path is not None
+        self._file.close()
+        for i in range(self.keep - 1, 0, -1):
+            older = f"{self.path}.{i}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.path}.{i + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self._file = self._open()
+        self._size = 0
 
     def reopen(self) -> None:
         """After logrotate moved the file (SIGHUP)."""
@@ -99,6 +131,7 @@ class AccessLogWriter:
             if self.path is not None:
                 self._file.close()
                 self._file = self._open()
+                self._size = self._file.tell()
 
     def close(self) -> None:
         with self._lock:
