@@ -9,11 +9,13 @@ import hmac
 import logging
 import time
 import uuid
+import zlib
 
 import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
 
 from llmtraffic.balancer.connections import ConnectionGuard, default_limit
@@ -193,6 +195,10 @@ class BalancerApp:
             except TimeoutError:
                 raise ApiError(408, "request body not received whole within "
                                f"{self.options.body_timeout:g} s (--body-timeout)") from None
+            except RequestPayloadError as e:  # a Content-Encoding it is not in
+                raise ApiError(400, "request body does not decode (Content-Encoding "
+                               f"{request.headers.get('Content-Encoding')!r}): "
+                               f"{_root_cause(e)}") from None
             rec.bytes_received = len(raw)
             body = await decode_body_off_loop(raw, self.core.body_limits)
             decision = life.decide(request.host, body, chat,
@@ -212,7 +218,8 @@ class BalancerApp:
         assert self._session is not None, "BalancerApp.start() was not awaited"
         rec = life.rec
         payload = d.payload()
-        headers = {"Content-Type": "application/json", "X-Request-Id": rec.request_id or ""}
+        headers = {"Content-Type": "application/json", "X-Request-Id": rec.request_id or "",
+                   "Accept-Encoding": "identity"}  # what the client gets, we read
         tried: list[str] = []
         last: Exception | None = None
         for i, addr in enumerate(d.addresses(self.options.retries)):
@@ -304,12 +311,12 @@ class BalancerApp:
         to the client (PodFault: another pod may take the request)."""
         rec = life.rec
         data = await self._read_answer(up, rec.pod)
+        encoding = up.headers.get("Content-Encoding", "identity").lower()
         if up.status == 200:
-            answer = _json(data) if _plain(up) else None
-            if _plain(up) and not (isinstance(answer, dict) and answer.get("choices")):
+            answer = _json(self._decoded(data, encoding))
+            if not (isinstance(answer, dict) and answer.get("choices")):
                 raise PodFault("answered 200 without any choices")
-            if answer is not None:
-                apply_usage(rec, answer.get("usage"))
+            apply_usage(rec, answer.get("usage"))
         elif up.status == 404 and d.routed:
             raise PodFault(f"answered 404 for {d.request.target_model!r}, which the routing "
                            "sends there")
@@ -317,7 +324,23 @@ class BalancerApp:
         rec.response_code = up.status
         rec.bytes_sent = len(data)
         headers = {"Content-Type": up.headers.get("Content-Type", "application/json")}
+        if encoding != "identity":  # the pod encoded it though asked not to: say so
+            headers["Content-Encoding"] = encoding
         return web.Response(status=up.status, body=data, headers=headers)
+
+    def _decoded(self, data: bytes, encoding: str) -> bytes:
+        """An answer's bytes as JSON text, to judge it and read its usage (at most
+        --max-response-bytes of them); PodFault when they do not decode."""
+        if encoding == "identity":
+            return data
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise PodFault(f"sent its answer in Content-Encoding {encoding!r}, which the "
+                           "balancer asked it not to use and cannot read")
+        try:
+            return zlib.decompressobj(47 if encoding != "deflate" else 15).decompress(
+                data, self.options.max_response_bytes)
+        except zlib.error as e:
+            raise PodFault(f"sent a {encoding} answer that does not decode: {e}") from None
 
     async def _read_answer(self, up: aiohttp.ClientResponse, pod: str | None) -> bytes:
         cap = self.options.max_response_bytes
@@ -404,8 +427,10 @@ class PodFault(Exception):
         self.flag = flag
 
 
-def _plain(up: aiohttp.ClientResponse) -> bool:
-    return up.headers.get("Content-Encoding", "identity").lower() == "identity"
+def _root_cause(e: BaseException) -> BaseException:
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return e
 
 
 def _json(data: bytes) -> object:

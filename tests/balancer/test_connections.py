@@ -1,12 +1,14 @@
 """Connection hygiene in the proxy: a client trickling its request head, its body, or
 idling on a keep-alive connection is cut off; connections over the cap are closed at accept
-and logged; a slow upload is not counted as the pod's time."""
+and logged; a slow upload is not counted as the pod's time; Content-Encoding end to end."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 
+import aiohttp
 import orjson
 import pytest
 
@@ -97,3 +99,42 @@ async def test_a_slow_upload_is_not_the_pods_time(pod, make_app):
     # the pod's time starts when the body is whole and sent on: the second of upload is in
     # the request's duration only
     assert rec["upstream_service_time"] <= rec["duration"] - 900
+
+
+# ---- Content-Encoding ---------------------------------------------------------------------------
+async def test_pods_are_asked_for_identity_and_an_encoded_answer_is_relayed_as_such(make_app):
+    pod = await FakePod(BASE, answer="gzip").start()  # encodes whatever it is asked
+    try:
+        app = await make_app([pod.address])
+        async with aiohttp.ClientSession() as s:  # decompresses what says it is gzip
+            async with s.post(f"http://127.0.0.1:{app.port}/v1/completions", data=BODY,
+                              headers={"Host": "test.com"}) as r:
+                assert r.status == 200 and r.headers["Content-Encoding"] == "gzip"
+                answer = await r.json()
+    finally:
+        await pod.stop()
+    assert answer["choices"][0]["text"] == "ok"
+    assert pod.encodings == ["identity"]
+    (rec,) = records(app)
+    assert rec["response_code"] == 200 and rec["prompt_tokens"] == 3  # usage read through it
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_a_request_body_that_does_not_decode_is_a_400(encoding, pod, make_app):
+    app = await make_app([pod.address])
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"http://127.0.0.1:{app.port}/v1/completions", data=b"not " * 50,
+                          headers={"Host": "test.com", "Content-Encoding": encoding}) as r:
+            status, body = r.status, await r.read()
+    assert status == 400, body
+    assert pod.requests == 0
+    if encoding == "br":  # an encoding aiohttp cannot read: its HTTP parser refuses the head
+        return
+    assert orjson.loads(body)["error"]["message"].startswith("request body does not decode")
+    (rec,) = records(app)
+    assert rec["response_code"] == 400
+    async with aiohttp.ClientSession() as s:  # a good gzip body is read
+        async with s.post(f"http://127.0.0.1:{app.port}/v1/completions",
+                          data=gzip.compress(BODY),
+                          headers={"Host": "test.com", "Content-Encoding": "gzip"}) as r:
+            assert r.status == 200
