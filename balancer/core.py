@@ -66,7 +66,8 @@ class BalancerCore:
         self.access_log = AccessLogWriter(o.access_log, o.access_log_max_bytes,
                                           o.access_log_keep) if o.access_log else None
         self.scraper = Scraper(self.store, interval=o.scrape_interval,
-                               timeout=o.scrape_timeout, stats=self.scrape_counts)
+                               timeout=o.scrape_timeout, stats=self.scrape_counts,
+                               max_bytes=o.scrape_max_bytes)
         self._tasks: list[asyncio.Task] = []
 
     def _families(self):

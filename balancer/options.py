@@ -13,7 +13,7 @@ from llmtraffic.balancer.policy.registry import POLICY_NAMES
 from llmtraffic.balancer.policy.settings import PolicyConfig
 from llmtraffic.contracts.flags import NOT_A_FLAG, Flag
 from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeInterval,
-    ScrapeTimeout)
+    ScrapeMaxBytes, ScrapeTimeout)
 
 PolicyName = Literal[POLICY_NAMES]  # type: ignore[valid-type]
 
@@ -37,6 +37,7 @@ class BalancerOptions(BaseModel):
         3, ge=1, description="rotated access-log files kept (PATH.1 .. PATH.N)")
     scrape_interval: ScrapeInterval = 0.25  # routing reads it; see SCRAPE_CPU_S
     scrape_timeout: ScrapeTimeout
+    scrape_max_bytes: ScrapeMaxBytes
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1,
                                 description="larger request bodies get 413")
     max_json_containers: Annotated[int, Flag(metavar="N")] = Field(

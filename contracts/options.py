@@ -40,6 +40,10 @@ ScrapeInterval = Annotated[float, Field(
 ScrapeTimeout = Annotated[float, Field(
     1.0, gt=0, description="per-pod scrape timeout in seconds")]
 
+ScrapeMaxBytes = Annotated[int, Flag(metavar="BYTES"), Field(
+    4 << 20, ge=1024, description="a pod's /metrics page larger than this is not read on "
+    "(outcome too_large, the pod treated as failing its scrape)")]
+
 MaxLabelValues = Annotated[int, Field(
     MAX_LABEL_VALUES, ge=1, description="distinct values kept per metric label (model names "
     "come from clients); the rest are counted as 'other'")]

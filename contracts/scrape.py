@@ -1,6 +1,7 @@
 """The scrape loop: fetch every pod's vLLM /metrics concurrently over one keep-alive
 aiohttp session, parse it with `contracts.vllm.parse_metrics`, and write the result (or why
-it failed) into the `MetricsStore`."""
+it failed) into the `MetricsStore`. A page is read up to `max_bytes` (beyond: `too_large`),
+and a large one is parsed in a thread, so a huge or endless page cannot stall the loop."""
 
 from __future__ import annotations
 
@@ -22,7 +23,15 @@ from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
 log = logging.getLogger(__name__)
 
 #: Outcomes counted per scrape (the `outcome` label of llmtraffic_exporter_scrapes).
-OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "parse_error")
+OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "parse_error", "too_large")
+#: Largest page read by default (a real vLLM page is 10-300 KB, LoRA adapters included).
+MAX_PAGE_BYTES = 4 << 20
+#: Pages at least this large are parsed in a thread.
+OFF_LOOP_PAGE_BYTES = 256 << 10
+
+
+class PageTooLarge(Exception):
+    """A page longer than the scraper's `max_bytes`."""
 _HEADERS = {
     "Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1",  # the text format, never protobuf
     "Accept-Encoding": "identity",  # gzip would cost both sides CPU on every scrape
@@ -60,11 +69,11 @@ class Scraper:
     Pods are scraped concurrently; a pod whose previous scrape is still running (at most
     `timeout` seconds) is skipped, so scrapes of one pod never overlap. A good scrape calls
     `store.update`, a failed one `store.mark_error` with reason `timeout`, `connect_error`,
-    `http_<status>` or `parse_error`. A pod going down or coming back is logged once."""
+    `http_<status>`, `parse_error` or `too_large`. A pod going down or coming back is logged once."""
 
     def __init__(self, store: MetricsStore, *, interval: float = 0.25, timeout: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, stats: ScrapeCounts | None = None,
-                 path: str = "/metrics") -> None:
+                 path: str = "/metrics", max_bytes: int = MAX_PAGE_BYTES) -> None:
         if not interval > 0:
             raise ValueError(f"Scraper interval must be > 0 seconds, got {interval!r}")
         if not timeout > 0:
@@ -77,6 +86,7 @@ class Scraper:
         self.clock = clock
         self.stats = stats
         self.path = path
+        self.max_bytes = max_bytes
         self._session: aiohttp.ClientSession | None = None
         self._busy: dict[str, asyncio.Task[None]] = {}  # address -> its running scrape
         self._up: dict[str, bool] = {}  # address -> state last logged
@@ -159,7 +169,14 @@ class Scraper:
 
     async def _get(self, url: str) -> tuple[int, bytes]:
         async with self._client().get(url, allow_redirects=False) as resp:
-            return resp.status, await resp.read()
+            if (resp.content_length or 0) > self.max_bytes:
+                raise PageTooLarge(f"it announces {resp.content_length} bytes")
+            body = bytearray()
+            async for chunk in resp.content.iter_any():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise PageTooLarge(f"more than {self.max_bytes} bytes came")
+            return resp.status, bytes(body)
 
     async def _scrape(self, pod: Pod) -> None:
         started = time.perf_counter()
@@ -169,13 +186,17 @@ class Scraper:
             async with asyncio.timeout(self.timeout):
                 status, body = await self._fetch(url)
             if 200 <= status < 300:
-                metrics = parse_metrics(body)
+                metrics = parse_metrics(body) if len(body) < OFF_LOOP_PAGE_BYTES else \
+                    await asyncio.to_thread(parse_metrics, body)
                 outcome, reason, detail = "ok", "", ""
             else:
                 outcome, reason = "http_error", f"http_{status}"
                 detail = body[:200].decode("utf-8", "replace").strip()
         except TimeoutError:
             outcome, reason, detail = "timeout", "timeout", f"no answer within {self.timeout} s"
+        except PageTooLarge as exc:
+            outcome, reason, detail = "too_large", "too_large", \
+                f"the page is larger than the limit of {self.max_bytes} bytes ({exc})"
         except VllmParseError as exc:
             outcome, reason, detail = "parse_error", "parse_error", str(exc)
         except (aiohttp.ClientError, OSError) as exc:

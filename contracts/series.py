@@ -52,11 +52,20 @@ ROTATIONS = Series("llmtraffic_exporter_rotations", "counter",
                    "Log rotations seen, by kind (rename, truncate).", ("kind",))
 TAIL_LAG = Series("llmtraffic_exporter_tail_lag_bytes", "gauge",
                   "Bytes written to a followed file and not yet read.", ("file",))
+RECORDS_WITHOUT_TOKENS = Series(
+    "llmtraffic_exporter_records_without_tokens", "counter",
+    "Records that name a model but carry no token count, by reason: error_response (not "
+    "2xx: nothing was generated), empty (the token fields are there, empty), not_logged (no "
+    "token field the mapping knows: the log format or the --format/--mapping misses them).",
+    ("reason",))
+RECORDS_RECEIVED = Series("llmtraffic_exporter_records_received", "counter",
+                          "Access-log records received, by receiver (als, otlp_grpc, "
+                          "otlp_http).", ("receiver",))
 LABEL_OVERFLOW = Series("llmtraffic_exporter_label_overflow", "counter",
                         "Label values folded into 'other' by the cardinality cap.", ("label",))
 SCRAPES = Series("llmtraffic_exporter_scrapes", "counter",
                  "vLLM /metrics scrapes by outcome (ok, timeout, http_error, parse_error, "
-                 "connect_error).", ("pod", "outcome"))
+                 "connect_error, too_large).", ("pod", "outcome"))
 SCRAPE_DURATION = Series("llmtraffic_exporter_scrape_duration_seconds", "histogram",
                          "Time to fetch and parse one pod's /metrics.", (),
                          (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))

@@ -1,5 +1,6 @@
-"""The exporter process: tail access logs → token counters + enriched log, scrape vLLM pods
-→ store, serve /metrics; crash-safe through one atomic checkpoint (`--positions`)."""
+"""The exporter process: tail access logs (plain or container log files) and receive them
+(Envoy ALS, OTLP) → token counters + enriched log, scrape vLLM pods → store, serve /metrics;
+crash-safe through one atomic checkpoint (`--positions`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmtraffic.exporter.accesslog import FieldMapping, ParseError, make_parser
+from llmtraffic.exporter.accesslog import JSON_FORMATS, FieldMapping, make_parser
 from llmtraffic.exporter.collector import ExporterCollector, ExporterStats
 from llmtraffic.contracts.tokens import TokenCounters
-from llmtraffic.exporter.enrich import Enricher
+from llmtraffic.exporter.cri import ContainerLogs
+from llmtraffic.exporter.enrich import FLUSH_INTERVAL, Enricher
+from llmtraffic.exporter.pipeline import Pipeline
+from llmtraffic.exporter.receivers import Receivers
 from llmtraffic.contracts.flags import NOT_A_FLAG, Flag, add_flags, from_flags
 from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeInterval,
-    ScrapeTimeout)
+    ScrapeMaxBytes, ScrapeTimeout)
 from llmtraffic.contracts.scrape import Scraper
 from llmtraffic.contracts.pods import pods_from_file, pods_from_urls, require_ports
 from llmtraffic.contracts.serving import parse_listen
@@ -38,9 +42,20 @@ class ExporterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     access_logs: Annotated[list[str], Flag(name="--access-log", metavar="GLOB")] = Field(
-        [], description="access-log files or globs to follow")
-    format: str = Field("json", description="json | istio-text | envoy:'<Envoy format "
-                        "string>'")
+        [], description="access-log files or globs to follow, e.g. "
+        "/var/log/containers/istio-ingressgateway-*_istio-system_istio-proxy-*.log (container "
+        "log files, CRI or Docker json-file, are recognised per file)")
+    format: str = Field("json", description=f"{' | '.join(JSON_FORMATS)} | istio-text | "
+                        "envoy:'<Envoy format string>' (a gateway's name: its JSON keys)")
+    als_listen: Annotated[Listen | None, Flag(metavar="HOST:PORT")] = Field(
+        None, description="receive Envoy's gRPC access logs (envoy.access_loggers.http_grpc"
+        ", AccessLogService) here, e.g. 0.0.0.0:9001")
+    otlp_grpc_listen: Annotated[Listen | None, Flag(metavar="HOST:PORT")] = Field(
+        None, description="receive OpenTelemetry logs over gRPC (Envoy's open_telemetry "
+        "access logger, an OpenTelemetry Collector) here, e.g. 0.0.0.0:4317")
+    otlp_http_listen: Annotated[Listen | None, Flag(metavar="HOST:PORT")] = Field(
+        None, description="receive OpenTelemetry logs over HTTP (POST /v1/logs, protobuf or "
+        "JSON) here, e.g. 0.0.0.0:4318")
     mapping: str | None = Field(None, description="YAML field mapping (see "
                                 "exporter/accesslog.py)")
     pods: Annotated[list[str], Flag(metavar="URL")] = Field(
@@ -59,6 +74,7 @@ class ExporterOptions(BaseModel):
     checkpoint_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, ge=0)
     scrape_interval: ScrapeInterval = 1.0  # dashboards only; Prometheus samples at 15 s
     scrape_timeout: ScrapeTimeout
+    scrape_max_bytes: ScrapeMaxBytes
     dimensions: Annotated[tuple[str, ...], Flag(text=True)] = Field(
         ("model",), description="comma-separated record fields used as token-counter labels "
         "(e.g. model,target_model,pool,lb_policy,response_code)")
@@ -79,7 +95,8 @@ class ExporterApp:
         self.options = options
         self.stats = ExporterStats()
         self.counters = TokenCounters(options.dimensions, options.max_label_values)
-        mapping = FieldMapping.load(options.mapping) if options.mapping else None
+        preset = options.format if options.format in JSON_FORMATS[1:] else "all"
+        mapping = FieldMapping.load(options.mapping, preset) if options.mapping else None
         self.parser = make_parser(options.format, mapping)
         self.store = store or MetricsStore()
         pods = pods_from_urls(options.pods)
@@ -91,9 +108,14 @@ class ExporterApp:
                              stats=self.stats)
         self.enricher = Enricher(self.store, options.enriched_log) \
             if options.enriched_log else None
+        self.pipeline = Pipeline(self.parser, self.counters, self.stats, self.enricher)
+        self.containers = ContainerLogs(self.pipeline)
+        self.receivers = Receivers(self.pipeline, self.stats, als=options.als_listen,
+                                   otlp_grpc=options.otlp_grpc_listen,
+                                   otlp_http=options.otlp_http_listen)
         self.scraper = Scraper(self.store, interval=options.scrape_interval,
-                               timeout=options.scrape_timeout, stats=self.stats) \
-            if pods else None
+                               timeout=options.scrape_timeout, stats=self.stats,
+                               max_bytes=options.scrape_max_bytes) if pods else None
         self.registry = CollectorRegistry()
         self.registry.register(ExporterCollector(self.counters, self.stats, self.store))
         self._tasks: list[asyncio.Task] = []
@@ -115,6 +137,7 @@ class ExporterApp:
         if self.enricher is not None and "enriched_offset" in data:
             self.enricher.truncate_to(int(data["enriched_offset"]))
         self.tailer.restore(data["positions"])
+        self.containers.restore(data.get("containers", {}))
         log.info("resumed from %s", self.options.positions)
 
     def checkpoint(self) -> None:
@@ -123,7 +146,7 @@ class ExporterApp:
         if self.enricher is not None:
             self.enricher.flush()
         data = {"version": CHECKPOINT_VERSION, "positions": self.tailer.state(),
-                "counters": self.counters.state()}
+                "counters": self.counters.state(), "containers": self.containers.state()}
         if self.enricher is not None:
             data["enriched_offset"] = self.enricher.tell()
         save_checkpoint(self.options.positions, data)
@@ -134,20 +157,9 @@ class ExporterApp:
         """Read and count one bounded batch of new lines (the tailer's `max_read_bytes`);
         returns lines handled. `self.tailer.more` says whether more is already waiting."""
         n = 0
-        parse = self.parser.parse
-        observe = self.counters.observe
-        write = self.enricher.write if self.enricher is not None else None
-        for _path, lines in self.tailer.read():
+        for path, lines in self.tailer.read():
             n += len(lines)
-            for line in lines:
-                try:
-                    rec = parse(line)
-                except ParseError as e:
-                    self.stats.parse_error(e.reason)
-                    continue
-                observe(rec)
-                if write is not None:
-                    write(rec)
+            self.containers.feed(path, lines)
         return n
 
     async def _tail_loop(self) -> None:
@@ -164,6 +176,13 @@ class ExporterApp:
                 self.checkpoint()
                 unsaved = False
             await asyncio.sleep(0 if n or self.tailer.more else self.options.poll_interval)
+
+    async def _flush_loop(self) -> None:
+        """The enriched log reaches the disk at most FLUSH_INTERVAL after a record."""
+        assert self.enricher is not None
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.enricher.flush_if_dirty()
 
     # ---- HTTP --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -191,10 +210,14 @@ class ExporterApp:
             self._tasks.append(asyncio.create_task(self._tail_loop(), name="tail"))
         if self.scraper is not None:
             self._tasks.append(asyncio.create_task(self.scraper.run(), name="scrape"))
+        if self.enricher is not None:
+            self._tasks.append(asyncio.create_task(self._flush_loop(), name="flush"))
+        await self.receivers.start()
         log.info("exporter listening on %s:%d; following %s; %d pods", host, self.port,
                  ", ".join(self.options.access_logs) or "no logs", len(self.store.pods()))
 
     async def stop(self) -> None:
+        await self.receivers.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -235,8 +258,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as e:  # OptionError included
         print(f"llmtraffic exporter: {e}")
         return 2
-    if not opts.access_logs and not app.store.pods():
-        print("llmtraffic exporter: nothing to do; give --access-log and/or --pods")
+    if not opts.access_logs and not app.store.pods() and not app.receivers.enabled:
+        print("llmtraffic exporter: nothing to do; give --access-log, a receiver "
+              "(--als-listen, --otlp-grpc-listen, --otlp-http-listen) and/or --pods")
         return 2
     return asyncio.run(_serve(app))
 

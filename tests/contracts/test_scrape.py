@@ -28,6 +28,7 @@ class PageServer:
         self.delay = delay
         self.full_page = vllm_page(seed=1).decode() if full_page else None
         self.hits = 0
+        self.sent = 0  # bytes of the last huge or endless page written
         self.active = 0
         self.max_active = 0
         self._runner: web.AppRunner | None = None
@@ -62,12 +63,33 @@ class PageServer:
                 return web.Response(status=500, text="engine dead")
             if self.mode == "garbage":
                 return web.Response(text="<html>hello</html>\n}}{{ 12\n")
+            if self.mode in ("huge", "endless"):
+                return await self._endless(request)
             page = self.full_page or (
                 f'vllm:num_requests_running{{engine="0",model_name="m"}} {self.hits}\n'
                 f'vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} 0.5\n')
             return web.Response(text=page)
         finally:
             self.active -= 1
+
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        """A page of comment lines: 50 MB ("huge", announced), or without end."""
+        size = 50 << 20 if self.mode == "huge" else None
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        if size is not None:
+            resp.content_length = size
+        await resp.prepare(request)
+        line = b"# " + b"x" * 1021 + b"\n"
+        sent = 0
+        while size is None or sent < size:
+            try:
+                await resp.write(line)
+            except ConnectionError:
+                break
+            sent += len(line)
+            self.sent = sent
+        return resp
 
 
 class Outcomes:
@@ -239,3 +261,37 @@ async def test_close_cancels_scrapes_in_flight_and_closes_the_session(servers) -
 def test_bad_settings_are_refused(kwargs) -> None:
     with pytest.raises(ValueError, match="Scraper"):
         Scraper(MetricsStore(), **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["huge", "endless"])
+async def test_a_page_over_the_size_limit_is_too_large_and_not_read_on(mode, servers) -> None:
+    big, good = await servers(mode), await servers(full_page=True)
+    store, clock, stats = _store(big, good), FakeClock(), Outcomes()
+    async with Scraper(store, clock=clock, stats=stats, timeout=30,
+                       max_bytes=1 << 20) as scraper:
+        await scraper.scrape_once()
+    snap = store.snapshot(clock.now).by_address()
+    assert stats.of("pod-0") == ["too_large"] and snap[big.address].last_error == "too_large"
+    assert stats.of("pod-1") == ["ok"] and snap[good.address].fresh
+    assert big.sent < 50 << 20  # the client stopped reading
+
+
+async def test_a_large_page_is_parsed_off_the_event_loop(servers, monkeypatch) -> None:
+    from llmtraffic.contracts import scrape
+
+    threaded: list[int] = []
+    real = asyncio.to_thread
+
+    async def to_thread(fn, body, *args):
+        threaded.append(len(body))
+        return await real(fn, body, *args)
+
+    monkeypatch.setattr(scrape.asyncio, "to_thread", to_thread)
+    small, large = await servers(full_page=True), await servers(full_page=True)
+    large.full_page += "# padding " + "x" * (300 << 10) + "\n"
+    store, clock = _store(small, large), FakeClock()
+    async with Scraper(store, clock=clock) as scraper:
+        await scraper.scrape_once()
+    snap = store.snapshot(clock.now).by_address()
+    assert snap[small.address].fresh and snap[large.address].fresh
+    assert len(threaded) == 1 and threaded[0] > 300 << 10
