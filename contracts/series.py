@@ -63,6 +63,9 @@ RECORDS_RECEIVED = Series("llmtraffic_exporter_records_received", "counter",
                           "otlp_http).", ("receiver",))
 LABEL_OVERFLOW = Series("llmtraffic_exporter_label_overflow", "counter",
                         "Label values folded into 'other' by the cardinality cap.", ("label",))
+USAGE_REJECTED = Series("llmtraffic_exporter_usage_rejected", "counter",
+                        "Requests whose reported usage was beyond the per-request limit "
+                        "(100,000,000 tokens per field) and was not counted.", ())
 SCRAPES = Series("llmtraffic_exporter_scrapes", "counter",
                  "vLLM /metrics scrapes by outcome (ok, timeout, http_error, parse_error, "
                  "connect_error, too_large).", ("pod", "outcome"))

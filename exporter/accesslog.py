@@ -5,10 +5,14 @@ the balancer writes (`contracts.record`).
 Mapping: each canonical field lists the keys that may hold it; the first key present wins.
 Presets: `istio` (Istio JSON + ASM's request_model / request_prompt_tokens /
 request_completion_tokens), `llmtraffic` (our own balancer's lines), `ai-gateway` (Envoy
-AI Gateway `gen_ai.*` and APISIX `llm_*` names); the default accepts all of them. A YAML
-file can extend or override it:
+AI Gateway `gen_ai.*` and APISIX `llm_*` names), `envoy-ai-gateway` (the Envoy AI Gateway's
+documented JSON access log, both its `genai_*` and `gen_ai.*` eras, and its dynamic-metadata
+keys), `higress` (Higress's ai-statistics `ai_log`, a JSON object inside a string, whose keys
+are read as `ai_log.<key>`); the default accepts all of them but `higress`. A YAML file can
+extend or override it:
 
     preset: istio            # optional, default "all"
+    expand: [ai_log]         # optional: string fields holding a JSON object
     fields:
       model: [x_model, request_model]
       prompt_tokens: [x_in_tokens]
@@ -46,11 +50,43 @@ AI_GATEWAY: dict[str, list[str]] = {
     "total_tokens": ["gen_ai.usage.total_tokens", "llm_total_tokens"],
     "ttft_ms": ["llm_time_to_first_token", "gen_ai.server.time_to_first_token"],
 }
+#: Envoy's own fields under the keys Istio's JSON format (and our balancer) writes them.
+ENVOY_COMMON: dict[str, list[str]] = {
+    f: [LLMTRAFFIC_KEYS[f]] for f in (
+        "start_time", "method", "path", "protocol", "response_code", "response_flags",
+        "duration_ms", "upstream_service_time_ms", "x_forwarded_for", "user_agent",
+        "request_id", "authority", "upstream_host", "upstream_cluster", "bytes_received",
+        "bytes_sent", "downstream_remote_address", "route_name")}
+#: The Envoy AI Gateway's access-log keys (site/docs/capabilities/observability/accesslogs.md:
+#: `genai_*` at first, `gen_ai.*` since), its headers as the JSON keys it names them with, and
+#: the dynamic metadata keys of its docs' llmRequestCosts (read over ALS / OTLP).
+ENVOY_AI_GATEWAY: dict[str, list[str]] = {
+    "model": ["gen_ai.request.model", "genai_model_name", "x-ai-eg-model"],
+    "target_model": ["gen_ai.request.model_override", "genai_model_name_override",
+                     "gen_ai.response.model", "model_name_override"],
+    "prompt_tokens": ["gen_ai.usage.input_tokens", "genai_tokens_input", "llm_input_token"],
+    "completion_tokens": ["gen_ai.usage.output_tokens", "genai_tokens_output",
+                          "llm_output_token"],
+    "total_tokens": ["gen_ai.usage.total_tokens", "genai_tokens_total", "llm_total_token"],
+    "path": ["x-envoy-origin-path"], "authority": [":authority"], "user_agent": ["user-agent"],
+    "request_id": ["x-request-id"], "x_forwarded_for": ["x-forwarded-for"],
+    "upstream_service_time_ms": ["x-envoy-upstream-service-time"],
+}
+#: Higress ai-statistics: `{"ai_log": "{\"model\":..., \"input_token\":\"10\", ...}"}`
+#: beside Istio's keys (plugins/wasm-go/extensions/ai-statistics/README.md).
+HIGRESS: dict[str, list[str]] = {
+    "model": ["ai_log.model"], "prompt_tokens": ["ai_log.input_token"],
+    "completion_tokens": ["ai_log.output_token"],
+    "ttft_ms": ["ai_log.llm_first_token_duration"],
+    "duration_ms": ["ai_log.llm_service_duration"],
+}
 PRESETS: dict[str, dict[str, list[str]]] = {
     "istio": ISTIO,
     "llmtraffic": {f: [k] for f, k in LLMTRAFFIC_KEYS.items()},
     "ai-gateway": AI_GATEWAY,
 }
+#: Keys whose string value is a JSON object read as `<key>.<inner key>`, per preset.
+EXPAND: dict[str, tuple[str, ...]] = {"higress": ("ai_log",)}
 
 
 def _merge(*maps: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -62,7 +98,10 @@ def _merge(*maps: dict[str, list[str]]) -> dict[str, list[str]]:
     return out
 
 
-PRESETS["all"] = _merge(ISTIO, PRESETS["llmtraffic"], AI_GATEWAY)
+PRESETS["envoy-ai-gateway"] = _merge(ENVOY_COMMON, ENVOY_AI_GATEWAY)
+PRESETS["higress"] = _merge(ENVOY_COMMON, HIGRESS)
+PRESETS["all"] = _merge(ISTIO, PRESETS["llmtraffic"], AI_GATEWAY, ENVOY_AI_GATEWAY)
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class ParseError(ValueError):
@@ -78,21 +117,27 @@ class ParseError(ValueError):
 
 @dataclass(frozen=True)
 class FieldMapping:
-    """canonical field -> candidate keys, first present wins."""
+    """canonical field -> candidate keys, first present wins; `expand`: keys whose string
+    value holds a JSON object, read as `<key>.<inner key>`."""
 
     keys: dict[str, list[str]]
+    expand: tuple[str, ...] = ()
 
     @classmethod
     def preset(cls, name: str = "all") -> "FieldMapping":
         try:
-            return cls({f: list(k) for f, k in PRESETS[name].items()})
+            return cls({f: list(k) for f, k in PRESETS[name].items()}, EXPAND.get(name, ()))
         except KeyError:
             raise ValueError(f"unknown mapping preset {name!r}; choose one of "
                              f"{', '.join(sorted(PRESETS))}") from None
 
+    def token_keys(self) -> tuple[str, ...]:
+        """Every key a token count may come from."""
+        return tuple(k for f in TOKEN_FIELDS for k in self.keys.get(f, ()))
+
     @classmethod
-    def load(cls, path: str) -> "FieldMapping":
-        """A YAML mapping file (see the module docstring)."""
+    def load(cls, path: str, preset: str = "all") -> "FieldMapping":
+        """A YAML mapping file (see the module docstring); `preset` unless it names one."""
         try:
             doc = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
@@ -100,7 +145,13 @@ class FieldMapping:
         if not isinstance(doc, dict):
             raise ValueError(f"{path}: a mapping file is a YAML object with `preset` and "
                              "`fields`")
-        base = cls.preset(doc.get("preset", "all")).keys
+        start = cls.preset(doc.get("preset", preset))
+        base = start.keys
+        expand = doc.get("expand", start.expand)
+        if isinstance(expand, str):
+            expand = [expand]
+        if not isinstance(expand, (list, tuple)) or not all(isinstance(k, str) for k in expand):
+            raise ValueError(f"{path}: expand: give a key or a list of keys")
         for f, keys in (doc.get("fields") or {}).items():
             if f not in FIELD_NAMES:
                 raise ValueError(f"{path}: fields.{f}: unknown field; known fields: "
@@ -110,7 +161,7 @@ class FieldMapping:
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise ValueError(f"{path}: fields.{f}: give a key or a list of keys")
             base[f] = keys
-        return cls(base)
+        return cls(base, tuple(expand))
 
 
 def _to_int(v: Any) -> int:
@@ -182,7 +233,12 @@ def _converter(field: str) -> Callable[[Any], Any]:
 
 
 class LineParser(Protocol):
+    mapping: FieldMapping
+    plan: "_Plan"
+
     def parse(self, line: bytes) -> LLMRecord: ...
+
+    def fields(self, line: bytes) -> dict[str, Any]: ...
 
 
 #: Distinct key sets ("shapes") a plan compiles a builder for; lines of other shapes take
@@ -357,15 +413,38 @@ def _check(line: bytes, max_line_bytes: int) -> None:
         raise ParseError("empty")
 
 
+def expand_fields(obj: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`obj` with each of `keys` whose value is a string holding a JSON object read as
+    `<key>.<inner key>` (Higress's ai_log); "-" or null is no value."""
+    for k in keys:
+        v = obj.get(k)
+        if v is None or v == "-" or v == "":
+            continue
+        try:
+            inner = orjson.loads(v) if isinstance(v, str) else None
+        except orjson.JSONDecodeError:
+            inner = None
+        if type(inner) is not dict:
+            raise ParseError("wrong_type", f"{k}: not a JSON object in a string: {str(v)[:40]!r}")
+        obj = {**obj, **{f"{k}.{ik}": iv for ik, iv in inner.items()}}
+    return obj
+
+
 class JsonLineParser:
     """Envoy/Istio JSON access-log lines."""
 
     def __init__(self, mapping: FieldMapping | None = None,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        self.plan = _Plan(mapping or FieldMapping.preset())
+        self.mapping = mapping or FieldMapping.preset()
+        self.plan = _Plan(self.mapping)
+        self.expand = self.mapping.expand
         self.max_line_bytes = max_line_bytes
 
     def parse(self, line: bytes) -> LLMRecord:
+        return self.plan.record(self.fields(line))
+
+    def fields(self, line: bytes) -> dict[str, Any]:
+        """The line's keys and values before the mapping (ParseError if it is no object)."""
         if len(line) > self.max_line_bytes:
             raise ParseError("too_long", f"{len(line)} bytes > {self.max_line_bytes}")
         try:
@@ -380,7 +459,7 @@ class JsonLineParser:
             raise ParseError("invalid_json", str(e)[:80]) from None
         if type(obj) is not dict:
             raise ParseError("not_object", type(obj).__name__)
-        return self.plan.record(obj)
+        return expand_fields(obj, self.expand) if self.expand else obj
 
 
 # ---- Envoy TEXT format ---------------------------------------------------------------------
@@ -432,7 +511,8 @@ class TextLineParser:
 
     def __init__(self, fmt: str, mapping: FieldMapping | None = None,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        self.plan = _Plan(mapping or FieldMapping.preset())
+        self.mapping = mapping or FieldMapping.preset()
+        self.plan = _Plan(self.mapping)
         self.max_line_bytes = max_line_bytes
         fmt = fmt.rstrip("\n")
         pattern = ["^"]
@@ -454,6 +534,10 @@ class TextLineParser:
         self.regex = re.compile("".join(pattern))
 
     def parse(self, line: bytes) -> LLMRecord:
+        return self.plan.record(self.fields(line))
+
+    def fields(self, line: bytes) -> dict[str, Any]:
+        """The line's values under their commands' keys, before the mapping."""
         _check(line, self.max_line_bytes)
         try:
             text = line.decode("utf-8")
@@ -462,17 +546,25 @@ class TextLineParser:
         m = self.regex.match(text.rstrip("\r\n"))
         if m is None:
             raise ParseError("format_mismatch", text[:60])
-        return self.plan.record(dict(zip(self.keys, m.groups())))
+        return dict(zip(self.keys, m.groups()))
+
+
+#: --format values: JSON lines read with a preset's mapping (json: the default, all of them).
+JSON_FORMATS = ("json", *sorted(p for p in PRESETS if p != "all"))
 
 
 def make_parser(fmt: str = "json", mapping: FieldMapping | None = None,
                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LineParser:
-    """`json`, `istio-text` (Istio's default text format) or `envoy:<FORMAT STRING>`."""
-    if fmt == "json":
+    """`json` (every preset's keys but Higress's), a preset's name (JSON lines with that
+    mapping: istio, llmtraffic, ai-gateway, envoy-ai-gateway, higress), `istio-text` (Istio's
+    default text format) or `envoy:<FORMAT STRING>`."""
+    if fmt in JSON_FORMATS:
+        if mapping is None and fmt != "json":
+            mapping = FieldMapping.preset(fmt)
         return JsonLineParser(mapping, max_line_bytes)
     if fmt == "istio-text":
         return TextLineParser(ISTIO_TEXT_FORMAT, mapping, max_line_bytes)
     if fmt.startswith("envoy:"):
         return TextLineParser(fmt[len("envoy:"):], mapping, max_line_bytes)
-    raise ValueError(f"unknown access-log format {fmt!r}: use json, istio-text or "
-                     "envoy:'<Envoy format string>'")
+    raise ValueError(f"unknown access-log format {fmt!r}: use {', '.join(JSON_FORMATS)}, "
+                     "istio-text or envoy:'<Envoy format string>'")

@@ -28,6 +28,8 @@ class ExporterStats(ScrapeCounts):
     parse_errors: dict[str, int] = field(default_factory=dict)  # reason -> lines
     rotations: dict[str, int] = field(default_factory=dict)  # kind -> count
     lag: dict[str, int] = field(default_factory=dict)  # file -> unread bytes
+    without_tokens: dict[str, int] = field(default_factory=dict)  # reason -> records
+    received: dict[str, int] = field(default_factory=dict)  # receiver -> records
 
     def parse_error(self, reason: str) -> None:
         self.parse_errors[reason] = self.parse_errors.get(reason, 0) + 1
@@ -65,4 +67,7 @@ class ExporterCollector(Collector):
         yield counter_family(m.PARSE_ERRORS, (((k,), v) for k, v in list(s.parse_errors.items())))
         yield counter_family(m.ROTATIONS, (((k,), v) for k, v in list(s.rotations.items())))
         yield gauge_family(m.TAIL_LAG, (((k,), v) for k, v in list(s.lag.items())))
+        yield counter_family(m.RECORDS_WITHOUT_TOKENS,
+                             (((k,), v) for k, v in list(s.without_tokens.items())))
+        yield counter_family(m.RECORDS_RECEIVED, (((k,), v) for k, v in list(s.received.items())))
         yield from scrape_families(s)

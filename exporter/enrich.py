@@ -19,7 +19,9 @@ COPIED = ("start_time", "request_id", "method", "path", "protocol", "response_co
           "downstream_remote_address", "route_name", "user_agent", "bytes_received",
           "bytes_sent", "model", "target_model", "prompt_tokens", "completion_tokens",
           "ttft_ms", "duration_ms", "stream", "pool", "pod", "lb_policy", "pick_reason",
-          "criticality")
+          "criticality", "source_pod", "source_namespace", "source_container")
+#: Longest time an enriched line waits in the buffer (the exporter flushes this often).
+FLUSH_INTERVAL = 0.5
 
 
 def enrich(rec: LLMRecord, store: MetricsStore | None) -> dict:
@@ -53,6 +55,7 @@ class Enricher:
         self.store = store
         self.path = path
         self._file: IO[bytes]
+        self.dirty = False  # written and not flushed yet
         if path == "-":
             self._file = sys.stdout.buffer
             self._offset = 0
@@ -64,11 +67,18 @@ class Enricher:
         line = orjson.dumps(enrich(rec, self.store)) + b"\n"
         self._file.write(line)
         self._offset += len(line)
+        self.dirty = True
 
     def flush(self) -> None:
         self._file.flush()
         if self.path != "-":
             os.fsync(self._file.fileno())
+        self.dirty = False
+
+    def flush_if_dirty(self) -> None:
+        """Flush what was written since the last flush (called every FLUSH_INTERVAL)."""
+        if self.dirty:
+            self.flush()
 
     def tell(self) -> int:
         return self._offset
