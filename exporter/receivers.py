@@ -3,18 +3,28 @@ OTLP/gRPC on gRPC servers (one server when they share an address), OTLP/HTTP on 
 
 from __future__ import annotations
 
+import importlib
 import logging
+from types import ModuleType
+from typing import Any
 
-import grpc
 from aiohttp import web
 
 from llmtraffic.contracts.serving import parse_listen
-from llmtraffic.exporter import als, otlp
 from llmtraffic.exporter.collector import ExporterStats
 from llmtraffic.exporter.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 GRACE_S = 2.0  # streams in flight get this long when the exporter stops
+
+
+def _receiver(name: str) -> ModuleType:
+    """exporter.als or exporter.otlp, whose protos come with the `receivers` extra."""
+    try:
+        return importlib.import_module(f"llmtraffic.exporter.{name}")
+    except ImportError as e:
+        raise OSError(f"the {name} receiver needs {e.name}: pip install "
+                      "'llmtraffic[receivers]' (grpcio, xds-protos, opentelemetry-proto)") from None
 
 
 class Receivers:
@@ -27,7 +37,7 @@ class Receivers:
         self.listen = {k: v for k, v in (("als", als), ("otlp_grpc", otlp_grpc),
                                          ("otlp_http", otlp_http)) if v}
         self.ports: dict[str, int] = {}
-        self._grpc: list[grpc.aio.Server] = []
+        self._grpc: list[Any] = []  # grpc.aio.Server
         self._http: web.AppRunner | None = None
 
     @property
@@ -40,10 +50,12 @@ class Receivers:
             if name in self.listen:
                 by_address.setdefault(self.listen[name], []).append(name)
         for address, names in by_address.items():
+            import grpc  # with the receivers extra
+
             server = grpc.aio.server()
             for name in names:
-                module = als if name == "als" else otlp
-                module.add_to_server(server, self.pipeline, self.stats.received)
+                _receiver("als" if name == "als" else "otlp").add_to_server(
+                    server, self.pipeline, self.stats.received)
             host, port = parse_listen(address)
             bound = server.add_insecure_port(f"{host}:{port}")
             if not bound:
@@ -54,7 +66,8 @@ class Receivers:
                 self.ports[name] = bound
         if "otlp_http" in self.listen:
             host, port = parse_listen(self.listen["otlp_http"])
-            self._http = web.AppRunner(otlp.http_app(self.pipeline, self.stats.received),
+            self._http = web.AppRunner(_receiver("otlp").http_app(self.pipeline,
+                                                                  self.stats.received),
                                        access_log=None)
             await self._http.setup()
             site = web.TCPSite(self._http, host, port, reuse_address=True)

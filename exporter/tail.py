@@ -177,9 +177,22 @@ class Tailer:
             lag = os.path.getsize(path) - f.offset
             if old is not None:
                 lag += os.fstat(old.fh.fileno()).st_size - old.offset
+        except FileNotFoundError:
+            self._forget_if_deleted(path, f, old)
+            return
         except OSError:
             return
         self.stats.lag[path] = max(0, lag)
+
+    def _forget_if_deleted(self, path: str, f: _Followed, old: _Followed | None) -> None:
+        """A path gone with its file deleted (a removed pod's container log) and read to its
+        end is closed and forgotten, so its descriptor does not keep the file alive."""
+        st = os.fstat(f.fh.fileno())
+        if old is None and st.st_nlink == 0 and st.st_size <= f.offset + len(f.partial):
+            f.fh.close()
+            del self.files[path]
+            self.stats.lag.pop(path, None)
+            log.info("%s was deleted; no longer following it", path)
 
     def _check_rotation(self, path: str, f: _Followed) -> bool:
         """True when `path` is a new file (rename-and-create): `f` moves to the draining
@@ -293,7 +306,9 @@ class Tailer:
         return _fingerprint(f.fh, saved["fp_len"]) == saved["fp"]
 
     def _find_by_inode(self, path: str, saved: dict) -> _Followed | None:
-        directory = os.path.dirname(path) or "."
+        # a symlink's target directory: kubelet's /var/log/containers/*.log point into
+        # /var/log/pods/<ns>_<pod>_<uid>/<container>/, where rotated files stay
+        directory = os.path.dirname(os.path.realpath(path)) or "."
         try:
             entries = list(os.scandir(directory))
         except OSError:
