@@ -73,7 +73,7 @@ class VllmPage:
 
 LABEL_VALUES = {"model": "m", "target_model": "m", "response_code": "200",
                 "reason": "invalid_json", "kind": "rename", "file": "access.log",
-                "label": "model", "outcome": "ok", "resource": "pods"}
+                "label": "model", "outcome": "ok", "resource": "pods", "receiver": "als"}
 
 
 class LlmtrafficPage:
