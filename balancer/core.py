@@ -22,7 +22,7 @@ from llmtraffic.contracts.families import FamiliesCollector
 from llmtraffic.contracts.record import AccessLogWriter, LLMRecord
 from llmtraffic.contracts.scrape import ScrapeCounts, Scraper, scrape_families
 from llmtraffic.contracts.store import MetricsStore
-from llmtraffic.contracts.tokens import TokenCounters, overflow_family
+from llmtraffic.contracts.tokens import TokenCounters, overflow_family, rejected_family
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class BalancerCore:
         exporter alone; a balancer replica's own traffic is its llmtraffic_balancer_* series
         (BalancerCollector), which sum to the truth over any number of replicas."""
         yield overflow_family(self.counters)
+        yield rejected_family(self.counters)
         yield from scrape_families(self.scrape_counts)
 
     def apply(self, view: ClusterView) -> None:

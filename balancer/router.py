@@ -310,11 +310,11 @@ class Router:
 
     def _decide(self, host: str | None, body: dict[str, Any], chat: bool,
                 name: str, objective: str | None) -> Decision:
+        pool = self.pool_for(host)  # first: a model the routing does not know is a 404,
+        model = self.model_for(pool, name, objective)  # whatever else is wrong (its label)
         stream, wants_usage = _stream_flags(body)
         text = prompt_text(body, chat)
         _check_types(body)
-        pool = self.pool_for(host)
-        model = self.model_for(pool, name, objective)
         target = model.pick_target(self._rng)
         snap = self.store.snapshot(self.clock())
         pods = snap.in_pool(pool.name)

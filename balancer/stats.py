@@ -16,6 +16,7 @@ from llmtraffic.contracts.families import (MAX_LABEL_VALUES, Hist, LabelCap, cle
                                            counter_family, gauge_family, hist_in,
                                            histogram_family)
 from llmtraffic.contracts.store import MetricsStore
+from llmtraffic.contracts.tokens import UNKNOWN_MODEL, counted_model, counted_usage
 
 if TYPE_CHECKING:
     from llmtraffic.balancer.breaker import CircuitBreaker
@@ -70,16 +71,18 @@ class BalancerStats:
         """One finished request (any outcome) as logged."""
         pool = rec.pool or ""
         code = "" if rec.response_code is None else str(rec.response_code)
+        usage = counted_usage(rec) or (None, None)  # the exporter's rules (contracts)
         with self._lock:
-            model = self._capped("model", rec.model)
+            model = self._capped("model", counted_model(rec))
+            target = UNKNOWN_MODEL if rec.response_code == 404 and rec.target_model \
+                else rec.target_model
             key = (pool, model, self.lb_policy)
-            self._add(self.requests, (pool, model, self._capped("target_model",
-                                                                rec.target_model),
+            self._add(self.requests, (pool, model, self._capped("target_model", target),
                                       self.lb_policy, code))
-            if rec.prompt_tokens is not None:
-                self._add(self.prompt, key, rec.prompt_tokens)
-            if rec.completion_tokens is not None:
-                self._add(self.completion, key, rec.completion_tokens)
+            if usage[0] is not None:
+                self._add(self.prompt, key, usage[0])
+            if usage[1] is not None:
+                self._add(self.completion, key, usage[1])
             if rec.ttft_ms is not None:
                 hist_in(self.ttft, key, m.BALANCER_TTFT.buckets).observe(rec.ttft_ms / 1e3)
             if rec.duration_ms is not None:

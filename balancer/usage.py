@@ -10,7 +10,7 @@ from typing import Any, Callable
 import orjson
 
 from llmtraffic.balancer.router import Decision
-from llmtraffic.contracts.record import LLMRecord
+from llmtraffic.contracts.record import MAX_INT, LLMRecord
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, reused within it
@@ -51,13 +51,18 @@ def text_of(event: dict[str, Any]) -> bool:
 
 
 def apply_usage(rec: LLMRecord, usage: Any) -> None:
-    """OpenAI `usage` counts into `rec` (anything that is not a count is ignored)."""
+    """OpenAI `usage` counts into `rec` (anything that is not a count is ignored). A count
+    beyond what a record holds (MAX_INT) is kept as MAX_INT, so the access-log line stays
+    readable and the exporter, like the balancer, refuses to count it
+    (`contracts.tokens.counted_usage`)."""
     if not isinstance(usage, dict):
         return
     for field in ("prompt_tokens", "completion_tokens", "total_tokens"):
         v = usage.get(field)
+        if isinstance(v, float) and v.is_integer():  # 2**64 reads as a float (orjson)
+            v = int(min(v, MAX_INT))
         if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-            setattr(rec, field, v)
+            setattr(rec, field, min(v, MAX_INT))
 
 
 def usage_from_json(rec: LLMRecord, data: bytes) -> None:

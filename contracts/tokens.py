@@ -1,5 +1,8 @@
 """The token series by model (asm_llm_proxy_*): counters and TTFT/duration histograms fed
-from `LLMRecord`s, label values capped, checkpointable; and their families."""
+from `LLMRecord`s, label values capped, checkpointable; and their families. The rules that
+keep clients and pods from poisoning them live here once, for the balancer and the exporter
+alike: a 404's model takes no label slot (`UNKNOWN_MODEL`), and a request's usage beyond
+`MAX_REQUEST_TOKENS` is not counted (`llmtraffic_exporter_usage_rejected_total`)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,26 @@ from llmtraffic.contracts.families import (MAX_LABEL_VALUES, Hist, LabelCap, cle
 from llmtraffic.contracts.record import FIELD_NAMES, LLMRecord
 
 _CACHEABLE = (str, int, type(None))  # label values whose equality means the same label
+#: The model label of every 404 (a model the routing does not know, or a pod does not
+#: serve): junk names from clients never take one of the capped label slots.
+UNKNOWN_MODEL = "unknown"
+#: Tokens one request may report per usage field; more is a broken or lying pod.
+MAX_REQUEST_TOKENS = 100_000_000
+
+
+def counted_model(rec: LLMRecord) -> str | None:
+    """The model label `rec` counts under."""
+    return UNKNOWN_MODEL if rec.response_code == 404 and rec.model else rec.model
+
+
+def counted_usage(rec: LLMRecord) -> tuple[int | None, int | None] | None:
+    """(prompt, completion) tokens to count for `rec`; None when either is beyond
+    MAX_REQUEST_TOKENS (neither is counted then)."""
+    p, c = rec.prompt_tokens, rec.completion_tokens
+    if (p is not None and not 0 <= p <= MAX_REQUEST_TOKENS) or \
+            (c is not None and not 0 <= c <= MAX_REQUEST_TOKENS):
+        return None
+    return p, c
 
 
 class TokenCounters:
@@ -36,6 +59,8 @@ class TokenCounters:
         self.ttft: dict[str, Hist] = {}
         self.duration: dict[str, Hist] = {}
         self._cap = LabelCap(self.dimensions, max_values_per_label)
+        self.usage_rejected = 0  # records whose usage was beyond MAX_REQUEST_TOKENS
+        self._model_at = self.dimensions.index("model")
         # dimension values (the model alone, or a tuple) -> (label key, code -> requests key);
         # a field's values keep one type (the parser's converters see to it), so equal
         # values mean equal labels
@@ -64,7 +89,7 @@ class TokenCounters:
 
     def observe(self, rec: LLMRecord) -> bool:
         """Count one record; False (and nothing counted) when it carries no model."""
-        model = rec.model
+        model = counted_model(rec)
         if not model:
             return False
         if self._model_only:
@@ -73,15 +98,21 @@ class TokenCounters:
                 entry = self._entry(model, (model,))
         else:
             raw = self._values(rec)
+            if model is not rec.model:
+                raw = raw[:self._model_at] + (model,) + raw[self._model_at + 1:]
             entry = self._keys.get(raw)
             if entry is None:
                 entry = self._entry(raw, raw)
         key, codes = entry
-        p = rec.prompt_tokens
+        usage = counted_usage(rec)
+        if usage is None:
+            self.usage_rejected += 1
+            p = c = None
+        else:
+            p, c = usage
         if p is not None:
             prompt = self.prompt
             prompt[key] = prompt.get(key, 0.0) + p
-        c = rec.completion_tokens
         if c is not None:
             completion = self.completion
             completion[key] = completion.get(key, 0.0) + c
@@ -105,7 +136,7 @@ class TokenCounters:
                 "requests": [[list(k), v] for k, v in self.requests.items()],
                 "ttft": {k: [h.counts, h.sum] for k, h in self.ttft.items()},
                 "duration": {k: [h.counts, h.sum] for k, h in self.duration.items()},
-                "overflow": dict(self.overflow)}
+                "overflow": dict(self.overflow), "usage_rejected": self.usage_rejected}
 
     def restore(self, state: dict) -> None:
         if list(state.get("dimensions", [])) != list(self.dimensions):
@@ -119,6 +150,7 @@ class TokenCounters:
         self.duration = {k: Hist(m.DURATION.buckets, list(c), s)
                          for k, (c, s) in state["duration"].items()}
         self._cap.overflow = dict(state.get("overflow", {}))
+        self.usage_rejected = state.get("usage_rejected", 0)
         self._keys.clear()
         for key in [*self.prompt, *self.completion]:
             for d, v in zip(self.dimensions, key):
@@ -135,8 +167,14 @@ def token_families(c: TokenCounters) -> Iterator[Metric]:
         yield histogram_family(series, {k: h.counts for k, h in snap.items()},
                                {k: h.sum for k, h in snap.items()}, series.labels)
     yield overflow_family(c)
+    yield rejected_family(c)
 
 
 def overflow_family(c: TokenCounters) -> Metric:
     """llmtraffic_exporter_label_overflow_total: values folded into `other`, by label."""
     return counter_family(m.LABEL_OVERFLOW, ((((k,), v)) for k, v in list(c.overflow.items())))
+
+
+def rejected_family(c: TokenCounters) -> Metric:
+    """llmtraffic_exporter_usage_rejected_total: records whose usage was not counted."""
+    return counter_family(m.USAGE_REJECTED, iter([((), float(c.usage_rejected))]))
