@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "first (default: 1)")
     r.add_argument("--profile", default="llama2-7b-a10", help="engine profile")
     r.add_argument("--json", dest="json_out", help="write the results as JSON here")
-    r.add_argument("--plot", help="write a PNG of TTFT and throughput per policy here")
+    r.add_argument("--plot", help="write a PNG of TTFT p50/p90/p99 and queue time per policy "
+                    "here")
     r.set_defaults(func=_routing)
 
     lv = bsub.add_parser("live", help="routers side by side on real-time simulated pods",
@@ -101,13 +102,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lv.add_argument("--workdir", default=None,
                     help="logs and configs of the run (default: a temporary directory)")
     lv.add_argument("--json", dest="json_out", help="write the results as JSON here")
-    lv.add_argument("--plot", help="write a PNG of TTFT and throughput per router here")
+    lv.add_argument("--plot", help="write a PNG of TTFT p50/p90/p99 and queue time per router "
+                    "here")
     lv.set_defaults(func=_live)
 
 
 def _routing(args: argparse.Namespace) -> int:
-    from llmtraffic.harness.routing import (format_seed_summary, format_table, plot, run_routing,
-                               seed_summary, write_json)
+    from llmtraffic.harness.charts import summary_chart
+    from llmtraffic.harness.routing import (format_seed_summary, run_routing, seed_summary,
+                                            write_json)
+    from llmtraffic.harness.table import format_table
 
     runs = []
     for workload, seed in [(w, s) for w in _csv(args.workload) for s in args.seed]:
@@ -144,14 +148,16 @@ def _routing(args: argparse.Namespace) -> int:
         write_json(runs, args.json_out, summary)
         print(f"wrote {args.json_out}")
     if args.plot:
-        plot(runs, args.plot)
+        summary_chart(runs, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
 
 def _live(args: argparse.Namespace) -> int:
     from llmtraffic.harness.live import run_live
-    from llmtraffic.harness.routing import format_table, plot, write_json
+    from llmtraffic.harness.charts import summary_chart
+    from llmtraffic.harness.routing import write_json
+    from llmtraffic.harness.table import format_table
     from llmtraffic.harness.stack import StackError
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llmtraffic-live-"))
@@ -168,7 +174,7 @@ def _live(args: argparse.Namespace) -> int:
         write_json([run], args.json_out)
         print(f"wrote {args.json_out}")
     if args.plot:
-        plot([run], args.plot)
+        summary_chart([run], args.plot)
         print(f"wrote {args.plot}")
     return 0
 

@@ -25,6 +25,7 @@ class Outcome:
     index: int
     model: str
     status: int = 0  # HTTP status; 0 when the connection failed
+    start: float = 0.0  # event-loop time it was sent
     ttft: float | None = None
     e2e: float | None = None
     tokens: int = 0  # completion tokens: the stream's usage, else one per event
@@ -50,8 +51,8 @@ def request_body(w: WorkloadRequest) -> dict:
 async def _one(session: aiohttp.ClientSession, url: str, w: WorkloadRequest,
                headers: dict[str, str], timeout: float) -> Outcome:
     loop = asyncio.get_running_loop()
-    out = Outcome(w.index, w.model)
     t0 = loop.time()
+    out = Outcome(w.index, w.model, start=t0)
     last = t0
     try:
         async with session.post(url, data=orjson.dumps(request_body(w)), headers=headers,

@@ -23,6 +23,8 @@ class PodSampler:
     first: list[PodMetrics | None] = field(default_factory=list)
     last: list[PodMetrics | None] = field(default_factory=list)
     kv: list[list[float]] = field(default_factory=list)
+    #: (event-loop time, each pod's metrics or None) for every scrape, first to last
+    samples: list[tuple[float, list[PodMetrics | None]]] = field(default_factory=list)
     _task: asyncio.Task | None = None
     _session: aiohttp.ClientSession | None = None
 
@@ -37,7 +39,9 @@ class PodSampler:
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 return None
 
-        return list(await asyncio.gather(*(one(u) for u in self.urls)))
+        ms = list(await asyncio.gather(*(one(u) for u in self.urls)))
+        self.samples.append((asyncio.get_running_loop().time(), ms))
+        return ms
 
     async def _loop(self) -> None:
         while True:

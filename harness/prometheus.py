@@ -51,6 +51,12 @@ class PrometheusAPI:
         """Instant query; returns the result vector."""
         return self.api("query", query=expr)["result"]
 
+    def query_range(self, expr: str, start: float, end: float,
+                    step: float) -> list[dict[str, Any]]:
+        """Range query (unix seconds); returns the result matrix."""
+        return self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}",
+                        step=f"{step:g}")["result"]
+
     def wait_for(self, expr: str, timeout: float = 30.0,
                  predicate: Any = lambda result: bool(result)) -> list[dict[str, Any]]:
         """Poll `expr` until `predicate(result)` holds; raise with the last result if not."""

@@ -104,55 +104,6 @@ def run_routing(workload: str, pods: int = 4, load: float = 0.9,
     return RoutingRun(workload, load, pods, duration, seed, capacity_rps, rate, results, cpu)
 
 
-def format_table(run: RoutingRun, name: str = "policy") -> str:
-    cols = ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "e2e_p90_s", "queue_time_mean_s",
-            "throughput_tok_s", "completed", "shed", "failed", "kv_usage_mean",
-            "kv_usage_spread", "prefix_hit_rate")
-    width = max([14, *(len(n) + 2 for n in run.policies)])
-    head = f"{name:<{width}}" + "".join(f"{c:>18}" for c in cols)
-    lines = [f"workload={run.workload} pods={run.pods} load={run.load} "
-             f"capacity={run.capacity_rps:.2f} req/s rate={run.rate_rps:.2f} req/s "
-             f"duration={run.duration:.0f}s seed={run.seed}", head]
-    for label, r in run.policies.items():
-        cells = []
-        for c in cols:
-            v = r[c]
-            cells.append(f"{v:>18.0f}" if isinstance(v, int) or c == "throughput_tok_s"
-                         else f"{v:>18.3f}")
-        lines.append(f"{label:<{width}}" + "".join(cells))
-    return "\n".join(lines)
-
-
-def plot(runs: Sequence[RoutingRun], path: str) -> None:
-    """Bar charts of TTFT p50/p90 and throughput per policy, one column per run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(runs), figsize=(5 * len(runs), 7), squeeze=False)
-    for col, run in enumerate(runs):
-        names = list(run.policies)
-        p50 = [run.policies[n]["ttft_p50_s"] for n in names]
-        p90 = [run.policies[n]["ttft_p90_s"] for n in names]
-        thr = [run.policies[n]["throughput_tok_s"] for n in names]
-        ax = axes[0][col]
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], p50, width=0.4, label="TTFT p50")
-        ax.bar([x + 0.2 for x in xs], p90, width=0.4, label="TTFT p90")
-        ax.set_xticks(list(xs), names, rotation=20)
-        ax.set_ylabel("seconds")
-        ax.set_title(f"{run.workload}: TTFT at load {run.load}")
-        ax.legend()
-        ax = axes[1][col]
-        ax.bar(list(xs), thr, color="tab:green")
-        ax.set_xticks(list(xs), names, rotation=20)
-        ax.set_ylabel("output tokens/s")
-        ax.set_title(f"{run.workload}: throughput ({run.pods} pods)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def seed_summary(runs: Sequence[RoutingRun]) -> dict[str, dict[str, dict]]:
     """Per workload and policy, over the runs' seeds: geometric means of TTFT p90 and p99,
     and the geometric-mean ratio of p90 to `oracle`'s and to `round-robin`'s on the same

@@ -27,7 +27,10 @@ from llmtraffic.harness.interrupt import run_until_interrupted
 from llmtraffic.harness.loadclient import Outcome, replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.progress import Progress
-from llmtraffic.harness.routing import RoutingRun, format_table, measure_capacity, plot
+from llmtraffic.harness.routing import RoutingRun, measure_capacity
+from llmtraffic.harness.runreport import LiveRun, headline, write_run_report
+from llmtraffic.harness.table import format_table
+from llmtraffic.harness.timeline import Samples
 from llmtraffic.harness.stack import Fleet, Stack, start_balancer, start_exporter, start_fleet
 from llmtraffic.simulator.workloads import make_workload
 from llmtraffic.dashboards.build import dashboard_files
@@ -75,6 +78,7 @@ class Side:
     access_log: Path
     outcomes: list[Outcome] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    samples: Samples = field(default_factory=list)  # the pods' pages during the load
 
 
 class Demo:
@@ -89,6 +93,8 @@ class Demo:
         self.prometheus: PrometheusServer | None = None
         self.rate = 0.0
         self.capacity = 0.0
+        self.origin = 0.0  # event-loop time the load began
+        self.started = self.ended = 0.0  # unix times of the load
 
     def __enter__(self) -> "Demo":
         return self
@@ -173,7 +179,9 @@ class Demo:
             f"ShareGPT-like lengths) at {o.load:.0%} of capacity through each balancer, "
             f"{o.duration:.0f} s (x{o.time_scale:g} simulated time)")
         t0 = time.monotonic()
+        self.started = time.time()
         run_until_interrupted(self._drive(reqs))
+        self.ended = time.time()
         elapsed = time.monotonic() - t0
         for side in self.sides:
             side.figures.update(summarize(side.outcomes, elapsed, o.time_scale))
@@ -182,6 +190,7 @@ class Demo:
                           self.capacity, self.rate, results, {})
 
     async def _drive(self, reqs) -> None:
+        self.origin = asyncio.get_running_loop().time()
         progress = Progress(len(reqs), [s.policy for s in self.sides], self.o.duration)
         samplers = [PodSampler(list(s.fleet.urls), interval=1.0) for s in self.sides]
         for sm in samplers:
@@ -200,6 +209,7 @@ class Demo:
         for side, outcomes, sm in zip(self.sides, done, samplers):
             side.outcomes = outcomes
             side.figures = sm.summary(self.o.time_scale)
+            side.samples = sm.samples
 
     def serve_forever(self) -> None:
         """Keep every process up until Ctrl-C, saying where each one answers."""
@@ -229,11 +239,19 @@ class Demo:
                     out.setdefault(key, [0.0, 0.0])[names[fam.name]] += s.value
         return {k: (v[0], v[1]) for k, v in sorted(out.items())}
 
-    def write_outputs(self, run: RoutingRun) -> list[Path]:
-        written = []
-        plot_path = self.out / "comparison.png"
-        plot([run], str(plot_path))
-        written.append(plot_path)
+    def write_outputs(self, run: RoutingRun, tokens: str) -> list[Path]:
+        """report.html with its PNGs, the dashboards and results.json; returns them."""
+        live = LiveRun(run, {s.policy: s.outcomes for s in self.sides},
+                       {s.policy: s.samples for s in self.sides}, self.origin, self.started,
+                       self.ended, self.o.time_scale,
+                       {s.policy: s.fleet.pool for s in self.sides})
+        scrape = float(self.o.scrape_interval.rstrip("s"))
+        if self.prometheus is not None:
+            time.sleep(2 * scrape)  # the run's last samples scraped
+            live.ended = time.time()
+        written = write_run_report(self.out, live, prom=self.prometheus,
+                                   rate_interval=f"{max(4 * scrape, 5):g}s",
+                                   intro=self.intro(run), extra=tokens)
         ddir = self.out / "dashboards"
         ddir.mkdir(exist_ok=True)
         for name, text in dashboard_files().items():
@@ -245,6 +263,16 @@ class Demo:
             for (p, mo), (a, b) in self.exporter_tokens().items()]}, indent=2) + "\n")
         written.append(results)
         return written
+
+    def intro(self, run: RoutingRun) -> str:
+        o = self.o
+        n = sum(len(s.outcomes) for s in self.sides[:1])
+        return (f"{o.pods} simulated vLLM pods per pool (Llama-2-7B on an A10, the seed's 10 "
+                f"LoRA adapters); the same {n} seeded {WORKLOAD} requests through each "
+                f"balancer at {o.load:.0%} of the pods' measured capacity, arriving over "
+                f"{o.duration * o.time_scale:.0f} simulated seconds ({o.duration:.0f} s wall "
+                f"clock at x{o.time_scale:g}; the load took {self.ended - self.started:.0f} s "
+                "wall clock with the last requests finishing).")
 
 
 def tokens_table(tokens: dict[tuple[str, str], tuple[float, float]]) -> str:
@@ -301,18 +329,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"llmtraffic demo: {e}", file=sys.stderr)
         return 2
     demo = Demo(opts)
+    t0 = time.monotonic()
     try:
         demo.start()
         run = demo.run()
         say("\n" + format_table(run, name="lb_policy"))
-        say("\ntimes in simulated seconds; tokens by model as counted by the exporter from "
-            "the balancers' access logs:")
         time.sleep(1.0)  # the exporter polls the logs every 0.2 s
-        say(tokens_table(demo.exporter_tokens()))
-        written = demo.write_outputs(run)
-        say(f"\nwrote {', '.join(str(p) for p in written[:1])}, {opts.out / 'dashboards'}/, "
-            f"{written[-1]}, {opts.out / 'enriched.log'}, logs in {opts.out / 'logs'}/")
-        _headline(run)
+        tokens = ("tokens by model as the exporter counted them from the balancers' access "
+                  "logs:\n" + tokens_table(demo.exporter_tokens()))
+        say("\n" + tokens)
+        written = demo.write_outputs(run, tokens)
+        say(f"\nwrote {written[0]} (open it in a browser), {written[1]}, "
+            f"{opts.out / 'panels'}/, {opts.out / 'dashboards'}/, {written[-1]}, "
+            f"{opts.out / 'enriched.log'}, logs in {opts.out / 'logs'}/")
+        line = headline(run)
+        say(("\n" + line if line else "") +
+            f"\nthe demo took {time.monotonic() - t0:.0f} s (wall clock)")
         serve = opts.serve if opts.serve is not None else (
             sys.stdin.isatty() and not opts.quick)
         if serve:
@@ -330,15 +362,3 @@ def _run(args: argparse.Namespace) -> int:
         raise
     finally:
         demo.stop()
-
-
-def _headline(run: RoutingRun) -> None:
-    llm, rr = run.policies.get("llm"), run.policies.get("round-robin")
-    if not llm or not rr:
-        return
-    try:
-        ratio = rr["ttft_p90_s"] / llm["ttft_p90_s"]
-    except ZeroDivisionError:
-        return
-    say(f"\nLLM-aware TTFT p90 {llm['ttft_p90_s']:.2f} s vs round-robin "
-        f"{rr['ttft_p90_s']:.2f} s: {ratio:.1f}x better")

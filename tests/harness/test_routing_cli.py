@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from llmtraffic.cli import main
 
@@ -30,7 +31,18 @@ def test_single_seed_json_has_the_issue_shape(tmp_path, capsys):
         assert KEYS <= set(row)
         assert row["completed"] > 0
     assert "summary" not in data
-    assert "over seeds" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "over seeds" not in out
+
+
+def test_the_table_fits_100_columns_labels_its_times_and_says_what_the_oracle_is(
+        tmp_path, capsys):
+    _run(tmp_path, "--seed", "3")
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    assert "times in simulated seconds" in out
+    assert "oracle: a clairvoyant reference, not a bound" in out
+    assert re.search(r"^policy\s+round-robin\s+llm\s+oracle$", out, re.M), out
 
 
 def test_several_seeds_end_with_geometric_means_and_ratios(tmp_path, capsys):

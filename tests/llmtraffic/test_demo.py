@@ -24,10 +24,13 @@ from llmtraffic.dashboards import rules
 from llmtraffic.dashboards.targets import all_queries
 from llmtraffic.contracts import series as m
 from llmtraffic.harness.prometheus import PrometheusAPI
+from tests.fixtures.browser import check_panels
 from tests.prometheus.test_scrape_dashboards_live import (assert_variables_answer,
                                                          run_until_all_answer)
 
 pytestmark = pytest.mark.e2e
+
+PANELS = ("kv", "queue", "ttft", "tokens")  # KV cache, queue time, TTFT, token throughput
 
 
 def _read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> tuple[str, str]:
@@ -59,8 +62,15 @@ def test_demo_quick_serves_prometheus_with_every_dashboard_query_answering(
         text, url = _read_until(proc, r"Prometheus: (http://\S+)", timeout=300)
         prom = PrometheusAPI(url)
 
-        # the comparison table and the exporter's token counts were printed
-        assert re.search(r"^llm\s+\d", text, re.M) and re.search(r"^round-robin\s+\d", text, re.M)
+        # the comparison table, no wider than 100 columns, and the exporter's token counts
+        assert re.search(r"^lb_policy\s+llm\s+round-robin$", text, re.M)
+        assert re.search(r"^TTFT p90 \(s\)\s+\d+\.\d+\s+\d+\.\d+$", text, re.M)
+        table = text[text.index("lb_policy "):text.index("tokens by model")]
+        assert max(len(line) for line in table.splitlines()) <= 100
+        # the report: the four comparison panels from the run and from the dashboards'
+        # own queries, drawn with data for both policies in a real browser
+        check_panels(out / "report.html", tmp_path / "report.png",
+                     [f"{src}-{k}" for src in ("run", "grafana") for k in PANELS])
         results = json.loads((out / "results.json").read_text())
         for policy in ("llm", "round-robin"):
             r = results["policies"][policy]
@@ -73,6 +83,8 @@ def test_demo_quick_serves_prometheus_with_every_dashboard_query_answering(
                 row["completion_tokens"]
         assert by_policy["llm"] == by_policy["round-robin"] > 0
         assert (out / "comparison.png").stat().st_size > 10_000
+        assert sorted(p.name for p in (out / "panels").iterdir()) == sorted(
+            f"{src}-{k}.png" for src in ("run", "grafana") for k in PANELS)
         assert sorted(p.name for p in (out / "dashboards").iterdir()) == [
             "llmtraffic-comparison.json", "llmtraffic-overview.json"]
 
@@ -109,6 +121,37 @@ def test_demo_quick_serves_prometheus_with_every_dashboard_query_answering(
     assert len(ports) >= 10  # 6 pods, 2 balancers, the exporter, Prometheus
     still_up = [p for p in ports if _listening(p)]
     assert not still_up, f"demo left processes listening on {still_up}"
+
+
+@pytest.mark.timeout(420)
+def test_demo_without_prometheus_serves_until_ctrl_c_and_writes_the_report(
+        tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # a PATH with no prometheus on it
+    bin_dir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmtraffic", "demo", "--quick", "--serve", "--out", "demo"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PATH": str(bin_dir)})
+    try:
+        text, _ = _read_until(proc, r"(serving until Ctrl-C)", timeout=300)
+        assert "prometheus   not started (not on the PATH)" in text
+        out = tmp_path / "demo"
+        check_panels(out / "report.html", tmp_path / "report.png",
+                     [f"run-{k}" for k in PANELS])
+        page = (out / "report.html").read_text()
+        assert "Prometheus did not run" in page and "grafana-" not in page
+        assert proc.poll() is None  # still serving
+        ports = {int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", text)}
+        assert len(ports) >= 9 and all(_listening(p) for p in ports)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 130 and rest.strip().endswith("stopping"), rest
+    assert not [p for p in ports if _listening(p)]
 
 
 def _listening(port: int) -> bool:
