@@ -3,11 +3,14 @@ into `Pod`s the same way by every command."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
 
 from llmtraffic.contracts.store import Pod
+
+log = logging.getLogger(__name__)
 
 #: What `--pods-file` means, to every command that takes it.
 PODS_FILE_HELP = (
@@ -77,9 +80,16 @@ def has_port(address: str) -> bool:
 
 
 def require_ports(pods: list[Pod], path: str) -> list[Pod]:
-    """The pods file read without InferencePools: every address needs its port."""
+    """The pods file read without InferencePools: every address needs its port, and a pod
+    without `pool:` is said once (its pod and pool series carry `pool=""`)."""
     for p in pods:
         if not has_port(p.address):
             raise ValueError(f"{path}: pod {p.name} ({p.address}) has no port: without an "
                              "InferencePool to take a target port from, write host:port")
+    unpooled = [p.name for p in pods if not p.pool]
+    if unpooled:
+        log.warning("%s: %d pods have no `pool:` (%s): without InferencePools their pool is "
+                    "unknown here, so their pod and pool series carry pool=\"\"; add `pool: "
+                    "<InferencePool name>` to each", path, len(unpooled),
+                    ", ".join(unpooled[:5]) + (", ..." if len(unpooled) > 5 else ""))
     return pods

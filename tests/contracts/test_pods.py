@@ -40,3 +40,13 @@ def test_what_an_address_may_be(tmp_path: Path) -> None:
     assert all(address_problem(a) for a in bad)
     path = _file(tmp_path, "pods:\n" + "".join(f'- {{address: "{a}"}}\n' for a in good))
     assert [p.address for p in pods_from_file(path)] == list(good)
+
+
+def test_pods_without_a_pool_are_said_where_no_inferencepool_names_it(tmp_path: Path,
+                                                                      caplog) -> None:
+    from llmtraffic.contracts.pods import require_ports
+
+    path = _file(tmp_path, 'pods:\n- {name: a, address: "127.0.0.1:8001", labels: {app: x}}\n'
+                 '- {name: b, address: "127.0.0.1:8002", pool: x}\n')
+    require_ports(pods_from_file(path), path)
+    assert "1 pods have no `pool:` (a)" in caplog.text and 'pool=""' in caplog.text
