@@ -116,8 +116,7 @@ async def _serve_proxy(app) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if app.access_log is not None:
-        loop.add_signal_handler(signal.SIGHUP, app.access_log.reopen)
+    loop.add_signal_handler(signal.SIGHUP, app.core.reopen_logs)
     try:
         await app.start()
     except OSError as e:

@@ -140,6 +140,17 @@ class BalancerCore:
         self._tasks = []
         await self.scraper.close()
 
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen the access log (after logrotate moved it); never fatal."""
+        if self.access_log is None:
+            log.info("SIGHUP: no access log to reopen")
+            return
+        try:
+            self.access_log.reopen()
+            log.info("SIGHUP: reopened the access log %s", self.access_log_path)
+        except OSError as e:
+            log.error("SIGHUP: cannot reopen the access log %s: %s", self.access_log_path, e)
+
     def close(self) -> None:
         if self.access_log is not None:
             self.access_log.close()

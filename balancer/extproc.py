@@ -178,10 +178,21 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         self.core = core
         self.options = options
         self._rng = random.Random(options.seed)
+        self._open: set[_Exchange] = set()  # exchanges whose gRPC stream is open
+
+    def cut_all(self) -> None:
+        """The drain deadline: every exchange still open is logged as cut (503 DT)."""
+        for ex in self._open:
+            if not ex.ended:
+                ex.life.cut = True
+        if self._open:
+            log.warning("drain deadline (%g s): cutting %d request(s) still in flight",
+                        self.options.drain_timeout, len(self._open))
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
         ex = _Exchange(self.core)
+        self._open.add(ex)
         try:
             async for req in request_iterator:
                 try:
@@ -199,6 +210,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
                 for answer in answers:
                     yield answer
         finally:
+            self._open.discard(ex)
             self._finish(ex)
 
     async def _measure(self, ex: _Exchange, msg: pb.HttpBody) -> None:
@@ -471,7 +483,10 @@ class ExtProcServer:
             self._watch = None
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
-            await self._server.stop(self.options.grace)
+            cut = asyncio.get_running_loop().call_later(self.options.drain_timeout,
+                                                        self.picker.cut_all)
+            await self._server.stop(self.options.drain_timeout)
+            cut.cancel()
             self._server = None
         if self._health_server is not None:
             await self._health_server.stop(0)
@@ -487,8 +502,7 @@ async def serve_extproc(discovery: Discovery, options: ExtProcOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if server.core.access_log is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.core.access_log.reopen)
+    loop.add_signal_handler(signal.SIGHUP, server.core.reopen_logs)
     try:
         await server.start()
     except (OSError, RuntimeError, ValueError) as e:

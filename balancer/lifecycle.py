@@ -12,13 +12,17 @@ from llmtraffic.balancer.router import ApiError, Decision
 from llmtraffic.balancer.usage import describe, now_iso
 from llmtraffic.contracts.record import LLMRecord
 
+#: The status logged for a request the drain deadline cut (Envoy's flag DT: a duration
+#: limit ended it).
+DRAIN_CUT = 503
+
 
 class RequestLifecycle:
     """`decide` (or `refuse`); `hold` a pod while it works on the request, telling the
     breaker how it did (`answered`, `failed`), then `release` it; `finish` once, whatever
     happened. `rec` is the record the front end fills along the way."""
 
-    __slots__ = ("core", "t0", "rec", "address", "judged")
+    __slots__ = ("core", "t0", "rec", "address", "judged", "cut")
 
     def __init__(self, core: BalancerCore, **fields: Any) -> None:
         self.core = core
@@ -26,6 +30,7 @@ class RequestLifecycle:
         self.rec = LLMRecord(start_time=now_iso(), lb_policy=core.policy.name, **fields)
         self.address: str | None = None  # the pod this request holds an in-flight slot on
         self.judged = False  # the breaker heard how that pod answered
+        self.cut = False  # ended by the balancer's drain deadline (logged 503 DT)
 
     def decide(self, host: str | None, body: dict[str, Any], chat: bool,
                objective: str | None = None) -> Decision:
@@ -117,7 +122,9 @@ class RequestLifecycle:
         it before the response was complete, flag DC): release, then log the record."""
         rec = self.rec
         rec.duration_ms = round((time.monotonic() - self.t0) * 1000, 3)
-        if not ended:
+        if self.cut:
+            rec.response_code, rec.response_flags = DRAIN_CUT, "DT"
+        elif not ended:
             rec.response_flags = rec.response_flags or "DC"
         self.release()
         self.core.log(rec)

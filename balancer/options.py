@@ -66,6 +66,10 @@ class BalancerOptions(BaseModel):
     max_stream_tokens: Annotated[int, Flag(metavar="N")] = Field(
         65536, ge=1, description="a stream may carry max_tokens (this when the request sets "
         "none) times n events, plus 64; a longer one is cut as an endless stream")
+    drain_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
+        50.0, ge=0, description="on SIGTERM, requests in flight get this long to finish "
+        "(keep it below the pod's terminationGracePeriodSeconds, 60 in deploy/); then a "
+        "stream ends with an error event, another request gets 503, each logged 503 DT")
     max_label_values: MaxLabelValues
     seed: int | None = Field(None, description="seed the policy's tie-breaks")
 
@@ -107,7 +111,6 @@ class ExtProcOptions(BalancerOptions):
     listen: Listen = "0.0.0.0:9002"
     health_listen: Listen = Field("0.0.0.0:9003",
                                   description="extproc: gRPC health service address")
-    grace: Annotated[float, NOT_A_FLAG] = Field(5.0, ge=0)  # seconds streams get on stop
 
 
 class BalancerCommand(BaseModel):

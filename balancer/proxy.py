@@ -21,11 +21,12 @@ from prometheus_client import generate_latest
 from llmtraffic.balancer.connections import ConnectionGuard, default_limit
 from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
-from llmtraffic.balancer.lifecycle import RequestLifecycle
+from llmtraffic.balancer.lifecycle import DRAIN_CUT, RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
 from llmtraffic.balancer.usage import SseTap, apply_usage
+from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
 #: Upstream failures while relaying a stream: the client's stream ends with an error event.
 STREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
+CLIENT_LEFT = "the client left"  # a relay's outcome: nothing more to send
 SECRET_HEADERS = ("authorization", "cookie", "x-api-key", "proxy-authorization")
 
 
@@ -86,6 +88,9 @@ class BalancerApp:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        #: requests being served (their handler task) and the streams being relayed
+        self._inflight: dict[RequestLifecycle, asyncio.Task] = {}
+        self._streams: dict[RequestLifecycle, aiohttp.ClientResponse] = {}
         self.guard: ConnectionGuard | None = None
         #: address -> a future set when that pod is ejected (requests waiting there leave)
         self._ejections: dict[str, asyncio.Future[None]] = {}
@@ -131,6 +136,7 @@ class BalancerApp:
         if self._listener is not None:
             self._listener.close()  # no new connections
             self._listener = None
+            await self._drain()
         await self.core.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -139,6 +145,28 @@ class BalancerApp:
             await self._session.close()
             self._session = None
         self.core.close()
+
+    async def _drain(self) -> None:
+        """Requests in flight get --drain-timeout to finish; then each is cut: a stream
+        ends with an error event, another request is answered 503 (logged 503 DT)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_timeout
+        while self._inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not self._inflight:
+            return
+        log.warning("drain deadline (%g s): cutting %d request(s) still in flight",
+                    self.options.drain_timeout, len(self._inflight))
+        for life, task in list(self._inflight.items()):
+            life.cut = True
+            up = self._streams.get(life)
+            if up is not None:
+                up.close()  # its relay ends it with an error event
+            else:
+                task.cancel()
+        end = loop.time() + 5.0
+        while self._inflight and loop.time() < end:
+            await asyncio.sleep(0.01)
 
     # ---- small endpoints -----------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
@@ -182,6 +210,7 @@ class BalancerApp:
             request_id=request.headers.get("X-Request-Id") or str(uuid.uuid4()),
             authority=request.host, downstream_remote_address=request.remote)
         rec = life.rec
+        self._inflight[life] = asyncio.current_task()  # type: ignore[assignment]
         try:
             if not _bearer_ok(request, self.options.api_key):
                 raise ApiError(401, "missing or wrong API key: send "
@@ -207,10 +236,15 @@ class BalancerApp:
         except ApiError as e:
             life.refuse(e)
             return _error(e)
-        except asyncio.CancelledError:  # the client hung up before the answer was complete
-            rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
+        except asyncio.CancelledError:
+            if life.cut:  # the drain deadline, not the client: say so to both
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return _error(ApiError(DRAIN_CUT, "the balancer is shutting down: the "
+                                       "request was cut at its drain deadline; retry"))
+            rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"  # the client left
             raise
         finally:
+            del self._inflight[life]
             life.finish()
 
     async def _forward(self, request: web.Request, d: Decision,
@@ -367,12 +401,48 @@ class BalancerApp:
             "X-Request-Id": rec.request_id or ""})
         await resp.prepare(request)
         rec.response_code = 200
-        sent = 0
         tap = SseTap(rec, sent_at, drop_usage=not d.client_wants_usage)
+        self._streams[life] = up
+        try:
+            failure, sent = await self._relay_lines(d, up, resp, tap, rec)
+        finally:
+            del self._streams[life]
+        if failure is CLIENT_LEFT:
+            return resp
+        if failure is None:
+            life.cut = False  # it ended well before its cut took effect
+        elif life.cut:
+            failure = "the balancer is shutting down: the stream was cut at its drain deadline"
+            log.warning("stream from pod %s (%s) cut at the drain deadline after %d chunks",
+                        rec.pod, rec.upstream_host, tap.chunks)
+            err = ApiError(DRAIN_CUT, failure)
+        else:
+            rec.response_code, rec.response_flags = 502, "UC"
+            life.strike(failure)
+            log.warning("stream from pod %s (%s) broke after %d chunks: %s", rec.pod,
+                        rec.upstream_host, tap.chunks, failure)
+            err = ApiError(502, f"upstream pod {rec.pod} failed mid-stream: {failure}")
+        if failure is not None:
+            try:
+                await resp.write(b"data: " + err.body() + b"\n\n")
+            except ConnectionResetError:
+                pass
+        rec.bytes_sent = sent
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+    async def _relay_lines(self, d: Decision, up: aiohttp.ClientResponse,
+                           resp: web.StreamResponse, tap: SseTap, rec: LLMRecord
+                           ) -> tuple[str | None, int]:
+        """The pod's SSE lines to the client, within the stream's caps: (why it failed or
+        CLIENT_LEFT or None, bytes sent)."""
+        sent = 0
         max_events = d.stream_events(self.options.max_stream_tokens)
         max_bytes = self.options.max_response_bytes
         failure: str | None = None
-        strike = True  # the pod's fault (else the stream ended well, or the client left)
         it = up.content.__aiter__()
         while True:
             try:
@@ -397,24 +467,9 @@ class BalancerApp:
             except ConnectionResetError:
                 rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
                 rec.bytes_sent = sent
-                return resp
+                return CLIENT_LEFT, sent
             sent += len(line)
-        if failure is not None:
-            rec.response_code, rec.response_flags = 502, "UC"
-            life.strike(failure)
-            log.warning("stream from pod %s (%s) broke after %d chunks: %s", rec.pod,
-                        rec.upstream_host, tap.chunks, failure)
-            err = ApiError(502, f"upstream pod {rec.pod} failed mid-stream: {failure}")
-            try:
-                await resp.write(b"data: " + err.body() + b"\n\n")
-            except ConnectionResetError:
-                pass
-        rec.bytes_sent = sent
-        try:
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass
-        return resp
+        return failure, sent
 
 
 class PodFault(Exception):

@@ -184,6 +184,18 @@ class ExporterApp:
             await asyncio.sleep(FLUSH_INTERVAL)
             self.enricher.flush_if_dirty()
 
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen the enriched log (after logrotate moved it); never fatal."""
+        if self.enricher is None or self.options.enriched_log == "-":
+            log.info("SIGHUP: no enriched log to reopen")
+            return
+        try:
+            self.enricher.reopen()
+            log.info("SIGHUP: reopened the enriched log %s", self.options.enriched_log)
+        except OSError as e:
+            log.error("SIGHUP: cannot reopen the enriched log %s: %s",
+                      self.options.enriched_log, e)
+
     # ---- HTTP --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
@@ -270,6 +282,7 @@ async def _serve(app: ExporterApp) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reopen_logs)
     try:
         await app.start()
     except (OSError, ValueError) as e:

@@ -94,6 +94,15 @@ class Enricher:
         self._file.seek(0, os.SEEK_END)
         self._offset = min(offset, size)
 
+    def reopen(self) -> None:
+        """After logrotate moved the file (SIGHUP): go on in a file at `path`."""
+        if self.path == "-":
+            return
+        self._file.flush()
+        self._file.close()
+        self._file = open(self.path, "ab")
+        self._offset = self._file.tell()
+
     def close(self) -> None:
         self._file.flush()
         if self.path != "-":
