@@ -317,10 +317,11 @@ class Router:
         _check_types(body)
         target = model.pick_target(self._rng)
         snap = self.store.snapshot(self.clock())
-        pods = snap.in_pool(pool.name)
+        pods = in_pool = snap.in_pool(pool.name)
         if self.breaker is not None:
             pods = self.breaker.mark(pods, snap.now)
-        members = Snapshot(snap.now, pods)
+        # the store's health version still describes the pods unless the breaker marked some
+        members = Snapshot(snap.now, pods, version=snap.version if pods is in_pool else None)
         request = LLMRequest(model=name, target_model=target,
                              adapter=None if self._is_base(pool.name, target, pods) else target,
                              prompt=text, prompt_tokens=estimate_tokens(text),

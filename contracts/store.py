@@ -115,6 +115,10 @@ class Snapshot:
     #: The pools the pods belong to, when the store knows (lets `in_pool` skip the scan
     #: when every pod is in the one pool asked for).
     pools: frozenset[str] | None = None
+    #: Changes whenever which pods are present, ready or failing changes (the store's
+    #: `health_version`); None when unknown. Lets a policy keep what it derives from the
+    #: usable set (round-robin's ring) across picks instead of rebuilding it per pick.
+    version: int | None = None
 
     def by_address(self) -> dict[str, PodState]:
         return {p.pod.address: p for p in self.pods}
@@ -151,6 +155,9 @@ class MetricsStore:
         self._lock = threading.Lock()
         self.generation = 0  # bumped on every membership change
         self.models_version = 0  # bumped when a pod's reported model names change
+        #: bumped on every membership change and whenever a pod starts or stops failing
+        #: (its `last_error` set or cleared): what `filters.usable` depends on
+        self.health_version = 0
         # what `snapshot` hands out, kept between calls: the states in membership order,
         # the entries changed since (rebuilt then), and when some fresh pod turns stale
         self._states: list[PodState | None] = []
@@ -174,6 +181,7 @@ class MetricsStore:
                     new[pod.address] = _Entry(pod)
             self._entries = new
             self.generation += 1
+            self.health_version += 1
             for k, e in enumerate(new.values()):
                 e.slot = k
             self._states = [None] * len(new)
@@ -199,6 +207,8 @@ class MetricsStore:
                 self.models_version += 1
             e.metrics = metrics
             e.scraped_at = now
+            if e.last_error is not None:
+                self.health_version += 1
             e.last_error = None
             e.missed = 0
             e.sent_since_scrape = 0
@@ -220,6 +230,8 @@ class MetricsStore:
             e.missed += 1
             if error == "timeout" and e.missed == 1 and e.metrics is not None:
                 return False
+            if e.last_error is None:
+                self.health_version += 1
             e.last_error = error
             e.state = None
             self._dirty.add(e)
@@ -277,6 +289,7 @@ class MetricsStore:
                     states[e.slot] = st
                 self._dirty.clear()
                 self._stale_at, self._built_at = stale_at, now
-            return Snapshot(now, tuple(states), self._pools)  # type: ignore[arg-type]
+            return Snapshot(now, tuple(states), self._pools,  # type: ignore[arg-type]
+                            self.health_version)
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})

@@ -1,9 +1,10 @@
-"""Round-robin: what a Kubernetes Service (or the seed's VirtualService) does."""
+"""Round-robin: what a Kubernetes Service (or the seed's VirtualService) does. The ring of
+usable pods (sorted by address) is kept across picks and rebuilt on membership change."""
 
 from __future__ import annotations
 
-from llmtraffic.balancer.policy.filters import usable
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, PolicyHooks, Shed, no_endpoint
+from llmtraffic.balancer.policy.ring import UsableRing
 from llmtraffic.contracts.store import Snapshot
 
 
@@ -12,9 +13,10 @@ class RoundRobin(PolicyHooks):
 
     def __init__(self, seed: int | None = None) -> None:
         self._next: dict[str, int] = {}
+        self._ring = UsableRing(sorted)
 
     def pick(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
-        pods = sorted(p.address for p in usable(snapshot.pods))
+        pods = self._ring.addresses(request.pool, snapshot)
         if not pods:
             return no_endpoint(snapshot)
         i = self._next.get(request.pool, 0)

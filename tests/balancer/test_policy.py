@@ -52,7 +52,7 @@ def store_with(*metrics: PodMetrics | None, stale: tuple[int, ...] = (),
         if m is not None:
             store.update(f"10.0.0.{i}:8000", m, NOW - (10.0 if i in stale else 0.0))
         if i in errors:
-            store.mark_error(f"10.0.0.{i}:8000", "timeout", NOW)
+            store.mark_error(f"10.0.0.{i}:8000", "connect_error", NOW)
     return store
 
 
