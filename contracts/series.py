@@ -52,6 +52,18 @@ ROTATIONS = Series("llmtraffic_exporter_rotations", "counter",
                    "Log rotations seen, by kind (rename, truncate).", ("kind",))
 TAIL_LAG = Series("llmtraffic_exporter_tail_lag_bytes", "gauge",
                   "Bytes written to a followed file and not yet read.", ("file",))
+TAIL_ERRORS = Series("llmtraffic_exporter_tail_errors", "counter",
+                     "Trouble following the logs, by reason (read_error: a pass of the tail "
+                     "loop failed and is retried; not_regular: a path that is not a regular "
+                     "file was refused; rotated_between_polls: a file was replaced again "
+                     "before it was read, so lines may be lost).", ("reason",))
+ENRICHED_DROPPED = Series("llmtraffic_exporter_enriched_dropped", "counter",
+                          "Enriched lines lost because the enriched log could not be written "
+                          "(the token counters still counted them).")
+HEALTHY = Series("llmtraffic_exporter_healthy", "gauge",
+                 "1 while the exporter follows, counts and writes as it should; 0 when "
+                 "/health answers 503 (a failing or stalled tail loop, a refused path, an "
+                 "enriched log that cannot be written).")
 RECORDS_WITHOUT_TOKENS = Series(
     "llmtraffic_exporter_records_without_tokens", "counter",
     "Records that name a model but carry no token count, by reason: error_response (not "

@@ -33,6 +33,9 @@ from llmtraffic.exporter.tail import Tailer, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
+#: Seconds without a completed pass of the tail loop after which /health says it stalled.
+STALL_AFTER = 30.0
+MAX_RETRY_PAUSE = 30.0  # the longest pause between two failed passes
 
 
 class ExporterOptions(BaseModel):
@@ -121,6 +124,8 @@ class ExporterApp:
         self._tasks: list[asyncio.Task] = []
         self._runner: web.AppRunner | None = None
         self._last_checkpoint = 0.0
+        self._tail_error: str | None = None  # why the last pass of the tail loop failed
+        self._passed_at = time.monotonic()  # when a pass last completed
         self.port = 0
 
     # ---- checkpoint --------------------------------------------------------------------
@@ -165,17 +170,61 @@ class ExporterApp:
     async def _tail_loop(self) -> None:
         # Saved once per checkpoint_interval while lines come, and once more when they stop
         # (else the last positions would stay unsaved while the log is idle, and a rotation
-        # then and another while we are down would hide the file in between).
+        # then and another while we are down would hide the file in between). A pass that
+        # fails is said, counted and retried with a growing pause; it never ends the loop.
         unsaved = False  # lines read or a rotation seen since the last checkpoint
+        pause = self.options.poll_interval
         while True:
-            rotations = sum(self.stats.rotations.values())
-            n = self.poll()
-            unsaved = unsaved or n > 0 or sum(self.stats.rotations.values()) != rotations
-            if self.options.positions and unsaved and (
-                    time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval):
-                self.checkpoint()
-                unsaved = False
+            try:
+                rotations = sum(self.stats.rotations.values())
+                n = self.poll()
+                unsaved = unsaved or n > 0 or sum(self.stats.rotations.values()) != rotations
+                if self.options.positions and unsaved and (
+                        time.monotonic() - self._last_checkpoint
+                        >= self.options.checkpoint_interval):
+                    self.checkpoint()
+                    unsaved = False
+            except Exception as e:  # noqa: BLE001 - the loop must go on, loudly
+                self._tail_failed(e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE)
+                continue
+            if self._tail_error is not None:
+                log.info("the tail loop works again (after: %s)", self._tail_error)
+                self._tail_error = None
+            pause = self.options.poll_interval
+            self._passed_at = time.monotonic()
             await asyncio.sleep(0 if n or self.tailer.more else self.options.poll_interval)
+
+    def _tail_failed(self, e: Exception) -> None:
+        self.stats.tail_error("read_error")
+        error = f"{type(e).__name__}: {e}"
+        if error != self._tail_error:
+            log.error("a pass of the tail loop failed (%s); retrying, counts wait until it "
+                      "works", error, exc_info=not isinstance(e, OSError))
+            self._tail_error = error
+
+    def problems(self) -> list[str]:
+        """What keeps the exporter from following, counting or writing as it should (empty
+        when healthy): /health answers 503 with them, llmtraffic_exporter_healthy is 0."""
+        out = [f"tail loop: {self._tail_error}"] if self._tail_error else []
+        idle = time.monotonic() - self._passed_at
+        if self.options.access_logs and self._tasks and idle > STALL_AFTER:
+            out.append(f"tail loop: no pass completed for {idle:.0f} s")
+        out += [f"{path}: {why}" for path, why in
+                [*self.tailer.refused.items(), *self.tailer.errors.items()]]
+        if self.enricher is not None and self.enricher.error:
+            out.append(self.enricher.error)
+        out += [f"task {t.get_name()} ended: {t.exception()!r}" for t in self._tasks
+                if t.done() and not t.cancelled() and t.exception() is not None]
+        return out
+
+    def _note_health(self) -> list[str]:
+        problems = self.problems()
+        self.stats.healthy = not problems
+        if self.enricher is not None:
+            self.stats.enriched_dropped = self.enricher.dropped
+        return problems
 
     async def _flush_loop(self) -> None:
         """The enriched log reaches the disk at most FLUSH_INTERVAL after a record."""
@@ -198,10 +247,14 @@ class ExporterApp:
 
     # ---- HTTP --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
+        self._note_health()
         return web.Response(body=generate_latest(self.registry),
                             content_type="text/plain", charset="utf-8")
 
     async def _health(self, request: web.Request) -> web.Response:
+        problems = self._note_health()
+        if problems:
+            return web.Response(status=503, text="".join(f"{p}\n" for p in problems))
         return web.Response(text="ok\n")
 
     async def start(self) -> None:

@@ -34,8 +34,15 @@ class ExporterStats(ScrapeCounts):
     def parse_error(self, reason: str) -> None:
         self.parse_errors[reason] = self.parse_errors.get(reason, 0) + 1
 
+    tail_errors: dict[str, int] = field(default_factory=dict)  # reason -> count
+    enriched_dropped: int = 0
+    healthy: bool = True
+
     def rotation(self, kind: str) -> None:
         self.rotations[kind] = self.rotations.get(kind, 0) + 1
+
+    def tail_error(self, reason: str) -> None:
+        self.tail_errors[reason] = self.tail_errors.get(reason, 0) + 1
 
 
 
@@ -67,6 +74,9 @@ class ExporterCollector(Collector):
         yield counter_family(m.PARSE_ERRORS, (((k,), v) for k, v in list(s.parse_errors.items())))
         yield counter_family(m.ROTATIONS, (((k,), v) for k, v in list(s.rotations.items())))
         yield gauge_family(m.TAIL_LAG, (((k,), v) for k, v in list(s.lag.items())))
+        yield counter_family(m.TAIL_ERRORS, (((k,), v) for k, v in list(s.tail_errors.items())))
+        yield counter_family(m.ENRICHED_DROPPED, iter([((), float(s.enriched_dropped))]))
+        yield gauge_family(m.HEALTHY, [((), 1.0 if s.healthy else 0.0)])
         yield counter_family(m.RECORDS_WITHOUT_TOKENS,
                              (((k,), v) for k, v in list(s.without_tokens.items())))
         yield counter_family(m.RECORDS_RECEIVED, (((k,), v) for k, v in list(s.received.items())))

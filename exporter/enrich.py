@@ -1,11 +1,15 @@
 """Enriched access log: each record becomes one JSON line with canonical LLM fields and the
 pod/pool it went to (resolved from the store's membership), ready for Loki or Fluent Bit.
-Credentials are never copied: the output is built from LLMRecord fields only."""
+Credentials are never copied: the output is built from LLMRecord fields only. A file that
+cannot be written (a full disk) never stops the counting: its lines are dropped and counted,
+the error said once, and writing resumes by itself when the file can be written again."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from typing import IO
 
 import orjson
@@ -22,6 +26,10 @@ COPIED = ("start_time", "request_id", "method", "path", "protocol", "response_co
           "criticality", "source_pod", "source_namespace", "source_container")
 #: Longest time an enriched line waits in the buffer (the exporter flushes this often).
 FLUSH_INTERVAL = 0.5
+#: Seconds between two attempts to write again after a write failed.
+RETRY_INTERVAL = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def enrich(rec: LLMRecord, store: MetricsStore | None) -> dict:
@@ -56,6 +64,10 @@ class Enricher:
         self.path = path
         self._file: IO[bytes]
         self.dirty = False  # written and not flushed yet
+        self.dropped = 0  # lines lost to write errors
+        self.error: str | None = None  # why the file cannot be written now
+        self._failed_at = 0.0
+        self._unflushed = 0  # lines written since the last flush
         if path == "-":
             self._file = sys.stdout.buffer
             self._offset = 0
@@ -64,16 +76,61 @@ class Enricher:
             self._offset = self._file.tell()
 
     def write(self, rec: LLMRecord) -> None:
+        if self.error is not None and not self._recover():
+            self.dropped += 1
+            return
         line = orjson.dumps(enrich(rec, self.store)) + b"\n"
-        self._file.write(line)
+        try:
+            self._file.write(line)
+        except OSError as e:
+            self._fail(e, self._unflushed + 1)
+            return
         self._offset += len(line)
+        self._unflushed += 1
         self.dirty = True
 
     def flush(self) -> None:
-        self._file.flush()
-        if self.path != "-":
-            os.fsync(self._file.fileno())
+        if self.error is not None:
+            return
+        try:
+            self._file.flush()
+            if self.path != "-":
+                os.fsync(self._file.fileno())
+        except OSError as e:
+            self._fail(e, self._unflushed)
+            return
+        self._unflushed = 0
         self.dirty = False
+
+    def _fail(self, e: OSError, lost: int) -> None:
+        """A write failed: the lines not on disk are dropped; retried every RETRY_INTERVAL."""
+        self.dropped += lost
+        self._unflushed, self.dirty = 0, False
+        self.error = f"cannot write the enriched log {self.path}: {e.strerror or e}"
+        self._failed_at = time.monotonic()
+        log.error("%s; enriched lines are dropped (llmtraffic_exporter_enriched_dropped_total)"
+                  " until it can be written again; the token counters go on", self.error)
+        if self.path != "-":
+            try:
+                self._file.close()  # what was buffered is lost with the failed write
+            except OSError:
+                pass
+
+    def _recover(self) -> bool:
+        now = time.monotonic()
+        if now - self._failed_at < RETRY_INTERVAL:
+            return False
+        self._failed_at = now
+        if self.path != "-":
+            try:
+                self._file = open(self.path, "ab")
+            except OSError:
+                return False
+            self._offset = self._file.tell()
+        log.info("writing the enriched log %s again (%d lines were dropped)", self.path,
+                 self.dropped)
+        self.error = None
+        return True
 
     def flush_if_dirty(self) -> None:
         """Flush what was written since the last flush (called every FLUSH_INTERVAL)."""
@@ -96,14 +153,14 @@ class Enricher:
 
     def reopen(self) -> None:
         """After logrotate moved the file (SIGHUP): go on in a file at `path`."""
-        if self.path == "-":
+        if self.path == "-" or self.error is not None:
             return
-        self._file.flush()
+        self.flush()
         self._file.close()
         self._file = open(self.path, "ab")
         self._offset = self._file.tell()
 
     def close(self) -> None:
-        self._file.flush()
-        if self.path != "-":
+        self.flush()
+        if self.path != "-" and self.error is None:
             self._file.close()

@@ -21,6 +21,7 @@ import glob
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,8 @@ class Tailer:
         self.files: dict[str, _Followed] = {}
         # path -> its rotated-away file, still being finished before `files[path]` is read
         self._draining: dict[str, _Followed] = {}
+        self.refused: dict[str, str] = {}  # path -> why it is not followed (said once)
+        self.errors: dict[str, str] = {}  # path -> why reading it fails now
         self.more = False  # the last read() stopped at its byte budget, not at the end
         self._turn = 0  # which path the next read() starts with (fairness under a budget)
         self._started = False
@@ -95,18 +98,34 @@ class Tailer:
         return list(dict.fromkeys(out))
 
     def _open(self, path: str, at_end: bool) -> _Followed | None:
-        try:
-            fh = open(path, "rb")
+        """`path` opened to follow; None (said once, counted) when it cannot be opened or
+        is not a regular file (a FIFO would block the loop, a device never ends)."""
+        try:  # never blocks, even on a FIFO
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
-            log.error("cannot open access log %s: %s (check the path and permissions)", path, e)
+            self._refuse(path, f"cannot open it: {e.strerror or e} (check the path and "
+                         "permissions)", "open_error")
             return None
-        st = os.fstat(fh.fileno())
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self._refuse(path, "not a regular file (a FIFO, a device or a directory); only "
+                         "regular files are followed", "not_regular")
+            return None
+        self.refused.pop(path, None)
+        fh = os.fdopen(fd, "rb")
         f = _Followed(path, fh, st.st_dev, st.st_ino)
         if at_end:
             f.offset = st.st_size
             fh.seek(f.offset)
         f.refresh_fingerprint()
         return f
+
+    def _refuse(self, path: str, why: str, reason: str) -> None:
+        if self.refused.get(path) != why:
+            log.error("access log %s: %s", path, why)
+            self.stats.tail_error(reason)
+            self.refused[path] = why
 
     def _discover(self) -> None:
         first = not self._started
@@ -134,11 +153,27 @@ class Tailer:
         budget = self.max_read_bytes
         for path in paths:
             if budget > 0:
-                budget -= self._read_path(path, budget, out)
+                try:
+                    budget -= self._read_path(path, budget, out)
+                except OSError as e:  # this path now; the others go on
+                    self._failed(path, e)
+                else:
+                    self._recovered(path)
             else:
                 self.more = True
             self._update_lag(path)
         return out
+
+    def _failed(self, path: str, e: OSError) -> None:
+        why = f"reading failed: {e.strerror or e}; retried every pass"
+        self.stats.tail_error("read_error")
+        if self.errors.get(path) != why:
+            log.error("access log %s: %s", path, why)
+            self.errors[path] = why
+
+    def _recovered(self, path: str) -> None:
+        if self.errors.pop(path, None) is not None:
+            log.info("access log %s: reading again", path)
 
     def _read_path(self, path: str, budget: int, out: list) -> int:
         """Lines of one path into `out`: a rotated-away file is finished first. Returns the
