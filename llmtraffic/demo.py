@@ -114,6 +114,7 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         for old in ("access-llm.log", "access-round-robin.log", "enriched.log"):
             (self.out / old).unlink(missing_ok=True)
+        say(core_line())
         say(f"starting {o.pods} simulated vLLM pods per pool (Llama-2-7B on A10, the seed's "
             f"10 LoRA adapters; pool {POOL_RR} speaks vLLM's legacy metric names)")
         for policy, pool, version, seed in (("llm", POOL_LLM, "v1", o.seed),
@@ -297,6 +298,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "Prometheus config into --out. Ctrl-C stops everything.")
     add_flags(p, DemoOptions)
     p.set_defaults(func=_run)
+
+
+def core_line() -> str:
+    """Which core the llm policy runs, said first: a C build that failed at install time is
+    otherwise silent until a balancer starts."""
+    from llmtraffic.balancer.policy import native
+
+    if native.core is not None:
+        return "llm policy: native C core"
+    return (f"llm policy: pure-Python core, several times slower (the C core is not built: "
+            f"{native.missing}; Debian's compiler and headers: apt-get install gcc "
+            "python3-dev)")
 
 
 def prepare_out(out: Path) -> None:

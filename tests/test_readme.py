@@ -1,5 +1,7 @@
-"""The README, followed as written: "Running the pieces" run in its order (ports swapped for
-free ones) counts the first request and labels the pod and pool series with their pool."""
+"""The README, followed as written: its first command block makes a venv, then installs and
+runs the demo and the tests; "Running the pieces" run in its order (ports swapped for free
+ones) counts the first request and labels the pod and pool series with their pool; the
+Troubleshooting list quotes what the program really says."""
 
 from __future__ import annotations
 
@@ -35,6 +37,13 @@ def commands(text: str) -> list[str]:
     joined = re.sub(r"\\\n\s*", " ", text)
     return [re.sub(r"\s+#.*$", "", line).strip() for line in joined.splitlines()
             if line.strip()]
+
+
+def test_the_first_block_makes_a_venv_then_runs_the_demo_and_the_tests() -> None:
+    first = commands(README[:README.index("\n```\n") + 5].split("```bash\n", 1)[1])
+    assert re.match(r"python3 -m venv \S+ && \. \S+/bin/activate$", first[0]), first
+    assert first[1].startswith("pip install -e . && llmtraffic demo"), first
+    assert first[2] == "bash scripts/test", first
 
 
 def _get(url: str) -> str:
@@ -105,3 +114,84 @@ def test_running_the_pieces_in_order_counts_the_first_request(tmp_path: Path) ->
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
+
+
+def _said(argv: list[str]) -> str:
+    """What `llmtraffic ARGV` prints (stdout and stderr), run in this process."""
+    import contextlib
+    import io
+
+    from llmtraffic.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        assert main(argv) == 2
+    return out.getvalue()
+
+
+def _error(call) -> str:
+    try:
+        call()
+    except Exception as e:  # the message a command prints after its own prefix
+        return str(e)
+    raise AssertionError(f"{call} did not refuse")
+
+
+def messages(tmp_path: Path, monkeypatch, caplog) -> list[str]:
+    """The messages the Troubleshooting list quotes, produced by the code that prints them."""
+    from llmtraffic import demo
+    from llmtraffic.balancer import command, kube
+    from llmtraffic.balancer.policy import native
+    from llmtraffic.contracts.pods import pods_from_file, require_ports
+    from llmtraffic.harness.stack import Proc, vllm_router_binary
+    from tests.test_scripts import NO_ROOT
+
+    said = [_said(["demo", "--load", "90"]), _said(["demo", "--out", "/proc/nope"]),
+            _said(["balancer", "--kubernetes", "--listen", "localhost:99999"]),
+            _said(["balancer", "--kubernetes", "--listen", "8080"]), NO_ROOT]
+    bad = tmp_path / "bad.yaml"
+    for text in ("pod: []\n", 'pods:\n- {address: "127.0.0.1:1"}\n'
+                 '- {address: "127.0.0.1:2300l"}\n'):
+        bad.write_text(text)
+        said.append(_error(lambda: pods_from_file(str(bad))))
+    bad.write_text('pods:\n- {name: a, address: "127.0.0.1:1"}\n')
+    require_ports(pods_from_file(str(bad)), str(bad))
+    said.append(caplog.text)
+    proc = Proc("balancer-llm", [sys.executable, "-c", "raise SystemExit(1)"],
+                tmp_path / "balancer-llm.log").start()
+    said.append("llmtraffic demo: " + _error(lambda: proc.wait_http("http://127.0.0.1:9/")))
+    with monkeypatch.context() as m:
+        m.setattr(native, "core", None)
+        said.append(demo.core_line())
+        m.setenv("PATH", str(tmp_path))
+        said.append(_error(vllm_router_binary))
+        for blocked in ("grpc", "kubernetes"):
+            m.setitem(sys.modules, blocked, None)
+        m.delitem(sys.modules, "llmtraffic.balancer.extproc", raising=False)
+        said += [_error(command._extproc), _error(lambda: kube.load_api_client(None))]
+    return said
+
+
+#: Rows whose first column is not a message of ours, or one proved where it is printed.
+ELSEWHERE = {
+    "error: externally-managed-environment": "pip's own message",
+    "prometheus   not started (not on the PATH)":
+        "tests/llmtraffic/test_demo.py::test_demo_without_prometheus_serves_until_ctrl_c_and_"
+        "writes_the_report",
+}
+
+
+def test_troubleshooting_quotes_what_the_program_says(tmp_path: Path, monkeypatch,
+                                                      caplog) -> None:
+    section = README[README.index("## Troubleshooting"):]
+    section = section[:section.index("\n## ")]
+    rows = [r.split(" | ")[0] for r in section.splitlines() if r.startswith("| ")][1:]
+    quoted = [a or b for row in rows
+              for a, b in re.findall(r"``(.+?)\s*``|`([^`]+)`", row.split("|")[1])]
+    assert len(quoted) >= 14, quoted
+    said = messages(tmp_path, monkeypatch, caplog)
+    for text in quoted:
+        if text in ELSEWHERE or text == "bench live":
+            continue
+        parts = [p.strip() for p in text.split("…") if p.strip()]
+        assert any(all(p in s for p in parts) for s in said), (text, said)
