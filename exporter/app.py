@@ -81,6 +81,9 @@ class ExporterOptions(BaseModel):
     dimensions: Annotated[tuple[str, ...], Flag(text=True)] = Field(
         ("model",), description="comma-separated record fields used as token-counter labels "
         "(e.g. model,target_model,pool,lb_policy,response_code)")
+    max_line_bytes: Annotated[int, Flag(metavar="BYTES")] = Field(
+        1 << 20, ge=1024, description="a longer access-log line is dropped (to its newline) and "
+        "counted as the parse error too_long")
     max_label_values: MaxLabelValues
 
     @field_validator("dimensions", mode="before")
@@ -108,7 +111,7 @@ class ExporterApp:
         if pods:
             self.store.set_pods(pods)
         self.tailer = Tailer(options.access_logs, from_beginning=options.from_beginning,
-                             stats=self.stats)
+                             max_line_bytes=options.max_line_bytes, stats=self.stats)
         self.enricher = Enricher(self.store, options.enriched_log) \
             if options.enriched_log else None
         self.pipeline = Pipeline(self.parser, self.counters, self.stats, self.enricher)

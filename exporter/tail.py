@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 256
 MAX_READ_BYTES = 8 << 20  # per read(): bounds the lines held in memory at once
+#: A longer line is dropped (to its newline) and counted as the parse error `too_long`.
+MAX_LINE_BYTES = 1 << 20
+#: Seconds between two warnings that a file is replaced faster than it is polled.
+FAST_ROTATION_WARN_EVERY = 60.0
 
 
 def _fingerprint(fh, length: int) -> str:
@@ -53,6 +58,8 @@ class _Followed:
     partial: bytes = b""
     fp: str = ""
     fp_len: int = 0
+    skipping: bool = False  # inside a line over max_line_bytes: dropped to its newline
+    rotated_at: int = -1  # the pass (`Tailer._turn`) that found it at a rotation
 
     def identity(self) -> dict[str, Any]:
         if self.fp_len < FINGERPRINT_BYTES:
@@ -73,8 +80,10 @@ class Tailer:
 
     def __init__(self, patterns: list[str], *, from_beginning: bool = False,
                  chunk_size: int = 1 << 20, max_read_bytes: int = MAX_READ_BYTES,
+                 max_line_bytes: int = MAX_LINE_BYTES,
                  stats: ExporterStats | None = None) -> None:
         self.patterns = list(patterns)
+        self.max_line = max_line_bytes
         self.from_beginning = from_beginning
         self.chunk_size = chunk_size
         self.max_read_bytes = max_read_bytes
@@ -83,6 +92,7 @@ class Tailer:
         # path -> its rotated-away file, still being finished before `files[path]` is read
         self._draining: dict[str, _Followed] = {}
         self.refused: dict[str, str] = {}  # path -> why it is not followed (said once)
+        self._fast_warned_at = -FAST_ROTATION_WARN_EVERY
         self.errors: dict[str, str] = {}  # path -> why reading it fails now
         self.more = False  # the last read() stopped at its byte budget, not at the end
         self._turn = 0  # which path the next read() starts with (fairness under a budget)
@@ -239,11 +249,14 @@ class Tailer:
         if (st.st_dev, st.st_ino) != (f.dev, f.ino):
             self._draining[path] = f  # rename-and-create: finish the old file first
             self.stats.rotation("rename")
+            if f.rotated_at >= self._turn - 1:
+                self._rotated_fast(path)
             log.info("%s was rotated (new inode); reading the new file from the start", path)
             new = self._open(path, at_end=False)
             if new is None:
                 del self.files[path]
             else:
+                new.rotated_at = self._turn
                 self.files[path] = new
             return True
         if st.st_size < f.offset or (f.fp_len and hashlib.blake2b(
@@ -256,6 +269,31 @@ class Tailer:
             f.fh.seek(0)
             f.fp, f.fp_len = "", 0
         return False
+
+    def _cut_long(self, f: _Followed, parts: list[bytes]) -> list[bytes]:
+        """`parts` without lines over max_line_bytes (each counted `too_long`); an
+        unfinished one over it is dropped and skipped to its newline."""
+        kept = [ln for ln in parts if len(ln) <= self.max_line]
+        too_long = len(parts) - len(kept) + (len(f.partial) > self.max_line)
+        if len(f.partial) > self.max_line:
+            f.partial, f.skipping = b"", True
+        for _ in range(too_long):
+            self.stats.parse_error("too_long")
+        if too_long:
+            log.warning("%s: dropped %d line(s) longer than %d bytes (parse error too_long)",
+                        f.path, too_long, self.max_line)
+        return kept
+
+    def _rotated_fast(self, path: str) -> None:
+        """`path` was replaced on two passes in a row: files that come and go between two
+        passes are never seen, so lines may be lost. Counted; said once a minute."""
+        self.stats.tail_error("rotated_between_polls")
+        now = time.monotonic()
+        if now - self._fast_warned_at >= FAST_ROTATION_WARN_EVERY:
+            self._fast_warned_at = now
+            log.warning("%s is replaced faster than it is read (twice in a row between two "
+                        "passes): a file that comes and goes between two passes is never "
+                        "seen and its lines are lost; rotate less often", path)
 
     def _drain(self, f: _Followed, budget: int) -> tuple[list[bytes], int, bool]:
         """Complete lines from `f`, reading at most `budget` bytes: (lines, bytes read,
@@ -271,11 +309,19 @@ class Tailer:
                 break
             total += len(data)
             parts = data.split(b"\n")
+            if f.skipping:  # the rest of a line over max_line_bytes
+                if len(parts) == 1:
+                    continue
+                del parts[0]
+                f.skipping = False
             cr = b"\r" in data
+            longest = len(data) + len(f.partial)
             if f.partial:  # only the first line is copied, not the whole chunk
                 cr = cr or b"\r" in f.partial
                 parts[0] = f.partial + parts[0]
             f.partial = parts.pop()
+            if longest > self.max_line:
+                parts = self._cut_long(f, parts)
             if cr:
                 parts = [ln[:-1] if ln.endswith(b"\r") else ln for ln in parts]
             lines += parts

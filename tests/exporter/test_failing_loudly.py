@@ -173,3 +173,50 @@ async def test_a_failing_pass_of_the_tail_loop_is_retried(exporter, tmp_path, ca
     assert caplog.text.count("a pass of the tail loop failed (RuntimeError: a bug)") == 1
     assert app.stats.tail_errors == {"read_error": 3}
     assert (await health(app))[0] == 200
+
+
+# ---- unbounded lines and files -----------------------------------------------------------------
+def test_a_line_over_the_limit_is_dropped_and_counted_whatever_its_length(tmp_path):
+    """200 MB without a newline, scaled down: a line over max_line_bytes is never held
+    whole; it is dropped to its newline and counted as too_long, and the lines around it
+    are read."""
+    from llmtraffic.exporter.collector import ExporterStats
+
+    path = tmp_path / "access.log"
+    path.write_bytes(line(1))
+    stats = ExporterStats()
+    t = tail.Tailer([str(path)], from_beginning=True, chunk_size=4096, max_line_bytes=8192,
+                    stats=stats)
+    got = [ln for _, lines in t.read() for ln in lines]
+    with path.open("ab") as f:
+        for _ in range(64):  # 640 KiB of one line, arriving a chunk at a time
+            f.write(b"x" * 10240)
+            f.flush()
+            got += [ln for _, lines in t.read() for ln in lines]
+            assert all(len(x.partial) <= 8192 for x in t.files.values())  # never held whole
+        f.write(b"\n" + line(2) + b"y" * 9000 + b"\n" + line(3))
+    while True:
+        batch = [ln for _, lines in t.read() for ln in lines]
+        got += batch
+        if not batch and not t.more:
+            break
+    t.close()
+    assert [orjson.loads(x)["request_id"] for x in got] == ["r1", "r2", "r3"]
+    assert stats.parse_errors == {"too_long": 2}
+
+
+def test_a_file_replaced_faster_than_it_is_read_is_signalled(tmp_path, caplog):
+    from llmtraffic.exporter.collector import ExporterStats
+
+    path = tmp_path / "access.log"
+    path.write_bytes(line(0))
+    stats = ExporterStats()
+    t = tail.Tailer([str(path)], from_beginning=True, stats=stats)
+    t.read()
+    for i in range(1, 6):  # deleted and created again before every pass
+        path.unlink()
+        path.write_bytes(line(i))
+        t.read()
+    t.close()
+    assert stats.tail_errors == {"rotated_between_polls": 4}  # from the second in a row
+    assert caplog.text.count("is replaced faster than it is read") == 1
