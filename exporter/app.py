@@ -29,10 +29,10 @@ from llmtraffic.contracts.scrape import Scraper
 from llmtraffic.contracts.pods import pods_from_file, pods_from_urls, require_ports
 from llmtraffic.contracts.serving import parse_listen
 from llmtraffic.contracts.store import MetricsStore
+from llmtraffic.exporter.checkpoint import CHECKPOINT_VERSION, validate_checkpoint
 from llmtraffic.exporter.tail import Tailer, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
 #: Seconds without a completed pass of the tail loop after which /health says it stalled.
 STALL_AFTER = 30.0
 MAX_RETRY_PAUSE = 30.0  # the longest pause between two failed passes
@@ -138,9 +138,7 @@ class ExporterApp:
         data = load_checkpoint(self.options.positions)
         if data is None:
             return
-        if data.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{self.options.positions}: checkpoint version "
-                             f"{data.get('version')} is not {CHECKPOINT_VERSION}")
+        validate_checkpoint(self.options.positions, data)
         self.counters.restore(data["counters"])
         if self.enricher is not None and "enriched_offset" in data:
             self.enricher.truncate_to(int(data["enriched_offset"]))

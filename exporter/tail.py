@@ -365,6 +365,13 @@ class Tailer:
             if self._same_content(cur, saved):
                 cur.offset = saved["offset"]
                 cur.fh.seek(cur.offset)
+            elif self._offset_past_end(cur, saved):
+                size = os.fstat(cur.fh.fileno()).st_size
+                log.warning("%s: the checkpoint's offset %d is past the file's end (%d bytes) "
+                            "though its first bytes are the same; resuming at the end, so "
+                            "nothing is counted twice", path, saved["offset"], size)
+                cur.offset = size
+                cur.fh.seek(size)
             else:
                 self.stats.rotation("truncate")
                 log.warning("%s changed while we were down (fingerprint differs); reading "
@@ -379,6 +386,13 @@ class Tailer:
             log.info("%s was rotated while we were down; finishing %s first", path, old.path)
         if cur is not None:
             self.files[path] = cur
+
+    def _offset_past_end(self, f: _Followed, saved: dict) -> bool:
+        """The same file (inode and first bytes) but shorter than the saved offset: a
+        wrong offset, not a truncation (whose new first bytes differ)."""
+        size = os.fstat(f.fh.fileno()).st_size
+        return saved["fp_len"] > 0 and saved["fp_len"] <= size < saved["offset"] and \
+            _fingerprint(f.fh, saved["fp_len"]) == saved["fp"]
 
     def _same_content(self, f: _Followed, saved: dict) -> bool:
         size = os.fstat(f.fh.fileno()).st_size

@@ -26,16 +26,13 @@ from llmtraffic.harness.prometheus import PrometheusAPI, PrometheusServer
 pytestmark = pytest.mark.e2e
 
 MODEL = "meta-llama/Llama-2-7b-hf"
-VLLM_LABELS: dict[str, dict[str, str]] = {
-    v.REQUEST_SUCCESS: {"model_name": MODEL, "engine": "0", "finished_reason": "stop"},
-    v.LORA_REQUESTS_INFO: {"max_lora": "4", "running_lora_adapters": "sql-lora,tweet-summary",
-                           "waiting_lora_adapters": ""},
-    v.CACHE_CONFIG_INFO: {"block_size": "16", "num_gpu_blocks": "512",
-                          "enable_prefix_caching": "True"},
-}
-VLLM_BUCKETS = {v.TTFT: v.TTFT_BUCKETS, v.INTER_TOKEN_LATENCY: v.TOKEN_LATENCY_BUCKETS,
-                v.TIME_PER_OUTPUT_TOKEN: v.TOKEN_LATENCY_BUCKETS,
-                v.ITERATION_TOKENS: v.ITERATION_TOKENS_BUCKETS}
+#: A value for each label the V1 families of contracts/vllm.py's table carry.
+VLLM_LABEL_VALUES = {"model_name": MODEL, "engine": "0", "finished_reason": "stop",
+                     "reason": "capacity", "max_lora": "4",
+                     "running_lora_adapters": "sql-lora,tweet-summary",
+                     "waiting_lora_adapters": "", "block_size": "16", "cache_dtype": "auto",
+                     "enable_prefix_caching": "True", "gpu_memory_utilization": "0.9",
+                     "num_cpu_blocks": "0", "num_gpu_blocks": "512"}
 
 
 class VllmPage:
@@ -45,19 +42,17 @@ class VllmPage:
         self.registry = CollectorRegistry()
         self.ttft = ttft
         self.metrics = {}
-        for name, kind in queries.VLLM_KINDS.items():
-            if name in queries.VLLM_LEGACY:
-                continue
-            labels = VLLM_LABELS.get(name, {"model_name": MODEL, "engine": "0"})
+        for family in v.families(legacy=False):
+            name, kind, labels = family.name, family.exposed_type, list(family.labels)
             if kind == "gauge":
-                metric = Gauge(name, name, list(labels), registry=self.registry)
+                metric = Gauge(name, family.help, labels, registry=self.registry)
             elif kind == "counter":
-                metric = Counter(name, name, list(labels), registry=self.registry)
+                metric = Counter(name, family.help, labels, registry=self.registry)
             else:
-                buckets = VLLM_BUCKETS.get(name, v.REQUEST_LATENCY_BUCKETS)
-                metric = Histogram(name, name, list(labels), buckets=buckets,
+                metric = Histogram(name, family.help, labels, buckets=family.bounds(4096),
                                    registry=self.registry)
-            self.metrics[name] = (kind, metric.labels(**labels))
+            child = metric.labels(**{label: VLLM_LABEL_VALUES[label] for label in labels})
+            self.metrics[name] = (kind, child)
         Gauge("process_open_fds", "not a vLLM series", registry=self.registry).set(7)
 
     def __call__(self) -> bytes:
