@@ -1,6 +1,9 @@
-"""Access-log throughput of the exporter's real path (Tailer → JsonLineParser → TokenCounters,
+"""Access-log throughput of the exporter's real path (Tailer → FastJsonParser → TokenCounters,
 i.e. `ExporterApp.poll`) on realistic Istio JSON lines, beside naive `json.loads` counting
-in the same run; lines/s (wall and per CPU-second), MB/s, µs/line and RSS per mode.
+and Google's mtail (Debian `mtail`, when installed) running an equivalent program (the same
+token counters, requests by model and code, and duration histogram) on the same file, in the
+same run; lines/s (wall and per CPU-second), MB/s, µs/line and RSS per mode, and the ratio of
+the exporter to mtail per CPU-second.
 
     python -m bench.exporter_throughput [--lines 1000000] [--block-mb 1] [--profile]
 """
@@ -13,6 +16,9 @@ import json
 import os
 import pstats
 import random
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +38,26 @@ MODELS = (("meta-llama/Llama-2-7b-hf", 30), ("sql-lora", 20), ("sql-lora-1", 8),
 AGENTS = ("OpenAI/Python 1.54.3", "python-requests/2.32.3", "curl/8.5.0",
           "Go-http-client/1.1", "langchain-openai/0.2.9 OpenAI/Python 1.55.0")
 ERRORS = (("429", "-"), ("503", "UF"), ("400", "-"), ("504", "UT"))
+#: mtail's equivalent of the exporter's job on these lines: the asm_llm_proxy_* counters and
+#: the duration histogram (regular expressions; mtail has no JSON decoder, and no per-field
+#: validation: a "-" token count simply does not match).
+MTAIL_PROGRAM = r"""
+counter asm_llm_proxy_prompt_tokens_total by model
+counter asm_llm_proxy_completion_tokens_total by model
+counter asm_llm_proxy_requests_total by model, response_code
+histogram asm_llm_proxy_request_duration_seconds by model buckets %s
+
+/"response_code":"(?P<code>\d+)".*"duration":(?P<duration>\d+),.*"request_model":"(?P<model>[^"]+)"/ {
+  asm_llm_proxy_requests_total[$model][$code]++
+  asm_llm_proxy_request_duration_seconds[$model] = $duration / 1000.0
+  /"request_prompt_tokens":"(?P<prompt>\d+)"/ {
+    asm_llm_proxy_prompt_tokens_total[$model] += $prompt
+  }
+  /"request_completion_tokens":"(?P<completion>\d+)"/ {
+    asm_llm_proxy_completion_tokens_total[$model] += $completion
+  }
+}
+"""
 
 
 @dataclass
@@ -232,6 +258,41 @@ def naive(log: str, loads: Callable[[bytes], Any], name: str) -> Result:
     return _measure(f"naive {name} + dicts", body)
 
 
+def _mtail_values(doc: dict, name: str) -> dict[tuple[str, ...], int]:
+    return {tuple(lv["Labels"]): int(lv["Value"]["Value"])
+            for m in doc.get(name, ()) for lv in m.get("LabelValues", ())}
+
+
+def mtail(log: str, lines: int) -> Result | None:
+    """Google's mtail on the same file (`--one_shot`: read it to the end, print the metrics);
+    CPU time and peak RSS are the child process's. None when mtail is not installed."""
+    exe = shutil.which("mtail")
+    if exe is None:
+        return None
+    from llmtraffic.contracts.series import DURATION_BUCKETS
+
+    with tempfile.TemporaryDirectory() as d:
+        prog = os.path.join(d, "llm.mtail")
+        with open(prog, "w") as fh:
+            fh.write(MTAIL_PROGRAM % ", ".join(map(str, DURATION_BUCKETS)))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        out = subprocess.run([exe, "--one_shot", "--one_shot_format=json", "--progs", prog,
+                              "--logs", log, "--logtostderr", "--port", "0"],
+                             capture_output=True, timeout=3600, check=True)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    doc = json.loads(out.stdout)
+    prompt = {k[0]: v for k, v in _mtail_values(doc, "asm_llm_proxy_prompt_tokens_total").items()}
+    completion = {k[0]: v for k, v in
+                  _mtail_values(doc, "asm_llm_proxy_completion_tokens_total").items()}
+    requests = _mtail_values(doc, "asm_llm_proxy_requests_total")
+    return Result("mtail (same counters, regexes)", lines, os.path.getsize(log), wall, cpu,
+                  float("nan"), float("nan"), after.ru_maxrss / 1024, prompt, completion,
+                  requests)  # type: ignore[arg-type]
+
+
 # ---- the benchmark ---------------------------------------------------------------------
 
 def run(lines: int = 1_000_000, block_mb: float = 1.0, seed: int = 0,
@@ -247,6 +308,9 @@ def run(lines: int = 1_000_000, block_mb: float = 1.0, seed: int = 0,
                    naive(log, orjson.loads, "orjson.loads")]
         if backlog:
             results.append(exporter_backlog(log))
+        theirs = mtail(log, totals.lines)
+        if theirs is not None:
+            results.append(theirs)
     return {"totals": totals, "generate_s": gen_s, "results": results}
 
 
@@ -276,6 +340,13 @@ def report(out: dict[str, Any]) -> str:
                 + (f"met by {pct:.0f}%" if pct >= 0 else f"missed by {-pct:.0f}%")
                 + f" ({tail.mode}: {tail.lines_per_cpu_s:,.0f} lines/CPU-s, "
                   f"{tail.lines_per_s:,.0f} lines/s wall)")
+    theirs = next((r for r in res if r.mode.startswith("mtail")), None)
+    if theirs is None:
+        rows.append("mtail: not installed (Debian: apt-get install mtail), not compared")
+    else:
+        rows.append(f"vs mtail: the exporter (tail) does {tail.lines_per_cpu_s:,.0f} lines/CPU-s, "
+                    f"mtail {theirs.lines_per_cpu_s:,.0f}: "
+                    f"{tail.lines_per_cpu_s / theirs.lines_per_cpu_s:.2f}x mtail")
     for r in res:
         if r.mode.startswith("exporter"):
             margin = GOAL_RSS_MB - r.rss_peak_mb

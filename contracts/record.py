@@ -1,20 +1,23 @@
 """The access-log record every component speaks: `LLMRecord` (one request as a gateway logged
-it), and the one writer whose JSON lines the balancer emits and the exporter reads back."""
+it), and the one writer whose JSON lines the balancer emits and the exporter reads back.
+
+LLMRecord is a msgspec Struct (slots, no GC tracking, made in C), so the exporter's JSON decoder
+can fill records as it parses; records compare by their fields, whatever their (sub)class."""
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, fields
-from typing import IO
+from typing import IO, Any
 
+import msgspec
 import orjson
+from msgspec.structs import astuple
 
 MAX_INT = 2**53  # larger counts are corrupt data, not traffic
 
 
-@dataclass(slots=True)
-class LLMRecord:
+class LLMRecord(msgspec.Struct, gc=False):
     """One request as a gateway logged it. Durations in milliseconds."""
 
     start_time: str | None = None
@@ -53,8 +56,20 @@ class LLMRecord:
     source_namespace: str | None = None
     source_container: str | None = None
 
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, LLMRecord):
+            return NotImplemented
+        return astuple(self)[:_N] == astuple(other)[:_N]
 
-FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(LLMRecord))
+    def __ne__(self, other: Any) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+FIELD_NAMES: tuple[str, ...] = LLMRecord.__struct_fields__
+_N = len(FIELD_NAMES)
 INT_FIELDS = {"response_code", "bytes_received", "bytes_sent", "prompt_tokens",
               "completion_tokens", "total_tokens"}
 FLOAT_FIELDS = {"duration_ms", "upstream_service_time_ms", "ttft_ms"}

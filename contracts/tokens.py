@@ -6,6 +6,7 @@ alike: a 404's model takes no label slot (`UNKNOWN_MODEL`), and a request's usag
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from operator import attrgetter
 from typing import Iterator
 
@@ -61,10 +62,10 @@ class TokenCounters:
         self._cap = LabelCap(self.dimensions, max_values_per_label)
         self.usage_rejected = 0  # records whose usage was beyond MAX_REQUEST_TOKENS
         self._model_at = self.dimensions.index("model")
-        # dimension values (the model alone, or a tuple) -> (label key, code -> requests key);
-        # a field's values keep one type (the parser's converters see to it), so equal
-        # values mean equal labels
-        self._keys: dict[object, tuple[tuple[str, ...], dict]] = {}
+        # dimension values (the model alone, or a tuple) -> (label key, code -> requests key,
+        # [its TTFT Hist, its duration Hist] once used); a field's values keep one type (the
+        # parser's converters see to it), so equal values mean equal labels
+        self._keys: dict[object, tuple[tuple[str, ...], dict, list]] = {}
         self._model_only = self.dimensions == ("model",)
         self._values = attrgetter(*self.dimensions) if len(self.dimensions) > 1 else None
 
@@ -73,13 +74,13 @@ class TokenCounters:
         """Dimension -> values folded into `other`."""
         return self._cap.overflow
 
-    def _entry(self, raw: object, values: tuple) -> tuple[tuple[str, ...], dict]:
+    def _entry(self, raw: object, values: tuple) -> tuple[tuple[str, ...], dict, list]:
         """(label key, response_code -> requests key) for a record's dimension values;
         remembered only when no value was folded into `other` (each such record counts
         toward the overflow) and every value is a str, int or None (equal means same
         label)."""
         key = tuple(self._cap(d, v) for d, v in zip(self.dimensions, values))
-        entry: tuple[tuple[str, ...], dict] = (key, {})
+        entry: tuple[tuple[str, ...], dict, list] = (key, {}, [None, None])
         if (len(self._keys) < self.max_values * 4
                 and all(type(v) in _CACHEABLE for v in values)
                 and all(clean_label(v) in self._cap.seen[d]  # folded values never are
@@ -103,7 +104,7 @@ class TokenCounters:
             entry = self._keys.get(raw)
             if entry is None:
                 entry = self._entry(raw, raw)
-        key, codes = entry
+        key, codes, hists = entry
         usage = counted_usage(rec)
         if usage is None:
             self.usage_rejected += 1
@@ -122,10 +123,22 @@ class TokenCounters:
             rk = codes[code] = (key[0], "" if code is None else str(code))
         requests = self.requests
         requests[rk] = requests.get(rk, 0.0) + 1
-        if rec.ttft_ms is not None:
-            hist_in(self.ttft, key[0], m.TTFT.buckets).observe(rec.ttft_ms / 1000)
-        if rec.duration_ms is not None:
-            hist_in(self.duration, key[0], m.DURATION.buckets).observe(rec.duration_ms / 1000)
+        x = rec.ttft_ms
+        if x is not None:
+            h = hists[0]
+            if h is None:
+                h = hists[0] = hist_in(self.ttft, key[0], m.TTFT.buckets)
+            x /= 1000
+            h.counts[bisect_left(h.buckets, x)] += 1  # Hist.observe, inlined
+            h.sum += x
+        x = rec.duration_ms
+        if x is not None:
+            h = hists[1]
+            if h is None:
+                h = hists[1] = hist_in(self.duration, key[0], m.DURATION.buckets)
+            x /= 1000
+            h.counts[bisect_left(h.buckets, x)] += 1
+            h.sum += x
         return True
 
     # ---- checkpoint --------------------------------------------------------------------

@@ -292,7 +292,7 @@ _CODE = {
 _Builder = Callable[[dict], LLMRecord | None]  # None: the line is not of its shape
 
 #: Names a compiled builder binds as defaults (locals are the fastest names to load).
-_BUILDER_LOCALS = ("get", "type", "str", "int", "float", "len", "new", "LLMRecord", "MAX_INT",
+_BUILDER_LOCALS = ("get", "type", "str", "int", "float", "len", "LLMRecord", "MAX_INT",
                    "INF", "to_str", "to_int", "to_float", "to_bool")
 
 
@@ -371,17 +371,14 @@ class _Plan:
                         + ":\n            return None\n")
         code.append("    except KeyError:\n        return None\n")
         code += [_CODE[by_field[f][1]].format(v=var) for f, var in zip(names, v)]
-        code.append("    r = new(LLMRecord)\n")
+        code.append("    r = LLMRecord()\n")  # absent fields stay None
         code += [f"    r.{f} = {var}\n" for f, var in zip(names, v)]
-        absent = [f for f in FIELD_NAMES if f not in by_field]
-        if absent:
-            code.append("    " + "".join(f"r.{f} = " for f in absent) + "None\n")
         code.append("    return r\n")
         keys = [by_field[f][0] for f in names]
         env: dict[str, Any] = {
             "get": (lambda o: (o[keys[0]],)) if len(keys) == 1 else itemgetter(*keys),
             "type": type, "str": str, "int": int, "float": float, "len": len,
-            "new": LLMRecord.__new__, "LLMRecord": LLMRecord, "MAX_INT": MAX_INT,
+            "LLMRecord": LLMRecord, "MAX_INT": MAX_INT,
             "INF": float("inf"), "to_str": _to_str, "to_int": _to_int, "to_float": _to_float,
             "to_bool": _to_bool}
         exec(compile("".join(code), f"<accesslog builder {len(self._shapes)}>", "exec"), env)
@@ -561,7 +558,11 @@ def make_parser(fmt: str = "json", mapping: FieldMapping | None = None,
     if fmt in JSON_FORMATS:
         if mapping is None and fmt != "json":
             mapping = FieldMapping.preset(fmt)
-        return JsonLineParser(mapping, max_line_bytes)
+        if mapping is not None and mapping.expand:
+            return JsonLineParser(mapping, max_line_bytes)
+        from llmtraffic.exporter.fastjson import FastJsonParser  # it builds on this module
+
+        return FastJsonParser(mapping, max_line_bytes)
     if fmt == "istio-text":
         return TextLineParser(ISTIO_TEXT_FORMAT, mapping, max_line_bytes)
     if fmt.startswith("envoy:"):

@@ -50,13 +50,13 @@ class Pipeline:
 
     def lines(self, lines: list[bytes], origin: Origin | None = None) -> None:
         """Parse, count and write each line; a bad line is counted under its reason."""
-        parse = self.parser.parse
+        parser = self.parser  # its parse changes as FastJsonParser learns: looked up per line
         observe = self.counters.observe
         write = self.enricher.write if self.enricher is not None else None
         parse_error = self.stats.parse_error
         for line in lines:
             try:
-                rec = parse(line)
+                rec = parser.parse(line)
             except ParseError as e:
                 parse_error(e.reason)
                 continue

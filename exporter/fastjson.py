@@ -1,0 +1,182 @@
+"""The JSON access-log decoder that validates as it parses: per mapping, msgspec Structs made
+from the keys the lines use fill `LLMRecord`s in C, field types checked as they are read; any
+line it does not take (a new shape, a value of another kind, anything unusual) goes through
+`JsonLineParser`'s path, which decides as it always did. So records, errors and counts are
+exactly JsonLineParser's (tests/exporter/test_fastjson.py proves it line for line).
+
+A decoder is made for a *layout*: per field, the key it is read from, whether its numbers come
+as JSON numbers or as strings (Istio's %FILTER_STATE% values are strings) and whether it was
+seen holding Envoy's "-" (no value), which is then turned into None; a string field not known
+to hold "-" takes only strings of two characters or more, so a "-" there sends the line to the
+reference path, which teaches the layout. The mapping's other keys the lines carried null or
+"-" must stay so; the keys the mapping does not read are read as scalars (an object, an array
+or an integer outside int64 sends the line to the reference path); any key the layout has not
+seen sends the line to the reference path, which teaches it. Everything is decoded, nothing
+skipped, so UTF-8, escapes and numbers are checked as orjson checks them; a line over the limit
+takes the reference path."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable, Literal
+
+import msgspec
+import orjson
+
+from llmtraffic.contracts.record import (BOOL_FIELDS, FIELD_NAMES, FLOAT_FIELDS, INT_FIELDS,
+                                        MAX_INT, LLMRecord)
+from llmtraffic.exporter.accesslog import (DEFAULT_MAX_LINE_BYTES, FieldMapping,
+                                           JsonLineParser)
+
+#: Layouts a parser makes decoders for; lines of other layouts take the reference path.
+MAX_LAYOUTS = 64
+#: Other keys remembered per layout (each a field of its Struct).
+MAX_OTHER_KEYS = 64
+_INT = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+_FLOAT = Annotated[float, msgspec.Meta(ge=0.0, le=1.7976931348623157e308)]
+_STR2 = Annotated[str, msgspec.Meta(min_length=2)]  # "-" (and "", "x") are not taken
+#: A key the mapping does not read: any scalar orjson reads the same way.
+_OTHER = str | bool | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float | None
+
+#: ((field, key, strings or "-" seen), ...), mapped keys seen empty, other keys
+Layout = tuple[tuple[tuple[str, str, bool], ...], frozenset[str], frozenset[str]]
+
+
+def _field_type(field: str, loose: bool) -> Any:
+    """`loose`: numbers as strings (or "-") for a numeric field, "-" or short strings for a
+    string field."""
+    if field in INT_FIELDS:
+        return (_INT | str | None) if loose else (_INT | None)
+    if field in FLOAT_FIELDS:
+        return (_FLOAT | str | None) if loose else (_FLOAT | None)
+    if field in BOOL_FIELDS:
+        return bool | None
+    return (str | None) if loose else (_STR2 | None)
+
+
+class FastJsonParser(JsonLineParser):
+    """JsonLineParser with the msgspec path in front (mappings without `expand`). `parse` is
+    the current layout's decoder, rebound as layouts are learned: look it up per line."""
+
+    def __init__(self, mapping: FieldMapping | None = None,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        super().__init__(mapping, max_line_bytes)
+        self._rank = {k: (f, r) for f, keys in self.mapping.keys.items()
+                      for r, k in enumerate(keys)}
+        # None: a layout msgspec cannot decode (a key with a quote or a control character)
+        self._layouts: dict[Layout, Callable[[bytes], LLMRecord] | None] = {}
+        self._layout: Layout | None = None
+        self._slow = super().parse
+        self.parse: Callable[[bytes], LLMRecord] = self._first  # type: ignore[method-assign]
+
+    def _first(self, line: bytes) -> LLMRecord:
+        return self._learn(line, self._eligible(line))
+
+    def _eligible(self, line: bytes) -> bool:
+        return len(line) <= self.max_line_bytes
+
+    # ---- learning a layout ---------------------------------------------------------------
+    def _learn(self, line: bytes, eligible: bool) -> LLMRecord:
+        """The reference path; its line's layout becomes the fast path's (bounded)."""
+        rec = self._slow(line)
+        if eligible:
+            layout = self._layout_of(orjson.loads(line))
+            if layout is not None:
+                if layout not in self._layouts and len(self._layouts) < MAX_LAYOUTS:
+                    self._layouts[layout] = self._compile(layout)
+                fast = self._layouts.get(layout)
+                if fast is not None:
+                    self._layout = layout
+                    self.parse = fast  # type: ignore[method-assign]
+        return rec
+
+    def _layout_of(self, obj: dict[str, Any]) -> Layout | None:
+        """The line's layout merged with the current one (fields this line lacks keep the
+        current layout's key), or None when a value is of a kind the fast path never takes."""
+        best: dict[str, tuple[int, str, Any]] = {}
+        dashes: dict[str, str] = {}  # field -> a key of it holding "-"
+        empty: set[str] = set()  # mapped keys holding null or "-"
+        others: set[str] = set()
+        for k, v in obj.items():
+            hit = self._rank.get(k)
+            if hit is None:
+                others.add(k)
+            elif v is None or v == "-":
+                empty.add(k)
+                if v is not None:
+                    dashes.setdefault(hit[0], k)
+            elif hit[0] not in best or hit[1] < best[hit[0]][0]:
+                best[hit[0]] = (hit[1], k, v)
+        chosen: dict[str, tuple[str, bool]] = {}
+        if self._layout is not None:
+            chosen = {f: (k, loose) for f, k, loose in self._layout[0]}
+            empty |= self._layout[1]
+            others |= self._layout[2]
+        for f, k in dashes.items():
+            if f not in best and f not in BOOL_FIELDS:
+                chosen[f] = (k, True)
+        for f, (_, k, v) in best.items():
+            numeric = f in INT_FIELDS or f in FLOAT_FIELDS
+            if f in BOOL_FIELDS:
+                if type(v) is not bool:
+                    return None  # "true" as a string: the reference path
+                loose = False
+            elif numeric:
+                loose = type(v) is str
+            elif type(v) is str:
+                loose = len(v) < 2
+            else:
+                return None  # a number for a string field: converted by the reference path
+            old = chosen.get(f)
+            chosen[f] = (k, loose or (old is not None and old[0] == k and old[1]))
+        if len(others) > MAX_OTHER_KEYS:
+            return None
+        fields = tuple((f, *chosen[f]) for f in FIELD_NAMES if f in chosen)
+        return fields, frozenset(empty - {k for _, k, _ in fields}), frozenset(others)
+
+    def _compile(self, layout: Layout) -> Callable[[bytes], LLMRecord] | None:
+        """A Struct for the layout (a subclass of LLMRecord: decoding makes the record) and
+        the function that screens a line, decodes it, turns "-" into None and string numbers
+        into numbers as `_to_int`/`_to_float` would, and hands anything else to `_learn`."""
+        chosen, empty, others = layout
+        by_field = {f: (k, loose) for f, k, loose in chosen}
+        fields: list[tuple[str, Any, Any]] = []
+        for f in FIELD_NAMES:
+            if f in by_field:
+                fields.append((f, _field_type(f, by_field[f][1]),
+                               msgspec.field(default=None, name=by_field[f][0])))
+            else:  # read from no key: a name no gateway writes, and typed None (null only)
+                fields.append((f, None, msgspec.field(default=None, name="\u00a7" + f)))
+        fields += [(f"_a{i}", Literal["-"] | None, msgspec.field(default=None, name=k))
+                   for i, k in enumerate(sorted(empty))]
+        fields += [(f"_o{i}", _OTHER, msgspec.field(default=None, name=k))
+                   for i, k in enumerate(sorted(others))]
+        try:
+            struct = msgspec.defstruct(f"Fast{len(self._layouts)}", fields,
+                                       bases=(LLMRecord,), forbid_unknown_fields=True, gc=False)
+            decode = msgspec.json.Decoder(struct).decode
+        except (ValueError, TypeError):  # a key msgspec cannot name: the reference path
+            return None
+        code = ["def parse(line, decode=decode, learn=learn, len=len, str=str, int=int, "
+                "float=float, MAX_LEN=MAX_LEN, MAX_INT=MAX_INT, INF=INF):\n",
+                "    if len(line) > MAX_LEN:\n",
+                "        return learn(line, False)\n",
+                "    try:\n        r = decode(line)\n"]
+        for f, _, loose in chosen:
+            if not loose:
+                continue
+            if f in INT_FIELDS or f in FLOAT_FIELDS:
+                conv, ok = ("int", "0 <= v <= MAX_INT") if f in INT_FIELDS else \
+                    ("float", "0.0 <= v < INF")
+                code.append(f"        v = r.{f}\n        if v.__class__ is str:\n"
+                            f"            if v == '-':\n                r.{f} = None\n"
+                            f"            else:\n                v = {conv}(v)\n"
+                            f"                if not {ok}:\n                    raise ValueError\n"
+                            f"                r.{f} = v\n")
+            else:
+                code.append(f"        if r.{f} == '-':\n            r.{f} = None\n")
+        code.append("    except Exception:\n        return learn(line, True)\n    return r\n")
+        env: dict[str, Any] = {"decode": decode,
+                               "learn": self._learn, "MAX_LEN": self.max_line_bytes,
+                               "MAX_INT": MAX_INT, "INF": float("inf")}
+        exec(compile("".join(code), f"<fastjson layout {len(self._layouts)}>", "exec"), env)
+        return env["parse"]
