@@ -25,8 +25,12 @@ from llmtraffic.balancer.kube import WATCHED
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OURS = ("balancer",)  # directories whose workloads we own (seed/ is the guide's, unchanged)
+#: the ways to collect the mesh gateway's access log: one is applied, never both, and neither
+#: is in deploy/kustomization.yaml
+ALTERNATIVES = (DEPLOY / "istio", DEPLOY / "node-logs")
 #: YAML under deploy/ that configures a program rather than the cluster
-NOT_KUBERNETES = (DEPLOY / "monitoring/prometheus", DEPLOY / "envoy")
+NOT_KUBERNETES = (DEPLOY / "monitoring/prometheus", DEPLOY / "envoy",
+                  DEPLOY / "istio/meshconfig.yaml")
 #: copy in deploy/ -> source it must equal
 COPIES = {
     DEPLOY / "monitoring/prometheus/scrape.yml": REPO / "prometheus/scrape.yml",
@@ -53,7 +57,7 @@ def yaml_files() -> list[Path]:
 def manifest_files() -> list[Path]:
     """Files of Kubernetes objects (not kustomizations, not Prometheus or Envoy configs)."""
     return [p for p in yaml_files() if p.name != "kustomization.yaml"
-            and not any(d in p.parents for d in NOT_KUBERNETES)]
+            and p not in NOT_KUBERNETES and not any(d in p.parents for d in NOT_KUBERNETES)]
 
 
 def objects(where: Path | None = None) -> list[dict[str, Any]]:
@@ -115,9 +119,13 @@ def test_kustomization_references_exist_under_its_root(k: Path) -> None:
             "refuses files above the kustomization root)"
 
 
-def test_every_manifest_is_in_the_top_level_kustomization() -> None:
-    reached = {f.resolve() for f in referenced_files(DEPLOY / "kustomization.yaml")}
-    assert set(manifest_files()) <= reached
+def test_every_manifest_is_in_the_top_level_kustomization_or_an_alternative() -> None:
+    top = {f.resolve() for f in referenced_files(DEPLOY / "kustomization.yaml")}
+    alternatives = [{f.resolve() for f in referenced_files(d / "kustomization.yaml")}
+                    for d in ALTERNATIVES]
+    assert set(manifest_files()) <= top.union(*alternatives)
+    for alt in alternatives:  # the ways to collect the gateway's log are never applied together
+        assert not alt & top
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -126,8 +134,10 @@ def test_kubectl_kustomize_builds_everything() -> None:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.load_all(out.stdout, Loader=Loader) if d]
+    top = [d for p in manifest_files() if not any(a in p.parents for a in ALTERNATIVES)
+           for d in load(p)]
     assert sorted((o["kind"], o["metadata"]["name"]) for o in built) == \
-        sorted([(o["kind"], o["metadata"]["name"]) for o in objects()] + [
+        sorted([(o["kind"], o["metadata"]["name"]) for o in top] + [
             ("ConfigMap", "llmtraffic-prometheus-config"),
             ("ConfigMap", "llmtraffic-prometheus-rules")])
     maps = {o["metadata"]["name"]: o["data"] for o in built if o["kind"] == "ConfigMap"}
@@ -157,9 +167,10 @@ def test_no_copy_is_missing_or_stale() -> None:
 
 # ---- workloads --------------------------------------------------------------------------
 def test_selectors_match_pod_template_labels() -> None:
-    workloads = of_kind("Deployment")
-    assert {w["metadata"]["name"] for w in workloads} == {"llmtraffic-balancer",
-                                                          "vllm-llama2-7b-pool"}
+    workloads = of_kind("Deployment") + of_kind("DaemonSet")
+    assert {w["metadata"]["name"] for w in workloads} == {
+        "llmtraffic-balancer", "llmtraffic-exporter", "llmtraffic-node-exporter",
+        "vllm-llama2-7b-pool"}
     for w in workloads:
         labels = w["spec"]["template"]["metadata"]["labels"]
         assert w["spec"]["selector"]["matchLabels"].items() <= labels.items(), w
@@ -238,7 +249,7 @@ def test_prometheus_scrapes_the_balancer_and_not_the_sidecar() -> None:
 
 
 def test_every_container_has_probes_on_its_own_ports_and_requests() -> None:
-    for w in of_kind("Deployment"):
+    for w in of_kind("Deployment") + of_kind("DaemonSet"):
         for c in containers(w):
             for probe in ("livenessProbe", "readinessProbe"):
                 get = c[probe]["httpGet"]
@@ -400,3 +411,114 @@ def test_the_crd_schemas_and_the_parser_reject_the_same_objects(doc: dict) -> No
         jsonschema.validate(doc, schema_for(doc["apiVersion"], doc["kind"]))
     with pytest.raises(ConfigError):
         parse_resource(doc)
+
+
+# ---- the gateway's access log, tokens counted once --------------------------------------
+def _exporters() -> list[dict]:
+    return [w for w in of_kind("Deployment") + of_kind("DaemonSet")
+            if w["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name")
+            == "llmtraffic-exporter"]
+
+
+def test_tokens_are_counted_from_the_exporters_and_nothing_else() -> None:
+    """The llmtraffic job scrapes each exporter workload's `metrics` port and drops the
+    balancer's asm_llm_proxy_* (metric_relabel_configs join source labels with ';'); the
+    balancer's sidecar is not scraped (test above)."""
+    (config,) = load(DEPLOY / "monitoring/prometheus/scrape.yml")
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "llmtraffic")
+    keep = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"]
+            if r.get("action") == "keep"}
+    exporters = _exporters()
+    assert {w["kind"] for w in exporters} == {"Deployment", "DaemonSet"}
+    for w in exporters:
+        name = w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        assert re.fullmatch(keep[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)], name)
+        (c,) = containers(w)
+        assert [p["containerPort"] for p in c["ports"] if re.fullmatch(
+            keep[("__meta_kubernetes_pod_container_port_name",)], p["name"])] == [9100]
+    (drop,) = [r for r in job["metric_relabel_configs"] if r["action"] == "drop"]
+    assert drop["source_labels"] == ["component", "__name__"]
+    for component, metric, dropped in (
+            ("llmtraffic-balancer", "asm_llm_proxy_prompt_tokens_total", True),
+            ("llmtraffic-balancer", "asm_llm_proxy_requests_total", True),
+            ("llmtraffic-balancer", "llmtraffic_balancer_prompt_tokens_total", False),
+            ("llmtraffic-exporter", "asm_llm_proxy_prompt_tokens_total", False)):
+        assert bool(re.fullmatch(drop["regex"], f"{component};{metric}")) is dropped
+
+
+def test_exporter_workloads_take_their_flags_and_the_mesh_points_at_them() -> None:
+    from llmtraffic.cli import build_parser
+    from llmtraffic.exporter.cri import origin_of
+
+    parser = build_parser()
+    args = {w["kind"]: parser.parse_args(containers(w)[0]["command"][1:]
+                                         + containers(w)[0]["args"]) for w in _exporters()}
+    receiver, node = args["Deployment"], args["DaemonSet"]
+    (svc,) = [s for s in of_kind("Service") if s["metadata"]["name"] == "llmtraffic-exporter"]
+    ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+    assert receiver.otlp_grpc_listen.endswith(f":{ports['otlp-grpc']}")
+    assert receiver.als_listen.endswith(f":{ports['als']}")
+    assert receiver.otlp_http_listen.endswith(f":{ports['otlp-http']}")
+    (glob,) = node.access_log
+    kubelet_name = ("/var/log/containers/istio-ingressgateway-7d9f-x2k_istio-system_istio-proxy-"
+                    + "ab" * 32 + ".log")
+    assert Path(kubelet_name).match(glob) and origin_of(kubelet_name).namespace == "istio-system"
+    assert node.positions.startswith("/var/lib/llmtraffic-exporter/")
+    (mesh,) = load(DEPLOY / "istio/meshconfig.yaml")
+    providers = {p["name"]: p for p in mesh["spec"]["meshConfig"]["extensionProviders"]}
+    otel, als = providers["llmtraffic-otel"]["envoyOtelAls"], \
+        providers["llmtraffic-als"]["envoyHttpAls"]
+    assert otel["service"].startswith("llmtraffic-exporter.") and otel["port"] == ports["otlp-grpc"]
+    assert als["service"] == otel["service"] and als["port"] == ports["als"]
+    (telemetry,) = load(DEPLOY / "istio/telemetry.yaml")
+    used = {p["name"] for a in telemetry["spec"]["accessLogging"] for p in a["providers"]}
+    assert used <= set(providers)
+    assert telemetry["spec"]["selector"]["matchLabels"] == {"istio": "ingressgateway"}
+
+
+def test_every_otel_label_is_read_by_the_default_mapping() -> None:
+    """The attributes Istio sends (the provider's labels) are keys the exporter reads."""
+    from llmtraffic.exporter.accesslog import FieldMapping
+
+    (mesh,) = load(DEPLOY / "istio/meshconfig.yaml")
+    (otel,) = [p["envoyOtelAls"] for p in mesh["spec"]["meshConfig"]["extensionProviders"]
+               if "envoyOtelAls" in p]
+    read = {k for keys in FieldMapping.preset().keys.values() for k in keys}
+    assert set(otel["logFormat"]["labels"]) <= read
+
+
+def test_the_node_reader_is_locked_down_but_for_reading_the_node_logs() -> None:
+    """Root only to read kubelet's 0640 files: every capability dropped, no escalation,
+    read-only root filesystem, /var/log mounted read-only; the one writable host path holds
+    the positions."""
+    (ds,) = of_kind("DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    (c,) = containers(ds)
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]} and not sc.get("privileged")
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host == {"varlog": "/var/log", "state": "/var/lib/llmtraffic-exporter"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["varlog"]["readOnly"] is True and not mounts["state"].get("readOnly")
+    (receiver,) = [w for w in _exporters() if w["kind"] == "Deployment"]
+    rpod = receiver["spec"]["template"]["spec"]
+    assert rpod["securityContext"]["runAsNonRoot"] is True
+    assert all("hostPath" not in v for v in rpod["volumes"])
+    assert containers(receiver)[0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_balancer_rotates_its_access_log_within_its_volume() -> None:
+    from llmtraffic.cli import build_parser
+
+    (w,) = our_workloads()
+    bal = next(c for c in containers(w) if c["name"] == "balancer")
+    args = build_parser().parse_args(bal["command"][1:] + bal["args"])
+    volumes = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+    limit = volumes["access-log"]["emptyDir"]["sizeLimit"]
+    assert limit.endswith("Gi")
+    most = args.access_log_max_bytes * (args.access_log_keep + 1)
+    assert 0 < most <= int(limit[:-2]) * 2**30 // 2
