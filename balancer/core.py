@@ -67,7 +67,7 @@ class BalancerCore:
                                           o.access_log_keep) if o.access_log else None
         self.scraper = Scraper(self.store, interval=o.scrape_interval,
                                timeout=o.scrape_timeout, stats=self.scrape_counts,
-                               max_bytes=o.scrape_max_bytes)
+                               max_bytes=o.scrape_max_bytes, budget=o.scrape_budget)
         self._tasks: list[asyncio.Task] = []
 
     def _families(self):

@@ -12,8 +12,8 @@ from llmtraffic.balancer.eventloop import CHOICES as LOOPS
 from llmtraffic.balancer.policy.registry import POLICY_NAMES
 from llmtraffic.balancer.policy.settings import PolicyConfig
 from llmtraffic.contracts.flags import NOT_A_FLAG, Flag
-from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeInterval,
-    ScrapeMaxBytes, ScrapeTimeout)
+from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeBudget,
+    ScrapeInterval, ScrapeMaxBytes, ScrapeTimeout)
 
 PolicyName = Literal[POLICY_NAMES]  # type: ignore[valid-type]
 
@@ -36,6 +36,7 @@ class BalancerOptions(BaseModel):
     access_log_keep: Annotated[int, Flag(metavar="N")] = Field(
         3, ge=1, description="rotated access-log files kept (PATH.1 .. PATH.N)")
     scrape_interval: ScrapeInterval = 0.25  # routing reads it; see SCRAPE_CPU_S
+    scrape_budget: ScrapeBudget
     scrape_timeout: ScrapeTimeout
     scrape_max_bytes: ScrapeMaxBytes
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1,

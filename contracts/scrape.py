@@ -1,7 +1,8 @@
-"""The scrape loop: fetch every pod's vLLM /metrics concurrently over one keep-alive
-aiohttp session, parse it with `contracts.vllm.parse_metrics`, and write the result (or why
-it failed) into the `MetricsStore`. A page is read up to `max_bytes` (beyond: `too_large`),
-and a large one is parsed in a thread, so a huge or endless page cannot stall the loop."""
+"""The scrape loop: fetch every pod's vLLM /metrics over one keep-alive aiohttp session,
+parse it with `contracts.vllm.parse_metrics`, and write the result (or why it failed) into
+the `MetricsStore`. Scrapes are spread over the interval by `ScrapeSchedule` within a budget
+of scrapes per second. A page is read up to `max_bytes` (beyond: `too_large`), and a large
+one is parsed in a thread, so a huge or endless page cannot stall the loop."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import aiohttp
 from prometheus_client.core import Metric
 
 from llmtraffic.contracts import series as m
-from llmtraffic.contracts.families import counter_family, histogram_family
-from llmtraffic.contracts.store import MetricsStore, Pod
+from llmtraffic.contracts.families import counter_family, gauge_family, histogram_family
+from llmtraffic.contracts.options import SCRAPE_BUDGET
+from llmtraffic.contracts.scrapeschedule import ScrapeSchedule
+from llmtraffic.contracts.store import MetricsStore, Pod, Snapshot
 from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,10 @@ OUTCOMES = ("ok", "timeout", "connect_error", "http_error", "parse_error", "too_
 MAX_PAGE_BYTES = 4 << 20
 #: Pages at least this large are parsed in a thread.
 OFF_LOOP_PAGE_BYTES = 256 << 10
+#: The scheduler wakes at most this often (due scrapes are started in batches).
+TICK_S = 0.005
+#: Seconds between two reviews of the plan (rate adapted, stale pods counted).
+WINDOW_S = 1.0
 
 
 class PageTooLarge(Exception):
@@ -48,6 +55,8 @@ class ScrapeCounts:
     scrape_durations: list[float] = field(default_factory=lambda: [0.0] * (
         len(m.SCRAPE_DURATION.buckets) + 1))
     scrape_seconds_sum: float = 0.0
+    stale_pods: int = 0  # pods whose metrics are stale, as of the last review
+    scrape_period: float = 0.0  # planned seconds between two scrapes of one pod
 
     def scrape(self, pod: str, outcome: str, seconds: float) -> None:
         k = (pod, outcome)
@@ -58,22 +67,33 @@ class ScrapeCounts:
 
 def scrape_families(s: ScrapeCounts) -> Iterator[Metric]:
     yield counter_family(m.SCRAPES, list(s.scrapes.items()))
+    if s.scrape_period:
+        yield gauge_family(m.SCRAPE_STALE_PODS, [((), s.stale_pods)])
+        yield gauge_family(m.SCRAPE_PERIOD, [((), s.scrape_period)])
     if s.scrapes:
         yield histogram_family(m.SCRAPE_DURATION, {(): s.scrape_durations},
                                {(): s.scrape_seconds_sum}, ())
 
 
-class Scraper:
-    """Scrapes every pod in `store.pods()` every `interval` seconds.
+def stale_pods(snapshot: Snapshot) -> int:
+    """Pods without fresh metrics: never scraped, failing, or older than stale-after."""
+    return sum(1 for p in snapshot.pods if not p.fresh)
 
-    Pods are scraped concurrently; a pod whose previous scrape is still running (at most
-    `timeout` seconds) is skipped, so scrapes of one pod never overlap. A good scrape calls
+
+class Scraper:
+    """Scrapes every pod in `store.pods()` every `interval` seconds, or every
+    pods/`budget` seconds when there are more pods than `budget` x `interval`.
+
+    `run` spreads the scrapes over that period (`ScrapeSchedule`); `scrape_once` scrapes
+    every pod at once. A pod whose previous scrape is still running (at most `timeout`
+    seconds) is skipped, so scrapes of one pod never overlap. A good scrape calls
     `store.update`, a failed one `store.mark_error` with reason `timeout`, `connect_error`,
     `http_<status>`, `parse_error` or `too_large`. A pod going down or coming back is logged once."""
 
     def __init__(self, store: MetricsStore, *, interval: float = 0.25, timeout: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, stats: ScrapeCounts | None = None,
-                 path: str = "/metrics", max_bytes: int = MAX_PAGE_BYTES) -> None:
+                 path: str = "/metrics", max_bytes: int = MAX_PAGE_BYTES,
+                 budget: float = SCRAPE_BUDGET) -> None:
         if not interval > 0:
             raise ValueError(f"Scraper interval must be > 0 seconds, got {interval!r}")
         if not timeout > 0:
@@ -87,6 +107,9 @@ class Scraper:
         self.stats = stats
         self.path = path
         self.max_bytes = max_bytes
+        self.schedule = ScrapeSchedule(interval, budget)
+        self._generation = -1  # the store's membership the schedule follows
+        self._slow_said = False
         self._session: aiohttp.ClientSession | None = None
         self._busy: dict[str, asyncio.Task[None]] = {}  # address -> its running scrape
         self._up: dict[str, bool] = {}  # address -> state last logged
@@ -100,16 +123,46 @@ class Scraper:
             await asyncio.gather(*tasks)
 
     async def run(self) -> None:
-        """Scrape every `interval` seconds until cancelled (without waiting for slow pods)."""
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        """Scrape each pod as `schedule` plans until cancelled (without waiting for slow
+        pods); every `WINDOW_S` the plan is reviewed (`review`)."""
+        window_at, launched = self.clock(), 0
         while True:
-            self._launch()
-            next_at += self.interval
-            now = loop.time()
-            if next_at <= now:  # fell behind (a busy event loop): skip the missed ticks
-                next_at = now + self.interval
-            await asyncio.sleep(next_at - now)
+            now = self.clock()
+            launched += len(self.launch_due(now))
+            if now - window_at >= WINDOW_S:
+                self.review(launched, now - window_at, now)
+                window_at, launched = now, 0
+            nxt = self.schedule.next_at()
+            wait = WINDOW_S if nxt is None else min(WINDOW_S, nxt - self.clock())
+            await asyncio.sleep(max(TICK_S, wait))
+
+    def launch_due(self, now: float) -> list[asyncio.Task[None]]:
+        """Start the scrapes `schedule` has due at `now` (following membership first)."""
+        store = self.store
+        if store.generation != self._generation:
+            self._generation = store.generation
+            self._forget_left()
+            self.schedule.set_pods([p.address for p in store.pods()], now)
+        tasks = []
+        for address in self.schedule.due(now):
+            pod = store.pod(address)
+            if pod is not None:
+                task = self._start(pod)
+                if task is not None:
+                    tasks.append(task)
+        return tasks
+
+    def review(self, launched: int, seconds: float, now: float) -> None:
+        """Adapt the rate to what was achieved, and count the stale pods."""
+        asked = self.schedule.period
+        if self.schedule.adapt(launched, seconds) and not self._slow_said:
+            self._slow_said = True
+            log.warning("scraping fell behind: %d scrapes started in %.1f s where %d pods "
+                        "every %.2f s were planned; each pod is now scraped every %.2f s",
+                        launched, seconds, len(self.schedule), asked, self.schedule.period)
+        if self.stats is not None:
+            self.stats.stale_pods = stale_pods(self.store.snapshot(now))
+            self.stats.scrape_period = self.schedule.period
 
     async def close(self) -> None:
         """Cancel scrapes in flight and close the HTTP session."""
@@ -138,22 +191,27 @@ class Scraper:
             )
         return self._session
 
-    def _launch(self) -> list[asyncio.Task[None]]:
-        pods = self.store.pods()
-        if len(self._up) > len(pods):  # forget pods that left
-            present = {p.address for p in pods}
-            for address in [a for a in self._up if a not in present]:
+    def _forget_left(self) -> None:
+        """Forget what was logged about pods that left."""
+        if len(self._up) > len(self.store.pods()):
+            store = self.store
+            for address in [a for a in self._up if store.pod(a) is None]:
                 del self._up[address]
                 self._warned_bad_lines.discard(address)
-        tasks = []
-        for pod in pods:
-            if pod.address in self._busy:
-                continue
-            task = asyncio.create_task(self._scrape(pod), name=f"scrape {pod.address}")
-            self._busy[pod.address] = task
-            task.add_done_callback(lambda t, a=pod.address: self._release(a, t))
-            tasks.append(task)
-        return tasks
+
+    def _launch(self) -> list[asyncio.Task[None]]:
+        self._forget_left()
+        tasks = [self._start(pod) for pod in self.store.pods()]
+        return [t for t in tasks if t is not None]
+
+    def _start(self, pod: Pod) -> asyncio.Task[None] | None:
+        """Start scraping `pod`, unless its previous scrape is still running."""
+        if pod.address in self._busy:
+            return None
+        task = asyncio.create_task(self._scrape(pod), name=f"scrape {pod.address}")
+        self._busy[pod.address] = task
+        task.add_done_callback(lambda t, a=pod.address: self._release(a, t))
+        return task
 
     def _release(self, address: str, task: asyncio.Task[None]) -> None:
         if self._busy.get(address) is task:

@@ -84,6 +84,13 @@ SCRAPES = Series("llmtraffic_exporter_scrapes", "counter",
 SCRAPE_DURATION = Series("llmtraffic_exporter_scrape_duration_seconds", "histogram",
                          "Time to fetch and parse one pod's /metrics.", (),
                          (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+SCRAPE_STALE_PODS = Series("llmtraffic_exporter_scrape_stale_pods", "gauge",
+                           "Pods this process scrapes whose metrics are stale: no good scrape "
+                           "within the store's stale-after, failing, or never scraped.", ())
+SCRAPE_PERIOD = Series("llmtraffic_exporter_scrape_period_seconds", "gauge",
+                       "Planned seconds between two scrapes of one pod: the scrape interval, "
+                       "longer when the pod count exceeds the scrape budget or the process "
+                       "fell behind.", ())
 
 # ---- pod and pool state from the store (autoscaling signals) -----------------------------
 POD_UP = Series("llmtraffic_pod_up", "gauge",

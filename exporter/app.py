@@ -23,8 +23,8 @@ from llmtraffic.exporter.enrich import FLUSH_INTERVAL, Enricher
 from llmtraffic.exporter.pipeline import Pipeline
 from llmtraffic.exporter.receivers import Receivers
 from llmtraffic.contracts.flags import NOT_A_FLAG, Flag, add_flags, from_flags
-from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeInterval,
-    ScrapeMaxBytes, ScrapeTimeout)
+from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, ScrapeBudget,
+    ScrapeInterval, ScrapeMaxBytes, ScrapeTimeout)
 from llmtraffic.contracts.scrape import Scraper
 from llmtraffic.contracts.pods import pods_from_file, pods_from_urls, require_ports
 from llmtraffic.contracts.serving import parse_listen
@@ -76,6 +76,7 @@ class ExporterOptions(BaseModel):
     poll_interval: Annotated[float, NOT_A_FLAG] = Field(0.2, gt=0)
     checkpoint_interval: Annotated[float, NOT_A_FLAG] = Field(1.0, ge=0)
     scrape_interval: ScrapeInterval = 1.0  # dashboards only; Prometheus samples at 15 s
+    scrape_budget: ScrapeBudget
     scrape_timeout: ScrapeTimeout
     scrape_max_bytes: ScrapeMaxBytes
     dimensions: Annotated[tuple[str, ...], Flag(text=True)] = Field(
@@ -121,7 +122,8 @@ class ExporterApp:
                                    otlp_http=options.otlp_http_listen)
         self.scraper = Scraper(self.store, interval=options.scrape_interval,
                                timeout=options.scrape_timeout, stats=self.stats,
-                               max_bytes=options.scrape_max_bytes) if pods else None
+                               max_bytes=options.scrape_max_bytes,
+                               budget=options.scrape_budget) if pods else None
         self.registry = CollectorRegistry()
         self.registry.register(ExporterCollector(self.counters, self.stats, self.store))
         self._tasks: list[asyncio.Task] = []
