@@ -123,23 +123,19 @@ class TokenCounters:
             rk = codes[code] = (key[0], "" if code is None else str(code))
         requests = self.requests
         requests[rk] = requests.get(rk, 0.0) + 1
-        x = rec.ttft_ms
-        if x is not None:
-            h = hists[0]
-            if h is None:
-                h = hists[0] = hist_in(self.ttft, key[0], m.TTFT.buckets)
-            x /= 1000
-            h.counts[bisect_left(h.buckets, x)] += 1  # Hist.observe, inlined
-            h.sum += x
-        x = rec.duration_ms
-        if x is not None:
-            h = hists[1]
-            if h is None:
-                h = hists[1] = hist_in(self.duration, key[0], m.DURATION.buckets)
-            x /= 1000
-            h.counts[bisect_left(h.buckets, x)] += 1
-            h.sum += x
+        for i, x in ((0, rec.ttft_ms), (1, rec.duration_ms)):
+            if x is not None:
+                h = hists[i] or self._hist(hists, i, key[0])
+                x /= 1000
+                h.counts[bisect_left(h.buckets, x)] += 1  # Hist.observe, inlined
+                h.sum += x
         return True
+
+    def _hist(self, hists: list, i: int, model: str) -> Hist:
+        """The TTFT (i=0) or duration (i=1) histogram of `model`, kept in its entry."""
+        table, series = (self.ttft, m.TTFT) if i == 0 else (self.duration, m.DURATION)
+        h = hists[i] = hist_in(table, model, series.buckets)
+        return h
 
     # ---- checkpoint --------------------------------------------------------------------
     def state(self) -> dict:
