@@ -94,15 +94,20 @@ def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
     """Serve `n` fake pods from a child process and scrape them for `seconds`."""
     from llmtraffic.harness.prometheus import free_port
 
-    ports = [free_port() for _ in range(n)]
+    taken: set[int] = set()
+    while len(taken) < n:  # free_port may hand out a port twice
+        taken.add(free_port())
+    ports = sorted(taken)
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     server = ctx.Process(target=_serve, args=(ports, pages, ready, stop), daemon=True)
     server.start()
     try:
         wait = 60 + n / 10
-        if not ready.wait(wait):
-            raise RuntimeError(f"the page server for {n} pods did not start within {wait:.0f} s")
+        while not ready.wait(1.0) and server.is_alive() and wait > 0:
+            wait -= 1.0
+        if not ready.is_set():
+            raise RuntimeError(f"the page server for {n} pods did not start (see above)")
         pods = [Pod(f"pod-{i}", f"127.0.0.1:{p}") for i, p in enumerate(ports)]
         return asyncio.run(_scrape_for(pods, interval, seconds, budget))
     finally:
