@@ -61,6 +61,11 @@ class CircuitBreaker:
             return False
         return c.probing or now - c.opened_at < self.cooldown
 
+    def probing(self, address: str) -> bool:
+        """Half-open with its probe request out."""
+        c = self._circuits.get(address)
+        return c is not None and c.probing
+
     def mark(self, pods: Iterable[PodState], now: float) -> tuple[PodState, ...]:
         """`pods` with every blocked one marked unhealthy (a copy; the store's are shared)."""
         pods = tuple(pods)

@@ -47,6 +47,8 @@ class BalancerCore:
         self.breaker = CircuitBreaker(o.breaker_failures, o.breaker_cooldown)
         self.outlier_excess = o.outlier_inflight_excess
         self._excess_since: dict[str, float] = {}  # address -> since when it hoards
+        #: address -> requests held there now -> when they were sent (RequestLifecycle)
+        self.held: dict[str, dict[object, float]] = {}
         self.body_limits = BodyLimits(o.max_json_containers, o.max_json_values,
                                       o.max_prompts, o.max_messages)
         view = discovery.view()
@@ -110,25 +112,32 @@ class BalancerCore:
             self.judge_outliers(time.monotonic())
 
     def judge_outliers(self, now: float) -> list[str]:
-        """Eject every pod that has held, for OUTLIER_PERSISTS seconds on end, far more of
-        this balancer's requests than its own fresh metrics claim it runs or queues (a
-        black hole: it accepts and never answers while its page says idle). Returns the
-        addresses ejected now."""
+        """Eject every pod that has held, for OUTLIER_PERSISTS seconds on end, more of this
+        balancer's requests (sent before its last scrape) than its own fresh metrics claim
+        it runs or queues (a black hole: it accepts and never answers while its page says
+        idle). Returns the addresses ejected now."""
         out, excess = [], {}
         for st in self.store.snapshot(now).pods:
-            m = st.metrics
-            if not st.fresh or m is None:
+            m, held = st.metrics, self.held.get(st.address)
+            if not st.fresh or m is None or not held or st.scraped_at is None:
                 continue
-            seen = st.inflight - st.sent_since_scrape  # ours, sent before its last scrape
+            # ours, sent well before its last scrape (a page may be a scrape timeout old
+            # when it lands): the page must count each as running or waiting
+            before = st.scraped_at - self.scraper.timeout
+            seen = sum(1 for sent in held.values() if sent < before)
             claimed = m.running + m.waiting
             if not 0 <= claimed < math.inf:
                 claimed = 0.0
-            if seen - claimed < self.outlier_excess:
+            probing = self.breaker.probing(st.address)  # its probe alone decides
+            if seen - claimed < (1 if probing else self.outlier_excess):
                 continue
             since = excess[st.address] = self._excess_since.get(st.address, now)
-            if now - since >= OUTLIER_PERSISTS and self.breaker.eject(
-                    st.address, now, f"{seen} requests of ours in flight there for "
-                    f"{now - since:.1f} s, its metrics claim {claimed:g} running or waiting"):
+            if now - since < OUTLIER_PERSISTS:
+                continue
+            why = (f"{seen} requests of ours in flight there for {now - since:.1f} s, its "
+                   f"metrics claim {claimed:g} running or waiting")
+            if self.breaker.failed(st.address, now, why) if probing else \
+                    self.breaker.eject(st.address, now, why):
                 out.append(st.address)
         self._excess_since = excess
         return out

@@ -61,7 +61,9 @@ class RequestLifecycle:
         self.address, self.judged = address, False
         core.stats.picked(pool, rec.pod, pick_seconds)
         core.store.acquire(address)
-        core.breaker.sent(address, time.monotonic())
+        now = time.monotonic()
+        core.held.setdefault(address, {})[self] = now
+        core.breaker.sent(address, now)
 
     def answered(self, status: int) -> None:
         """The held pod answered `status`; the breaker hears it once (5xx is a failure)."""
@@ -103,7 +105,9 @@ class RequestLifecycle:
             return
         if self.address is not None:
             store.release(self.address)
+            self.core.held.get(self.address, {}).pop(self, None)
         store.acquire(address)
+        self.core.held.setdefault(address, {})[self] = time.monotonic()
         self.address = self.rec.upstream_host = address
         self.rec.pod = pod.name
 
@@ -113,6 +117,7 @@ class RequestLifecycle:
         if self.address is None:
             return
         self.core.store.release(self.address)
+        self.core.held.get(self.address, {}).pop(self, None)
         if not self.judged:
             self.core.breaker.abandoned(self.address)
         self.address = None

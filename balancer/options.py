@@ -58,9 +58,9 @@ class BalancerOptions(BaseModel):
     breaker_cooldown: Annotated[float, Flag(metavar="SECONDS")] = Field(
         10.0, gt=0, description="how long an open circuit keeps its pod out")
     outlier_inflight_excess: Annotated[int, Flag(metavar="N")] = Field(
-        8, ge=1, description="eject a pod (as an open circuit) when this many more of our "
-        "requests are in flight there than its fresh metrics say it runs or queues: it "
-        "accepts work and does none")
+        2, ge=1, description="eject a pod (as an open circuit) when, for a second on end, "
+        "this many more of our requests sent before its last scrape are in flight there than "
+        "its fresh metrics say it runs or queues: it accepts work and does none")
     max_response_bytes: Annotated[int, Flag(metavar="BYTES")] = Field(
         64 * 1024 * 1024, ge=1, description="a pod's answer (a JSON body, or a whole stream) "
         "larger than this is cut: the client gets an error and the pod a breaker strike")

@@ -7,12 +7,13 @@ requests it held before any byte reached the client are served by another pod.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import orjson
 import pytest
 
-from llmtraffic.balancer.breaker import CLOSED
+from llmtraffic.balancer.breaker import CLOSED, OPEN
 from tests.balancer.conftest import BASE, records, total_inflight, wait_for
 from tests.fixtures.fakepod import FakePod
 
@@ -62,7 +63,7 @@ async def test_a_misbehaving_pod_leaves_the_rotation_and_its_requests_go_elsewhe
     assert app.core.breaker.state(bad.address, app.store.snapshot(0).now) != CLOSED
     assert app.core.breaker.opens[bad.address] >= 1 and good.address not in app.core.breaker.opens
     # 5 strikes in a row, then no more; a black hole takes its share of what was sent at
-    # once (half of the 40), and is ejected once it has hoarded 8 or more for a second
+    # once (half of the 40), and is ejected once it has hoarded 2 or more for a second
     assert bad.requests <= (20 if mode == "hang" else 10)
     recs = records(app)
     assert len(recs) == 40 and {r["response_code"] for r in recs} == {200}
@@ -112,16 +113,30 @@ async def test_an_endless_body_is_cut_at_max_response_bytes(pods, make_app):
 
 
 async def test_a_pod_hoarding_requests_is_ejected_and_they_are_retried(pods, make_app):
-    """Its page says idle while 8 of our requests sit there: ejected at once (no timeout
-    needed), and the 8 go to the other pod before any byte reached their clients."""
+    """Its page says idle while 8 of our requests sit there: ejected after a second (no
+    timeout needed), and the 8 go to the other pod before any byte reached their clients."""
     hole, good = await pods("hang"), await pods("ok")
     app = await make_app([hole.address, good.address], policy="round-robin",
-                         idle_timeout=600)
+                         idle_timeout=600, breaker_cooldown=1.0)
     async with aiohttp.ClientSession() as s:
         answers = await asyncio.wait_for(asyncio.gather(*[
             post(app.port, {"model": "llama2", "prompt": f"{i}"}, s) for i in range(16)]), 60)
     assert [a[0] for a in answers] == [200] * 16
     assert hole.requests == 8
-    assert "8 requests of ours in flight there for" in app.core.breaker.reasons[hole.address]
+    assert "requests of ours in flight there for" in app.core.breaker.reasons[hole.address]
     recs = records(app)
     assert len(recs) == 16 and {r["upstream_host"] for r in recs} == {good.address}
+
+    # after the cooldown one probe goes there: it hangs too, so it decides alone (its one
+    # unanswered request), the circuit opens again and the probe's client is served
+    await wait_for(lambda: app.core.breaker.state(hole.address, time.monotonic()) != OPEN,
+                   "the cooldown")
+    async with aiohttp.ClientSession() as s:
+        for i in range(10):
+            status, _ = await asyncio.wait_for(post(app.port, {"model": "llama2",
+                                                               "prompt": f"p{i}"}, s), 60)
+            assert status == 200
+            if hole.requests == 9:
+                break
+    assert hole.requests == 9 and app.core.breaker.opens[hole.address] == 2
+    assert "probe request failed" in app.core.breaker.reasons[hole.address]

@@ -1,0 +1,255 @@
+"""The other clients' latency while the balancer is attacked: normal clients send completions
+through the balancer (this process) while, in turn, nothing else happens (baseline), hostile
+clients send 8 MB bodies that are cheap to make and costly to handle (hostile-body: empty
+lists, `{}`s with an escaped key, 100,000 messages or prompts), or one more pod in the pool
+accepts requests and never answers while its page says idle (black-hole-pod). Prints each
+scenario's p50 and p90 and its p50 as a ratio to the baseline of the same run (the goal:
+at most 1.5x).
+
+    python -m bench.hostile [--pods 3] [--clients 4] [--hostile 2] [--seconds 20]
+
+Each program runs in its own process: the simulated pods, the balancer, the hostile clients
+and the black hole, so none of them shares an event loop with the clients measured.
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import yaml
+
+from bench.balancer_overhead import (POOL_LABELS, HOST, Processes, Setup, Target,
+                                     _seed_loras, config_files, start_balancer, wait_ready)
+from llmtraffic.simulator.workloads import BASE_MODEL
+
+GOAL = 1.5  # the others' p50 under attack, at most this times the baseline's
+BODY_BYTES = 8 << 20
+
+
+def hostile_bodies() -> list[tuple[str, bytes]]:
+    """Valid JSON that is cheap to send and was costly to take in (issue 19, case 1)."""
+    def of(key: bytes, item: bytes, n: int, head: bytes = b'"prompt": "hi", ') -> bytes:
+        return (b'{"model": "' + BASE_MODEL.encode() + b'", ' + head + b'"' + key
+                + b'": [' + b",".join([item] * n) + b"]}")
+
+    return [("empty-lists", of(b"x", b"[]", BODY_BYTES // 3)),
+            ("escaped-key-objects", of(b"x", b'{"\\u0041":1}', BODY_BYTES // 13)),
+            ("100k-messages", of(b"messages", b'{"role":"user","content":"hi"}', 100_000,
+                                 b"")),
+            ("100k-prompts", of(b"prompt", b'"hi"', 100_000, b""))]
+
+
+async def send_hostile(url: str, clients: int, seconds: float) -> dict[str, int]:
+    """`clients` senders, back to back, for `seconds`: status -> count."""
+    import aiohttp
+
+    bodies = hostile_bodies()
+    statuses: dict[str, int] = {}
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+        async def sender(k: int) -> None:
+            i = k
+            while time.monotonic() < deadline:
+                name, body = bodies[i % len(bodies)]
+                i += 1
+                try:
+                    async with s.post(f"{url}/v1/completions", data=body, headers={
+                            "Host": HOST, "Content-Type": "application/json"}) as r:
+                        await r.read()
+                        key = f"{name} {r.status}"
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    key = f"{name} {type(e).__name__}"
+                statuses[key] = statuses.get(key, 0) + 1
+
+        await asyncio.gather(*(sender(k) for k in range(clients)))
+    return statuses
+
+
+async def serve_black_hole(port: int) -> None:
+    """A pod that accepts every request and never answers; its page says it is idle."""
+    from aiohttp import web
+
+    from llmtraffic.contracts import vllm
+
+    page = "".join(f'{name}{{engine="0",model_name="{BASE_MODEL}"}} 0\n' for name in (
+        vllm.NUM_REQUESTS_RUNNING, vllm.NUM_REQUESTS_WAITING, vllm.KV_CACHE_USAGE)).encode()
+    held = 0
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/plain")
+
+    async def hole(request: web.Request) -> web.Response:
+        nonlocal held
+        held += 1
+        await asyncio.sleep(3600)
+        return web.Response(status=503)
+
+    app = web.Application(client_max_size=BODY_BYTES * 2)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", hole)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"black hole on 127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+
+@dataclass
+class Run:
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+    def p(self, q: float) -> float:
+        xs = sorted(self.latencies_ms)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def measure(url: str, clients: int, seconds: float, name: str) -> Run:
+    """`clients` normal clients, each one request at a time, for `seconds`."""
+    import aiohttp
+
+    run = Run(name)
+    body = orjson.dumps({"model": BASE_MODEL, "max_tokens": 16, "ignore_eos": True,
+                         "prompt": "Write as if you were a critic: San Francisco " * 4})
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
+        async def client() -> None:
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    async with s.post(f"{url}/v1/completions", data=body, headers={
+                            "Host": HOST, "Content-Type": "application/json"}) as r:
+                        await r.read()
+                        ok = r.status == 200
+                        key = f"http {r.status}"
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    ok, key = False, type(e).__name__
+                if ok:
+                    run.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                else:
+                    run.errors[key] = run.errors.get(key, 0) + 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return run
+
+
+def _pods_file(path: Path, urls: list[str], hole: str | None = None) -> Path:
+    pods = [{"name": f"sim-{i}", "address": u.removeprefix("http://"),
+             "labels": dict(POOL_LABELS)} for i, u in enumerate(urls)]
+    if hole:
+        pods.append({"name": "black-hole", "address": hole, "labels": dict(POOL_LABELS)})
+    path.write_text(yaml.safe_dump({"pods": pods}))
+    return path
+
+
+def _free_port() -> int:
+    from bench.balancer_overhead import _free_port as free
+
+    return free()
+
+
+def run(pods: int, clients: int, hostile: int, seconds: float, time_scale: float) -> list[Run]:
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="hostile-") as tmpdir:
+        tmp = Path(tmpdir)
+        procs = Processes(tmp)
+        try:
+            urls, _ = procs.start_pods(pods, {"time_scale": time_scale, "seed": 0,
+                                              "lora_modules": _seed_loras()})
+            configs = config_files(tmp)
+            balancer = start_balancer(procs, Setup(urls, configs, _pods_file(
+                tmp / "pods.yaml", urls), None), "llm")
+            body = orjson.dumps({"model": BASE_MODEL, "prompt": "hi", "max_tokens": 2})
+            asyncio.run(wait_ready(balancer, body))
+            url = balancer.urls[0]
+            asyncio.run(measure(url, clients, 3, "warm-up"))
+            runs.append(asyncio.run(measure(url, clients, seconds, "baseline")))
+
+            attacker, log = procs.spawn("hostile", [
+                sys.executable, "-m", "bench.hostile", "--send-hostile", url,
+                "--hostile", str(hostile), "--seconds", str(seconds + 2)])
+            time.sleep(1.0)  # the attack under way
+            r = asyncio.run(measure(url, clients, seconds, "hostile-body"))
+            attacker.wait(seconds + 150)
+            r.note = "hostile: " + log.read_text().strip().splitlines()[-1]
+            runs.append(r)
+
+            port = _free_port()
+            hole, hole_log = procs.spawn("black-hole", [
+                sys.executable, "-m", "bench.hostile", "--black-hole", str(port)])
+            _wait(hole_log, "black hole on")
+            holed = start_balancer(procs, Setup(urls, configs, _pods_file(
+                tmp / "pods-hole.yaml", urls, f"127.0.0.1:{port}"), None), "llm")
+            asyncio.run(wait_ready(holed, body))
+            r = asyncio.run(measure(holed.urls[0], clients, seconds, "black-hole-pod"))
+            r.note = "balancer log: " + "; ".join(
+                line.split(": ", 1)[-1][:110] for line in holed.log.read_text().splitlines()
+                if "circuit of pod" in line)[:300]
+            runs.append(r)
+            runs.append(asyncio.run(measure(url, clients, seconds, "baseline again")))
+        finally:
+            procs.close()
+    return runs
+
+
+def _wait(log: Path, marker: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while marker not in log.read_text():
+        if time.monotonic() > end:
+            raise RuntimeError(f"no {marker!r} in {log.name} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def report(runs: list[Run]) -> str:
+    base = runs[0].p(0.5)
+    out = [f"{'scenario':16} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p90 ms':>8} "
+           f"{'p50/baseline':>12}"]
+    for r in runs:
+        ratio = r.p(0.5) / base
+        mark = "" if r.name.startswith("baseline") else \
+            ("  ok" if ratio <= GOAL else f"  OVER {GOAL}x")
+        out.append(f"{r.name:16} {len(r.latencies_ms):8d} {sum(r.errors.values()):6d} "
+                   f"{r.p(0.5):8.1f} {r.p(0.9):8.1f} {ratio:11.2f}x{mark}")
+        if r.errors:
+            out.append(f"  errors: {r.errors}")
+        if r.note:
+            out.append(f"  {r.note}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pods", type=int, default=3)
+    p.add_argument("--clients", type=int, default=4, help="normal clients measured")
+    p.add_argument("--hostile", type=int, default=2, help="hostile senders")
+    p.add_argument("--seconds", type=float, default=20.0, help="per scenario")
+    p.add_argument("--time-scale", type=float, default=20.0,
+                   help="simulated pods run this many times faster than an A10")
+    p.add_argument("--send-hostile", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--black-hole", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.send_hostile:
+        statuses = asyncio.run(send_hostile(a.send_hostile, a.hostile, a.seconds))
+        print(f"{sum(statuses.values())} bodies of ~8 MB sent: {statuses}", flush=True)
+        return 0
+    if a.black_hole:
+        asyncio.run(serve_black_hole(a.black_hole))
+        return 0
+    print(report(run(a.pods, a.clients, a.hostile, a.seconds, a.time_scale)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
