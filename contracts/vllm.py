@@ -31,6 +31,9 @@ CACHE_CONFIG_LABELS = ("block_size", "cache_dtype", "enable_prefix_caching",
                        "gpu_memory_utilization", "num_cpu_blocks", "num_gpu_blocks")
 #: Values of request_success's `finished_reason` our pages carry.
 FINISHED_REASONS = ("stop", "length", "abort")
+#: Values of num_requests_waiting_by_reason's `reason`: waiting for scheduling capacity, or
+#: deferred by a transient constraint (in practice: no free LoRA slot for the adapter).
+WAITING_REASONS = ("capacity", "deferred")
 
 # ---- histogram buckets exactly as vLLM declares them (FACTS.md) --------------------------
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -117,6 +120,12 @@ NUM_REQUESTS_RUNNING = _family("vllm:num_requests_running", "gauge",
                                "Number of requests in model execution batches.")
 NUM_REQUESTS_WAITING = _family("vllm:num_requests_waiting", "gauge",
                                "Number of requests waiting to be processed.")
+NUM_REQUESTS_WAITING_BY_REASON = _family(
+    "vllm:num_requests_waiting_by_reason", "gauge",
+    "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for "
+    "scheduling capacity; 'deferred' = deferred by transient constraints (LoRA budget, KV "
+    "transfer, blocked status). Sum of all reasons equals vllm:num_requests_waiting.",
+    labels=(*ENGINE_LABELS, "reason"), generation="v1")
 KV_CACHE_USAGE = _family("vllm:kv_cache_usage_perc", "gauge",
                          "KV-cache usage. 1 means 100 percent usage.", generation="v1")
 LORA_REQUESTS_INFO = _family("vllm:lora_requests_info", "info", "Running stats on lora requests.",
@@ -225,12 +234,13 @@ class VllmParseError(ValueError):
 # scalar slots: gauges and counters summed over engines (KV usage is averaged)
 _RUNNING, _WAITING, _SWAPPED, _KV, _KV_LEGACY = range(5)
 _PREFIX_Q, _PREFIX_H, _PREFIX_Q_LEGACY, _PREFIX_H_LEGACY = range(5, 9)
-_PROMPT, _GENERATION, _PREEMPTIONS = range(9, 12)
-_N_SCALARS = 12
+_PROMPT, _GENERATION, _PREEMPTIONS, _DEFERRED = range(9, 13)
+_N_SCALARS = 13
 # histogram slots
 _H_TTFT, _H_QUEUE, _H_QUEUE_LEGACY = range(3)
 # what a sample name means: (kind, slot)
-_K_SCALAR, _K_LORA, _K_CACHE, _K_BUCKET, _K_SUM, _K_COUNT, _K_MARK_V1, _K_MARK_LEGACY = range(8)
+(_K_SCALAR, _K_REASON, _K_LORA, _K_CACHE, _K_BUCKET, _K_SUM, _K_COUNT, _K_MARK_V1,
+ _K_MARK_LEGACY) = range(9)
 
 #: Declared names of the families `parse_metrics` reads.
 READ_GAUGES = {NUM_REQUESTS_RUNNING: _RUNNING, NUM_REQUESTS_WAITING: _WAITING,
@@ -267,6 +277,7 @@ def _sample_table() -> dict[str, tuple[int, int]]:
         table[name + "_bucket"] = (_K_BUCKET, slot)
         table[name + "_sum"] = (_K_SUM, slot)
         table[name + "_count"] = (_K_COUNT, slot)
+    table[NUM_REQUESTS_WAITING_BY_REASON] = (_K_REASON, _DEFERRED)  # reason="deferred"
     table[LORA_REQUESTS_INFO] = (_K_LORA, 0)
     table[CACHE_CONFIG_INFO] = (_K_CACHE, 0)
     return table
@@ -275,7 +286,7 @@ def _sample_table() -> dict[str, tuple[int, int]]:
 _SAMPLES = _sample_table()
 _PREFIX_LEN = min(map(len, _SAMPLES))  # every name we read is at least this long
 _PREFIXES = frozenset(name[:_PREFIX_LEN] for name in _SAMPLES)
-_V1_SLOTS = (_KV, _PREFIX_Q, _PREFIX_H)
+_V1_SLOTS = (_KV, _PREFIX_Q, _PREFIX_H, _DEFERRED)
 _LEGACY_SLOTS = (_SWAPPED, _KV_LEGACY, _PREFIX_Q_LEGACY, _PREFIX_H_LEGACY)
 _ESCAPE = re.compile(r'\\[\\n"]')
 _UNESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
@@ -568,6 +579,10 @@ def parse_metrics(page: bytes | str) -> PodMetrics:
         if kind == _K_SCALAR:
             sums[slot] += value
             seen[slot] += 1
+        elif kind == _K_REASON:
+            if labels.get("reason") == "deferred":
+                sums[slot] += value
+                seen[slot] += 1
         elif kind == _K_BUCKET:
             le = labels.get("le")
             bound = bounds_get(le) if le is not None else math.nan
@@ -632,6 +647,7 @@ def _build(sums: list[float], seen: list[int], hists: list[_Hist | None],
     return PodMetrics(
         running=sums[_RUNNING],
         waiting=sums[_WAITING],
+        waiting_deferred=sums[_DEFERRED],
         swapped=sums[_SWAPPED],
         kv_usage=sums[kv] / seen[kv] if seen[kv] else 0.0,
         running_adapters=_adapters(lora.get("running_lora_adapters")),

@@ -16,7 +16,7 @@ from llmtraffic.balancer.policy.request import Policy
 from llmtraffic.simulator.workloads import BASE_MODEL, make_workload
 from llmtraffic.simulator.cluster import Cluster, ClusterConfig, quantile
 from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest
-from llmtraffic.simulator.profile import get_profile
+from llmtraffic.simulator.profile import Profile, get_profile
 from llmtraffic.simulator import tokenizer
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class RoutingRun:
                 "policies": self.policies, "cpu_seconds": self.cpu_seconds}
 
 
-def measure_capacity(workload: str, profile: str = "llama2-7b-a10", seed: int = 1,
+def measure_capacity(workload: str, profile: str | Profile = "llama2-7b-a10", seed: int = 1,
                      sample: int = 400, engine_overrides: dict | None = None) -> float:
     """Requests/s one pod sustains on `workload`: a backlog of `sample` requests from the
     workload's mix is served by one engine; the completion rate between the 10th and 90th
@@ -54,7 +54,8 @@ def measure_capacity(workload: str, profile: str = "llama2-7b-a10", seed: int = 
     reqs = make_workload(workload, rate=1000.0, duration=sample / 1000.0 * 1.2, seed=seed)[:sample]
     for w in reqs:
         adapter = None if w.model == BASE_MODEL else w.model
-        engine.add_request(SimRequest(request_id=str(w.index), prompt_ids=tokenizer.encode(w.prompt),
+        ids = tokenizer.encode(w.prompt, prof.chars_per_token)
+        engine.add_request(SimRequest(request_id=str(w.index), prompt_ids=ids,
                                       max_tokens=w.max_tokens, arrival=0.0, adapter=adapter,
                                       output_len=w.output_len), 0.0)
     now = 0.0

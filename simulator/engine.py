@@ -80,6 +80,7 @@ class SimRequest:
     blocks: list[int] = field(default_factory=list)
     num_hashed: int = 0  # leading blocks registered in the prefix cache
     _hashes: list[int] | None = None  # chained hashes of the prompt's full blocks
+    deferred: bool = False  # skipped for lack of a LoRA slot since it last ran
 
     @property
     def num_prompt(self) -> int:
@@ -110,6 +111,12 @@ class StepResult:
 
 @dataclass(slots=True)
 class EngineStats:
+    """What the engine's /metrics page says. The adapter lists are what vLLM 0.32 builds
+    (`LoRARequestStates`): both list, in the order each was first seen, every adapter with
+    a request that has produced output and not finished, running or preempted; an adapter
+    whose requests all wait for a LoRA slot is in neither, only counted in
+    `num_waiting_deferred` (`num_requests_waiting_by_reason{reason="deferred"}`)."""
+
     num_running: int
     num_waiting: int
     kv_usage: float
@@ -122,6 +129,7 @@ class EngineStats:
     prefix_hits: int
     preemptions: int
     finished: dict[str, int]
+    num_waiting_deferred: int = 0
 
 
 class BlockPool:
@@ -215,6 +223,9 @@ class Engine:
         self.prefix_hits = 0
         self.preemptions = 0
         self.finished: dict[str, int] = {}
+        # adapter -> its requests that produced output and have not finished, in the order
+        # vLLM's LoRARequestStates first saw each adapter (what its lora_requests_info lists)
+        self.lora_requests: dict[str, set[str]] = {}
         self.last_step_duration = profile.step_time(0, 1, 0)
         self.busy_until = 0.0  # end of the last step taken (predict_ttft starts there)
 
@@ -248,7 +259,9 @@ class Engine:
         return bool(self.running or self.waiting)
 
     # ---- one iteration -----------------------------------------------------------------
-    def step(self, now: float) -> StepResult:
+    def step(self, now: float, slowdown: float = 1.0) -> StepResult:
+        """One iteration starting at `now`; its duration is the profile's step time ×
+        `slowdown` (pods sharing a host's cores, see `Profile.host_contention`)."""
         cfg = self.config
         budget = cfg.max_num_batched_tokens
         scheduled: list[tuple[SimRequest, int]] = []
@@ -283,11 +296,13 @@ class Engine:
                 req = self.waiting[0]
                 ad = req.adapter
                 if ad is not None and ad not in active and len(active) >= cfg.max_loras:
+                    req.deferred = True  # vLLM's deferred_waiting
                     skipped.append(self.waiting.popleft())  # no LoRA slot: wait, keep order
                     continue
                 if not self._admit(req, budget):
                     break
                 self.waiting.popleft()
+                req.deferred = False
                 need = min(req.num_prompt + req.num_generated - req.num_computed, budget)
                 self.running.append(req)
                 scheduled.append((req, need))
@@ -304,19 +319,26 @@ class Engine:
                         self._load_lora(ad)
             self.waiting.extendleft(reversed(skipped))
         # 3. cost of the iteration
-        prefill = decode = context = 0
+        prefill = decode = context = pairs = decode_context = adapter_tokens = 0
         for req, n in scheduled:
+            if req.adapter is not None:
+                adapter_tokens += n
             if n == 1 and req.num_computed >= req.num_prompt:
                 decode += 1
+                decode_context += req.num_computed + 1
             else:
                 prefill += n  # prompt chunks and recompute after preemption
+                pairs += n * req.num_computed + n * (n + 1) // 2
             context += req.num_computed + n
         adapters = len({r.adapter for r, _ in scheduled if r.adapter is not None})
         duration = 0.0
         if scheduled:
-            duration = (self.profile.step_time(prefill, decode, context, adapters)
+            duration = (self.profile.step_time(prefill, decode, context, adapters,
+                                               prefill_pairs=pairs,
+                                               decode_context=decode_context,
+                                               adapter_tokens=adapter_tokens)
                         + cold_loads * self.profile.lora_load_cold_s
-                        + warm_loads * self.profile.lora_load_warm_s)
+                        + warm_loads * self.profile.lora_load_warm_s) * slowdown
             self.last_step_duration = duration
             self.busy_until = now + duration
         end = now + duration
@@ -332,6 +354,8 @@ class Engine:
             req.token_times.append(end)
             if req.first_token is None:
                 req.first_token = end
+                if req.adapter is not None:  # its first output: vLLM starts tracking it
+                    self.lora_requests.setdefault(req.adapter, set()).add(req.request_id)
             finished = self._check_finished(req)
             if finished:
                 self._finish(req, finished, end)
@@ -440,6 +464,11 @@ class Engine:
         return None
 
     def _finish(self, req: SimRequest, reason: str, now: float) -> None:
+        tracked = self.lora_requests.get(req.adapter) if req.adapter is not None else None
+        if tracked is not None:
+            tracked.discard(req.request_id)
+            if not tracked:
+                del self.lora_requests[req.adapter]  # type: ignore[arg-type]
         self.pool.release(req.blocks)
         req.blocks = []
         req.finish_reason = reason
@@ -452,12 +481,13 @@ class Engine:
         return EngineStats(
             num_running=len(self.running), num_waiting=len(self.waiting),
             kv_usage=self.pool.used / self.config.num_gpu_blocks,
-            running_adapters=tuple(sorted({r.adapter for r in self.running if r.adapter})),
-            waiting_adapters=tuple(sorted({r.adapter for r in self.waiting if r.adapter})),
+            running_adapters=tuple(self.lora_requests),
+            waiting_adapters=tuple(self.lora_requests),
             max_loras=self.config.max_loras, prompt_tokens=self.prompt_tokens,
             generation_tokens=self.generation_tokens, prefix_queries=self.prefix_queries,
             prefix_hits=self.prefix_hits, preemptions=self.preemptions,
-            finished=dict(self.finished))
+            finished=dict(self.finished),
+            num_waiting_deferred=sum(1 for r in self.waiting if r.deferred))
 
     def predict_ttft(self, prompt_ids: list[int], adapter: str | None, now: float,
                      limit: float = math.inf) -> float:
@@ -491,6 +521,7 @@ class Engine:
         e.prefix_queries, e.prefix_hits = self.prefix_queries, self.prefix_hits
         e.preemptions = self.preemptions
         e.finished = {}
+        e.lora_requests = {a: set(ids) for a, ids in self.lora_requests.items()}
         e.last_step_duration, e.busy_until = self.last_step_duration, self.busy_until
         return e
 
@@ -535,4 +566,5 @@ def _fork_request(r: SimRequest, token_times: list[float]) -> SimRequest:
     return SimRequest(r.request_id, r.prompt_ids, r.max_tokens, r.arrival, r.adapter,
                       r.output_len, r.first_scheduled, r.first_token, token_times,
                       r.finished_at, r.finish_reason, r.num_generated, r.num_cached_tokens,
-                      r.preemptions, r.num_computed, list(r.blocks), r.num_hashed, r._hashes)
+                      r.preemptions, r.num_computed, list(r.blocks), r.num_hashed, r._hashes,
+                      r.deferred)

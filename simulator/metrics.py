@@ -21,6 +21,9 @@ from llmtraffic.simulator.engine import EngineConfig, EngineStats, SimRequest, S
 #: `CACHE_CONFIG_LABELS` without `engine` (the simulator's page as it has always been).
 LABELS = v.ENGINE_LABELS
 THROUGHPUT_WINDOW_S = 10.0  # legacy avg_*_throughput gauges average over this window
+#: lora_requests_info label sets kept on the page (vLLM keeps every one it ever set; the
+#: newest value is the state, so older ones only need to linger, not to pile up forever).
+LORA_SETS_KEPT = 64
 
 
 def _escape_value(s: str) -> str:
@@ -206,14 +209,22 @@ class PodMetricsExporter:
             self.histograms.append(h)
             setattr(self, attr, h)
         self._build_state_prefixes(label_map)
+        # (running, waiting) label values -> update time, in first-set order (as
+        # prometheus_client keeps a gauge's children)
+        self._lora_sets: dict[tuple[tuple[str, ...], tuple[str, ...]], float] = {}
         self._lora_state: tuple = ()
-        self._lora_ts = time.time()
         self._window: deque[tuple[float, int, int]] = deque()
 
     def _build_state_prefixes(self, label_map: dict[str, str]) -> None:
         lab = _label_text(label_map)
         table = _STATE_HEAD + (_STATE_LEGACY if self.legacy else _STATE_V1) + _STATE_TAIL
-        self._scalars = [(_scalar_prefix(name, lab), value) for name, value in table]
+        scalars = [(_scalar_prefix(name, lab), value) for name, value in table]
+        n_head = len(_STATE_HEAD)  # by_reason follows num_requests_waiting, as on vLLM's page
+        self._scalars_head, self._scalars_rest = scalars[:n_head], scalars[n_head:]
+        head, reason = _family_head(v.NUM_REQUESTS_WAITING_BY_REASON)
+        self._reason_prefixes = [f"{reason}{_label_text({**label_map, 'reason': r})} "
+                                 for r in v.WAITING_REASONS]
+        self._reason_prefixes[0] = head + self._reason_prefixes[0]
         self._success_head, success = _family_head(v.REQUEST_SUCCESS)
         self._success_prefixes = [
             f"{success}{_label_text({**label_map, 'finished_reason': r})} "
@@ -271,16 +282,24 @@ class PodMetricsExporter:
         srv = self.server
         st = srv.engine.stats()
         tps = self.throughput() if self.legacy else (0.0, 0.0)
-        for prefix, value in self._scalars:
+        for prefix, value in self._scalars_head:
+            out.append(f"{prefix}{floatToGoString(value(st, tps))}\n")
+        if not self.legacy:  # capacity + deferred = num_requests_waiting
+            deferred = st.num_waiting_deferred
+            for prefix, n in zip(self._reason_prefixes, (st.num_waiting - deferred, deferred)):
+                out.append(f"{prefix}{floatToGoString(n)}\n")
+        for prefix, value in self._scalars_rest:
             out.append(f"{prefix}{floatToGoString(value(st, tps))}\n")
         out.append(self._success_head)
         for prefix, reason in zip(self._success_prefixes, v.FINISHED_REASONS):
             out.append(f"{prefix}{floatToGoString(st.finished.get(reason, 0))}\n")
-        lora = _label_text({"max_lora": str(st.max_loras),
-                            "running_lora_adapters": ",".join(st.running_adapters),
-                            "waiting_lora_adapters": ",".join(st.waiting_adapters)})
-        ts = self.lora_info(st.running_adapters, st.waiting_adapters)
-        out.append(f"{self._lora_head}{v.LORA_REQUESTS_INFO}{lora} {floatToGoString(ts)}\n")
+        self.lora_info(st.running_adapters, st.waiting_adapters)
+        out.append(self._lora_head)
+        for (running, waiting), ts in self._lora_sets.items():
+            lora = _label_text({"max_lora": str(st.max_loras),
+                                "running_lora_adapters": ",".join(running),
+                                "waiting_lora_adapters": ",".join(waiting)})
+            out.append(f"{v.LORA_REQUESTS_INFO}{lora} {floatToGoString(ts)}\n")
         cfg = srv.config
         util = srv.options.gpu_memory_utilization or srv.profile.gpu_memory_utilization
         cache = _label_text(dict(zip(v.CACHE_CONFIG_LABELS, (
@@ -289,12 +308,16 @@ class PodMetricsExporter:
         out.append(f"{self._cache_head}{v.CACHE_CONFIG_INFO}{cache} 1.0\n")
 
     def lora_info(self, running: tuple[str, ...], waiting: tuple[str, ...]) -> float:
-        """The update timestamp vLLM puts in lora_requests_info's value."""
+        """The update timestamp vLLM puts in lora_requests_info's value. Every label set
+        once current stays on the page with its last time, as on vLLM's (the newest is the
+        state); the least recently current go beyond `LORA_SETS_KEPT`."""
         state = (running, waiting)
-        if state != self._lora_state:
+        if state != self._lora_state or state not in self._lora_sets:
             self._lora_state = state
-            self._lora_ts = time.time()
-        return self._lora_ts
+            self._lora_sets[state] = time.time()
+            if len(self._lora_sets) > LORA_SETS_KEPT:
+                del self._lora_sets[min(self._lora_sets, key=self._lora_sets.__getitem__)]
+        return self._lora_sets[state]
 
     def throughput(self) -> tuple[float, float]:
         now = time.monotonic()

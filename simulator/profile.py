@@ -1,12 +1,46 @@
-"""Engine profiles: model × GPU, with the KV-cache size and a roofline step-time model
-derived from first principles. Every constant says where it comes from."""
+"""Engine profiles: model × device, with the KV-cache size and a step-time model: a roofline
+derived from first principles for the GPU profiles, or a fit of times measured on a real
+engine (`llmtraffic bench calibrate`, profiles/*.json). Every constant says where it comes from."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN
 
 GB = 1e9
+#: Measured profiles written by `llmtraffic bench calibrate` (one JSON file each).
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """Seconds of one engine iteration, fitted by least squares on times measured on a real
+    engine: a fixed cost per step, plus a cost per prefill token, per query-key pair of
+    prefill attention (the quadratic term: a chunk of n tokens after c computed ones has
+    n·c + n(n+1)/2 pairs), per decoding sequence, per context token a decoding sequence
+    reads, per distinct LoRA adapter in the batch, and per token computed through an
+    adapter (prefill or decode; on CPU a LoRA token costs about as much again as a base
+    one)."""
+
+    base_s: float
+    prefill_token_s: float
+    prefill_pair_s: float
+    decode_seq_s: float
+    decode_context_s: float
+    adapter_s: float
+    adapter_token_s: float = 0.0
+
+    def seconds(self, prefill_tokens: int, prefill_pairs: int, decode_seqs: int,
+                decode_context: int, adapters: int, adapter_tokens: int = 0) -> float:
+        return (self.base_s + prefill_tokens * self.prefill_token_s
+                + prefill_pairs * self.prefill_pair_s + decode_seqs * self.decode_seq_s
+                + decode_context * self.decode_context_s + adapters * self.adapter_s
+                + adapter_tokens * self.adapter_token_s)
 
 
 @dataclass(frozen=True)
@@ -16,7 +50,8 @@ class Profile:
     Step time (one engine iteration) is a roofline: an iteration reads all weights once
     and the KV of every scheduled token's context (memory time), and does
     `flops_per_token` of matmul work per scheduled token (compute time); it takes the
-    larger of the two plus a fixed scheduler/launch overhead."""
+    larger of the two plus a fixed scheduler/launch overhead. A measured profile
+    (`step_fit`, `kv_blocks`) replaces both with what a real engine showed."""
 
     name: str
     model: str  # served model name
@@ -41,8 +76,27 @@ class Profile:
     lora_load_cold_s: float = 0.05  # disk → host → GPU for a rank-16 7B adapter (~40 MB)
     lora_load_warm_s: float = 0.004  # host → GPU over PCIe (~40 MB at ~12 GB/s)
     lora_step_overhead_s: float = 0.0008  # per distinct adapter in a batch (punica SGMV)
+    # ---- measured on a real engine (profiles/*.json); the roofline's defaults otherwise
+    step_fit: StepFit | None = None  # replaces the roofline when set
+    kv_blocks: int | None = None  # KV blocks the real engine's page reported
+    chars_per_token: float = CHARS_PER_TOKEN  # of the real tokenizer on the workloads' text
+    #: Seconds a request spends outside the engine before its first token reaches the
+    #: client: HTTP, tokenization, detokenization, the first SSE event.
+    frontend_s: float = 0.0
+    #: Fraction by which a step slows for each other pod stepping at the same time on the
+    #: same host (pods sharing CPU cores); 0 for pods with a device each.
+    host_contention: float = 0.0
+    #: Where the measured constants come from: command, date, raw measurements.
+    calibration: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def num_gpu_blocks(self, gpu_memory_utilization: float | None = None) -> int:
+        if self.kv_blocks is not None:
+            if gpu_memory_utilization is not None:
+                raise ValueError(
+                    f"profile {self.name}: the KV cache was measured ({self.kv_blocks} "
+                    f"blocks); gpu_memory_utilization does not apply, set the number of "
+                    f"blocks instead (--num-gpu-blocks-override)")
+            return self.kv_blocks
         util = self.gpu_memory_utilization if gpu_memory_utilization is None \
             else gpu_memory_utilization
         if not 0 < util <= 1:
@@ -56,9 +110,21 @@ class Profile:
         return blocks
 
     def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: int,
-                  adapters: int = 0) -> float:
+                  adapters: int = 0, *, prefill_pairs: int | None = None,
+                  decode_context: int | None = None, adapter_tokens: int = 0) -> float:
         """Seconds for one iteration computing `prefill_tokens` prompt tokens and one token
-        for each of `decode_seqs` sequences, reading `context_tokens` tokens of KV."""
+        for each of `decode_seqs` sequences, reading `context_tokens` tokens of KV (of which
+        `decode_context` by decoding sequences; `prefill_pairs` query-key pairs of prefill
+        attention; `adapter_tokens` of all tokens through `adapters` LoRA adapters).
+        Without pairs and decode context, a prefill is taken as one chunk from scratch and
+        the rest of the context as read by decodes."""
+        if self.step_fit is not None:
+            if prefill_pairs is None:
+                prefill_pairs = prefill_tokens * (prefill_tokens + 1) // 2
+            if decode_context is None:
+                decode_context = max(0, context_tokens - prefill_tokens)
+            return self.step_fit.seconds(prefill_tokens, prefill_pairs, decode_seqs,
+                                         decode_context, adapters, adapter_tokens)
         memory = (self.weights_bytes + context_tokens * self.kv_bytes_per_token) / (
             self.mem_bandwidth * self.mem_efficiency)
         compute = (prefill_tokens + decode_seqs) * self.flops_per_token / (
@@ -100,11 +166,61 @@ LLAMA3_8B_H100 = Profile(
     max_model_len=8192, max_loras=4, max_cpu_loras=12,
     lora_load_cold_s=0.03, lora_load_warm_s=0.002, lora_step_overhead_s=0.0003)
 
+
+
+def profile_from_json(data: Mapping[str, Any], where: str = "profile") -> Profile:
+    """A measured profile from its JSON form (`profile_to_json`); errors name the field."""
+    known = {f.name for f in fields(Profile)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; a profile has "
+                         f"{', '.join(sorted(known))}")
+    values = dict(data)
+    if values.get("step_fit") is not None:
+        try:
+            values["step_fit"] = StepFit(**values["step_fit"])
+        except TypeError as e:
+            raise ValueError(f"{where}: step_fit: {e}") from None
+    try:
+        return Profile(**values)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def profile_to_json(profile: Profile) -> dict[str, Any]:
+    """The JSON form of a profile (field by field; `step_fit` as an object)."""
+    out: dict[str, Any] = {}
+    for f in fields(Profile):
+        value = getattr(profile, f.name)
+        if isinstance(value, StepFit):
+            value = {g.name: getattr(value, g.name) for g in fields(StepFit)}
+        out[f.name] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def load_profiles(folder: Path = PROFILES_DIR) -> dict[str, Profile]:
+    """Every `*.json` profile in `folder`, by name."""
+    out: dict[str, Profile] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path.name}: not a readable JSON profile ({e}); rerun "
+                             "`llmtraffic bench calibrate` to write it again") from None
+        profile = profile_from_json(data, path.name)
+        out[profile.name] = profile
+    return out
+
+
 PROFILES: dict[str, Profile] = {p.name: p for p in (LLAMA2_7B_A10, LLAMA3_8B_H100)}
+PROFILES.update(load_profiles())
 DEFAULT_PROFILE = LLAMA2_7B_A10.name
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str | Profile) -> Profile:
+    """The profile called `name` (a Profile is its own answer: a variant made in code)."""
+    if isinstance(name, Profile):
+        return name
     try:
         return PROFILES[name]
     except KeyError:

@@ -40,7 +40,7 @@ class _Page:
         """One label set per engine (and per finished_reason) of a per-engine family."""
         names = self.labels(family)
         values = {"model_name": (self.model,), "engine": self.engines,
-                  "finished_reason": v.FINISHED_REASONS}
+                  "finished_reason": v.FINISHED_REASONS, "reason": v.WAITING_REASONS}
         return [dict(zip(names, combo))
                 for combo in itertools.product(*(values[name] for name in names))]
 

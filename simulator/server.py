@@ -118,6 +118,9 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._t0 = 0.0
         self._last_arrival = 0.0
+        #: The pods sharing this one's cores (a SimFleet's): with a profile measured on a
+        #: shared host (`host_contention`), each of them busy slows this one's steps.
+        self.host: list[SimServer] = [self]
         self.port = options.port
         self.url = ""
 
@@ -183,7 +186,7 @@ class SimServer:
                 await self._wake.wait()
                 t_engine = max(t_engine, self.vnow())
             start = max(t_engine, self._last_arrival)
-            res = self.engine.step(start)
+            res = self.engine.step(start, self._slowdown())
             if res.duration <= 0 and not res.outputs:
                 t_engine = self.vnow()
                 await asyncio.sleep(0.001)
@@ -191,6 +194,13 @@ class SimServer:
             t_engine = start + res.duration
             await asyncio.sleep(max(0.0, self.to_wall(t_engine - self.vnow())))
             self._deliver(res)
+
+    def _slowdown(self) -> float:
+        contention = self.profile.host_contention
+        if not contention:
+            return 1.0
+        return 1.0 + contention * sum(1 for s in self.host
+                                      if s is not self and s.engine.has_work())
 
     def _deliver(self, res: StepResult) -> None:
         self.metrics.observe_step(res)
@@ -278,7 +288,7 @@ class SimServer:
                 prompt = prompt[0]
             if not isinstance(prompt, str):
                 raise ApiError(400, "`prompt` is required and must be a string", "prompt")
-            ids = tokenizer.encode(prompt) or [0]
+            ids = tokenizer.encode(prompt, self.profile.chars_per_token) or [0]
             params = self._params(body, len(ids), chat=False)
         except ApiError as e:
             return e.response()
@@ -289,7 +299,7 @@ class SimServer:
             body = await self._body(request)
             adapter = self._resolve_model(body)
             prompt = chat_prompt(body.get("messages"))
-            ids = tokenizer.encode(prompt)
+            ids = tokenizer.encode(prompt, self.profile.chars_per_token)
             params = self._params(body, len(ids), chat=True)
         except ApiError as e:
             return e.response()
@@ -298,6 +308,8 @@ class SimServer:
     async def _serve(self, request: web.Request, model: str, adapter: str | None,
                      ids: list[int], params: tuple, chat: bool) -> web.StreamResponse:
         max_tokens, output_len, stop, stream, include_usage = params
+        if self.profile.frontend_s > 0:  # a real API server's HTTP and tokenizer (measured)
+            await asyncio.sleep(self.to_wall(self.profile.frontend_s))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         sim = SimRequest(rid, ids, max_tokens, self.vnow(), adapter=adapter,
                          output_len=output_len)
@@ -488,6 +500,8 @@ class SimFleet:
             SimServer(replace(base, port=(base_port + i) if base_port else 0,
                               seed=base.seed + i, name=f"sim-{i}"))
             for i in range(pods)]
+        for s in self.servers:
+            s.host = self.servers  # one process: the pods share its host
 
     async def start(self) -> "SimFleet":
         for s in self.servers:

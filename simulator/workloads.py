@@ -123,10 +123,39 @@ def mixed(rate: float, duration: float, seed: int = 1) -> list[WorkloadRequest]:
                             r.criticality, r.group) for i, r in enumerate(merged)]
 
 
+#: The apps of `cpu_mix`, most popular first: each has its own system prompt and model.
+CPU_MIX_MODELS = (BASE_MODEL, "sql-lora", "tweet-summary", BASE_MODEL, "sql-lora-1",
+                  "tweet-summary-1", "sql-lora-2", "tweet-summary-2")
+
+
+def cpu_mix(rate: float, duration: float, seed: int = 1, *, system_prompt_tokens: int = 160,
+            question_mean: int = 40, output_mean: int = 48,
+            zipf_s: float = 1.1) -> list[WorkloadRequest]:
+    """What the llm policy acts on, at a size a 2-core CPU vLLM (2,048-token context)
+    carries: 8 apps with Zipf popularity (s=1.1), each with its own system prompt (160
+    tokens of 4 characters: 640 characters, several 128-token blocks with the model kit's
+    tokenizer) and its own model (two on the base model, six on the seed's adapters: more
+    than the 4 LoRA slots); a lognormal question (mean 40, 8-160) and output (mean 48,
+    8-160). `bench fidelity` runs it on the real CPU fleet and on the simulator."""
+    rng = random.Random(seed)
+    prompts = [f"[app {k}] " + filler_text(rng, system_prompt_tokens)
+               for k in range(len(CPU_MIX_MODELS))]
+    weights = _zipf_weights(len(CPU_MIX_MODELS), zipf_s)
+    out: list[WorkloadRequest] = []
+    for i, t in enumerate(_arrivals(rate, duration, rng)):
+        k = rng.choices(range(len(CPU_MIX_MODELS)), weights)[0]
+        q = _lognormal(rng, question_mean, 0.6, 8, 160)
+        o = _lognormal(rng, output_mean, 0.6, 8, 160)
+        out.append(WorkloadRequest(i, t, CPU_MIX_MODELS[k], prompts[k] + filler_text(rng, q),
+                                   max_tokens=o, output_len=o, group=f"app-{k}"))
+    return out
+
+
 WORKLOADS: dict[str, Callable[..., list[WorkloadRequest]]] = {
     "seed-lora": seed_lora,
     "shared-prefix": shared_prefix,
     "mixed": mixed,
+    "cpu-mix": cpu_mix,
 }
 
 

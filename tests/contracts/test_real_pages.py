@@ -60,6 +60,8 @@ def test_what_a_real_cpu_page_shows():
     assert busy.running_adapters == ("tweet-summary", "sql-lora", "tweet-summary-1",
                                      "sql-lora-1")
     assert busy.waiting_adapters == busy.running_adapters and busy.max_lora == 4
+    # the two requests waiting for a LoRA slot are in neither list, only in this count
+    assert busy.waiting_deferred == 2
     after = parse_metrics((PAGES / "after_prefix.txt").read_bytes())
     assert (after.prefix_queries, after.prefix_hits) == (1204, 512)  # 4 blocks of 128
     idle = parse_metrics((PAGES / "idle.txt").read_bytes())

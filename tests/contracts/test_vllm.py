@@ -86,7 +86,8 @@ def reference(text: str) -> PodMetrics:
         if s.name == vllm.CACHE_CONFIG_INFO:
             block_size = _to_int(s.labels.get("block_size")) or block_size
             num_gpu_blocks += _to_int(s.labels.get("num_gpu_blocks"))
-    read = {vllm.LORA_REQUESTS_INFO, vllm.CACHE_CONFIG_INFO, *vllm.READ_GAUGES}
+    read = {vllm.LORA_REQUESTS_INFO, vllm.CACHE_CONFIG_INFO, vllm.NUM_REQUESTS_WAITING_BY_REASON,
+            *vllm.READ_GAUGES}
     read |= {n + sfx for n in vllm.READ_COUNTERS for sfx in ("", "_total")}
     read |= {n + sfx for n in vllm.READ_HISTOGRAMS for sfx in ("_bucket", "_sum", "_count")}
     models = {s.labels["model_name"] for s in samples if s.name in read and "model_name" in s.labels}
@@ -100,6 +101,9 @@ def reference(text: str) -> PodMetrics:
     return PodMetrics(
         running=sum(values(vllm.NUM_REQUESTS_RUNNING)),
         waiting=sum(values(vllm.NUM_REQUESTS_WAITING)),
+        waiting_deferred=sum(float(s.value) for s in samples
+                             if s.name == vllm.NUM_REQUESTS_WAITING_BY_REASON
+                             and s.labels.get("reason") == "deferred"),
         swapped=sum(values(vllm.LEGACY_NUM_REQUESTS_SWAPPED)),
         kv_usage=sum(kv) / len(kv) if kv else 0.0,
         running_adapters=adapters("running_lora_adapters"),

@@ -143,8 +143,8 @@ def test_lora_slot_limit_makes_requests_wait():
         e.add_request(r, 0.0)
     e.step(0.0)
     st = e.stats()
-    assert st.running_adapters == ("sql-lora", "tweet-summary")
-    assert st.waiting_adapters == ("sql-lora-1",)
+    assert st.running_adapters == st.waiting_adapters == ("sql-lora", "tweet-summary")
+    assert st.num_waiting_deferred == 1  # sql-lora-1 waits for a slot, listed nowhere
     assert d in e.running and c in e.waiting  # later requests that fit are scheduled
     run(e)
     assert c.num_generated == 30
@@ -260,3 +260,45 @@ def test_predict_ttft_grows_with_queue_and_falls_with_prefix_hits():
     f.add_request(SimRequest("warm", list(prompt), 1, 0.0), 0.0)
     run(f)
     assert f.predict_ttft(prompt, None, 1.0) < 0.5 * empty
+
+
+def test_lora_lists_are_what_vllm_0_32_publishes():
+    """vLLM 0.32's lora_requests_info: running_ and waiting_lora_adapters are the same list,
+    in first-seen order, of adapters whose requests have produced output; a request waiting
+    for a LoRA slot is in neither and counts as deferred (tests/fixtures/vllm/busy.txt)."""
+    e = make_engine(max_loras=1)
+    rng = random.Random(4)
+    a = SimRequest("a", rand_ids(rng, 40), 30, 0.0, adapter="sql-lora")
+    b = SimRequest("b", rand_ids(rng, 40), 5, 0.0, adapter="tweet-summary")
+    for r in (a, b):
+        e.add_request(r, 0.0)
+    st = e.stats()
+    assert (st.running_adapters, st.num_waiting_deferred) == ((), 0)  # nothing ran yet
+    now, _ = run(e, until=lambda res: bool(res.outputs))
+    st = e.stats()
+    assert st.running_adapters == st.waiting_adapters == ("sql-lora",)
+    assert (st.num_waiting, st.num_waiting_deferred) == (1, 1)
+    run(e, now, until=lambda res: any(o.request is b for o in res.outputs))
+    st = e.stats()  # sql-lora finished, its slot went to tweet-summary
+    assert st.running_adapters == ("tweet-summary",) and st.num_waiting_deferred == 0
+    run(e, now)
+    assert e.stats().running_adapters == ()
+
+
+def test_a_measured_profile_times_steps_with_its_fit():
+    from dataclasses import replace
+
+    from llmtraffic.simulator.profile import StepFit
+
+    fit = StepFit(base_s=0.01, prefill_token_s=1e-4, prefill_pair_s=1e-8, decode_seq_s=2e-3,
+                  decode_context_s=1e-6, adapter_s=5e-3)
+    p = replace(PROF, step_fit=fit, kv_blocks=64, block_size=128)
+    assert p.step_time(100, 0, 100) == pytest.approx(0.01 + 1e-2 + 5050 * 1e-8)
+    assert p.step_time(0, 4, 400, 1) == pytest.approx(0.01 + 8e-3 + 400e-6 + 5e-3)
+    assert p.num_gpu_blocks() == 64
+    with pytest.raises(ValueError, match="measured"):
+        p.num_gpu_blocks(0.5)
+    e = Engine(EngineConfig.from_profile(p), p)
+    e.add_request(SimRequest("x", list(range(300)), 2, 0.0), 0.0)
+    first = e.step(0.0, slowdown=1.5)  # the whole prompt in one chunk, from scratch
+    assert first.duration == pytest.approx(1.5 * p.step_time(300, 0, 300))

@@ -117,6 +117,13 @@ class _ReferenceState(Collector):
                     st.num_running)
         yield gauge(v.NUM_REQUESTS_WAITING, "Number of requests waiting to be processed.",
                     st.num_waiting)
+        if not x.legacy:
+            by_reason = GaugeMetricFamily(v.NUM_REQUESTS_WAITING_BY_REASON,
+                                          v.FAMILIES[v.NUM_REQUESTS_WAITING_BY_REASON].help,
+                                          labels=(*LABELS, "reason"))
+            by_reason.add_metric([*lb, "capacity"], st.num_waiting - st.num_waiting_deferred)
+            by_reason.add_metric([*lb, "deferred"], st.num_waiting_deferred)
+            yield by_reason
         if x.legacy:
             yield gauge(v.LEGACY_NUM_REQUESTS_SWAPPED, "Number of requests swapped to CPU.", 0)
             yield gauge(v.LEGACY_GPU_CACHE_USAGE, "GPU KV-cache usage. 1 means 100 percent "
@@ -152,9 +159,9 @@ class _ReferenceState(Collector):
         info = GaugeMetricFamily(v.LORA_REQUESTS_INFO, "Running stats on lora requests.",
                                  labels=("max_lora", "running_lora_adapters",
                                          "waiting_lora_adapters"))
-        info.add_metric([str(st.max_loras), ",".join(st.running_adapters),
-                         ",".join(st.waiting_adapters)],
-                        x.twin.lora_info(st.running_adapters, st.waiting_adapters))
+        x.twin.lora_info(st.running_adapters, st.waiting_adapters)
+        for (running, waiting), stamp in x.twin._lora_sets.items():  # older sets linger
+            info.add_metric([str(st.max_loras), ",".join(running), ",".join(waiting)], stamp)
         yield info
         cfg = srv.config
         cache = GaugeMetricFamily(v.CACHE_CONFIG_INFO, "Information of the LLMEngine "
@@ -274,6 +281,7 @@ def set_stats(server, rng: random.Random) -> None:
     st.running_adapters = tuple(sorted(rng.sample(('sql-lora', 'a"quote', 'back\\slash',
                                                    'new\nline', 'uni-é✓'), 3)))
     st.waiting_adapters = ("tweet-summary",) if rng.random() < 0.5 else ()
+    st.num_waiting_deferred = rng.randrange(st.num_waiting + 1)
     st.prompt_tokens += rng.randrange(10**6)
     st.generation_tokens += rng.randrange(10**5)
     st.prefix_queries, st.prefix_hits = st.prompt_tokens, st.prompt_tokens // 3

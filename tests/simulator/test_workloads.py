@@ -15,7 +15,7 @@ def test_same_seed_same_requests_other_seed_differs():
     assert a != c
 
 
-@pytest.mark.parametrize("name", ["seed-lora", "shared-prefix", "mixed"])
+@pytest.mark.parametrize("name", ["seed-lora", "shared-prefix", "mixed", "cpu-mix"])
 def test_poisson_rate_and_ordering(name):
     reqs = make_workload(name, 20, 300, seed=1)
     assert 0.9 * 6000 < len(reqs) < 1.1 * 6000
@@ -52,3 +52,18 @@ def test_shared_prefix_groups_share_exact_prefixes():
 def test_unknown_workload_is_a_clear_error():
     with pytest.raises(ValueError, match="seed-lora"):
         make_workload("nope", 1, 1)
+
+
+def test_cpu_mix_apps_keep_their_prompt_and_model_and_fit_the_cpu_engine():
+    """Each app's requests share its system prompt (several 128-token blocks at the kit
+    tokenizer's ~2 characters per token) and its model; prompt plus output fits 2,048."""
+    reqs = make_workload("cpu-mix", 3.0, 60.0, 2)
+    by_app: dict[str, list] = {}
+    for r in reqs:
+        by_app.setdefault(r.group, []).append(r)
+    assert len(by_app) >= 6
+    for app in by_app.values():
+        assert len({r.model for r in app}) == 1
+        assert len({r.prompt[:640] for r in app}) == 1
+    assert all(len(r.prompt) / 2 + r.max_tokens < 2048 for r in reqs)
+    assert sum(r.model != BASE_MODEL for r in reqs) > len(reqs) / 2  # mostly adapters
