@@ -41,3 +41,16 @@ def test_the_pods_file_reads_as_every_command_reads_it(tmp_path):
         ("vllm-0", "127.0.0.1:8001", {"app": "vllm-llama2-7b-pool"}),
         ("vllm-1", "127.0.0.1:8002", {"app": "vllm-llama2-7b-pool"})]
     assert yaml.safe_load(path.read_text())["pods"][0]["name"] == "vllm-0"
+
+
+def test_pods_share_the_cores_out_instead_of_oversubscribing_them():
+    """torch's default of a thread per core in every pod made two pods on two busy cores
+    5-20x slower per decode step (OpenMP threads spinning at their barriers)."""
+    from llmtraffic.simulator.vllmfleet import omp_threads
+
+    assert omp_threads(2, [0, 1]) == 1 and omp_threads(1, [0, 1]) == 2
+    assert omp_threads(4, [0, 1]) == 1 and omp_threads(2, list(range(8))) == 4
+    env = VllmFleet(VllmFleetConfig(pods=2)).environment(0)
+    assert env["OMP_NUM_THREADS"] == str(omp_threads(2))
+    custom = VllmFleet(VllmFleetConfig(pods=2, extra_env={"OMP_NUM_THREADS": "3"}))
+    assert custom.environment(1)["OMP_NUM_THREADS"] == "3"
