@@ -16,8 +16,8 @@ from llmtraffic.harness.loadclient import replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.routing import RoutingRun, measure_capacity
 from llmtraffic.harness.progress import Progress
-from llmtraffic.harness.stack import (Stack, start_balancer, start_fleet, start_vllm_router,
-                                      vllm_router_binary)
+from llmtraffic.harness.stack import (Fleet, Stack, start_balancer, start_fleet,
+                                      start_vllm_router, vllm_router_binary)
 from llmtraffic.simulator.workloads import make_workload
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,15 @@ async def _drive(url: str, fleet_urls: list[str], reqs, time_scale: float,
 
 
 def run_router(spec: RouterSpec, workdir: Path, reqs, pods: int, time_scale: float,
-               seed: int) -> tuple[dict, float]:
-    """One router on a fresh fleet; (figures, router CPU seconds)."""
+               seed: int, fleet: Fleet | None = None,
+               profile: str = "llama2-7b-a10") -> tuple[dict, float]:
+    """One router on a fresh fleet, or on `fleet` (pods started elsewhere: their caches
+    and counters carry over from earlier runs); (figures, router CPU seconds)."""
     pool = "bench-pool"
     with Stack(workdir / spec.name.replace(":", "-")) as stack:
-        fleet = start_fleet(stack, "pods", pods, pool, time_scale=time_scale, seed=seed)
+        if fleet is None:
+            fleet = start_fleet(stack, "pods", pods, pool, time_scale=time_scale, seed=seed,
+                                profile=profile)
         if spec.kind == "llmtraffic":
             url = start_balancer(stack, "router", fleet, spec.policy,
                                  access_log=stack.workdir / "access.log")
@@ -92,17 +96,23 @@ def run_router(spec: RouterSpec, workdir: Path, reqs, pods: int, time_scale: flo
         router = stack.procs[-1]
         figures = run_until_interrupted(_drive(url, list(fleet.urls), reqs, time_scale, spec.name))
         figures["router_cpu_s"] = router.cpu_seconds()
-        figures["pods_cpu_s"] = fleet.proc.cpu_seconds()
+        figures["pods_cpu_s"] = fleet.proc.cpu_seconds() if fleet.proc else float("nan")
         return figures, figures["router_cpu_s"]
 
 
 def run_live(workload: str, pods: int, duration: float, routers: Sequence[str],
              workdir: Path, rate: float | None = None, load: float | None = None,
              time_scale: float = 1.0, seed: int = 1,
-             profile: str = "llama2-7b-a10") -> RoutingRun:
+             profile: str = "llama2-7b-a10", fleet: Fleet | None = None) -> RoutingRun:
     """Every router on the same seeded arrivals; `rate` (simulated req/s) or `load` (a
-    fraction of the fleet's capacity measured in virtual time)."""
+    fraction of the fleet's capacity measured in virtual time with `profile`). `fleet`:
+    pods started elsewhere (e.g. real vLLM), shared by every router in turn."""
     specs = [RouterSpec.parse(r) for r in routers]
+    if fleet is not None:
+        if time_scale != 1.0:
+            raise ValueError("--time-scale applies to the pods this command starts; pods "
+                             "from --pods-file run in real time")
+        pods = len(fleet.urls)
     if any(s.kind == "vllm-router" for s in specs):
         vllm_router_binary()  # before minutes of measuring, not after
     capacity = pods * measure_capacity(workload, profile, seed)
@@ -116,7 +126,7 @@ def run_live(workload: str, pods: int, duration: float, routers: Sequence[str],
     for spec in specs:
         log.info("router %s ...", spec.name)
         results[spec.name], cpu[spec.name] = run_router(spec, workdir, reqs, pods, time_scale,
-                                                        seed)
+                                                        seed, fleet, profile)
         r = results[spec.name]
         log.info("%s: ttft p90 %.3fs, %d ok, %d failed", spec.name, r["ttft_p90_s"],
                  r["completed"], r["failed"])

@@ -31,6 +31,7 @@ class Outcome:
     tokens: int = 0  # completion tokens: the stream's usage, else one per event
     events: int = 0  # SSE events carrying text (a real vLLM packs several tokens in one)
     prompt_tokens: int = 0  # from usage
+    cached_tokens: int = 0  # of them, prefix-cache hits (usage.prompt_tokens_details)
     usage: bool = False  # the stream carried a usage object
     last_event: float | None = None  # seconds from the request to its last text event
     gaps: list[float] = field(default_factory=list)  # between text events
@@ -98,6 +99,8 @@ def _read_usage(out: Outcome, payload: bytes) -> None:
         usage = orjson.loads(payload).get("usage") or {}
         out.tokens = int(usage.get("completion_tokens") or 0)
         out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        out.cached_tokens = int((usage.get("prompt_tokens_details") or {})
+                                .get("cached_tokens") or 0)
         out.usage = True
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
         pass

@@ -67,8 +67,8 @@ class PodSampler:
 
     def summary(self, time_scale: float = 1.0) -> dict:
         """kv_usage_mean/spread, queue_time_mean_s (simulated s), prefix_hit_rate,
-        picks_per_pod (requests finished per pod)."""
-        q_sum = q_count = hits = queries = 0.0
+        preemptions, picks_per_pod (requests finished per pod)."""
+        q_sum = q_count = hits = queries = preempted = 0.0
         per_pod = []
         for a, b in zip(self.first, self.last):
             if a is None or b is None:
@@ -79,6 +79,7 @@ class PodSampler:
             q_count += _hcount(b.queue_time) - _hcount(a.queue_time)
             hits += b.prefix_hits - a.prefix_hits
             queries += b.prefix_queries - a.prefix_queries
+            preempted += b.preemptions - a.preemptions
             per_pod.append(int(_hcount(b.ttft) - _hcount(a.ttft)))
         kv = self.kv
         return {
@@ -87,6 +88,7 @@ class PodSampler:
             "kv_usage_mean": sum(sum(s) / len(s) for s in kv) / len(kv) if kv else math.nan,
             "kv_usage_spread": sum(max(s) - min(s) for s in kv) / len(kv) if kv else math.nan,
             "prefix_hit_rate": (hits / queries) if queries else 0.0,
+            "preemptions": int(preempted),
             "picks_per_pod": per_pod,
         }
 

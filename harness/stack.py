@@ -133,12 +133,13 @@ class Stack:
 
 @dataclass(frozen=True)
 class Fleet:
-    """A started fleet of simulated pods."""
+    """A started fleet: simulated pods (`proc` runs them), or engines started elsewhere
+    (real vLLM, a pods file; `proc` None)."""
 
     name: str
     urls: tuple[str, ...]
     pool: str
-    proc: Proc
+    proc: Proc | None = None
 
     @property
     def addresses(self) -> list[str]:
