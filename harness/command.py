@@ -1,12 +1,15 @@
-"""`llmtraffic bench routing|live`: the routing-quality benchmarks from the command line."""
+"""`llmtraffic bench routing|live|calibrate|fidelity`: the benchmarks from the command line
+(calibrate and fidelity, against real engines, in harness/enginebench.py)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
 
+from llmtraffic.harness.enginebench import add_parsers as add_engine_parsers
 from llmtraffic.harness.live import DEFAULT_ROUTERS
 from llmtraffic.harness.options import parse_load
 
@@ -99,12 +102,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="comma-separated llmtraffic[:POLICY] and vllm-router:POLICY "
                     f"(default: {','.join(DEFAULT_ROUTERS)})")
     lv.add_argument("--seed", type=int, default=1, help="workload and pod seed")
+    lv.add_argument("--pods-file", default=None,
+                    help="drive the pods this file lists (e.g. real vLLM: `llmtraffic sim "
+                    "--engine vllm --pods-file F`) instead of starting simulated ones; every "
+                    "router in turn in front of the same pods, in real time")
+    lv.add_argument("--profile", default="llama2-7b-a10",
+                    help="engine profile of the simulated pods and of the capacity --load "
+                    "is a fraction of (e.g. vllm-cpu-tiny for the real CPU fleet; default: "
+                    "%(default)s)")
     lv.add_argument("--workdir", default=None,
                     help="logs and configs of the run (default: a temporary directory)")
     lv.add_argument("--json", dest="json_out", help="write the results as JSON here")
     lv.add_argument("--plot", help="write a PNG of TTFT p50/p90/p99 and queue time per router "
                     "here")
     lv.set_defaults(func=_live)
+    add_engine_parsers(bsub)  # calibrate, fidelity
 
 
 def _routing(args: argparse.Namespace) -> int:
@@ -154,6 +166,7 @@ def _routing(args: argparse.Namespace) -> int:
 
 
 def _live(args: argparse.Namespace) -> int:
+    from llmtraffic.harness.engines import open_pods
     from llmtraffic.harness.live import run_live
     from llmtraffic.harness.charts import summary_chart
     from llmtraffic.harness.routing import write_json
@@ -162,9 +175,11 @@ def _live(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="llmtraffic-live-"))
     try:
-        run = run_live(args.workload, args.pods, args.duration, args.routers, workdir,
-                       rate=args.rate, load=args.load, time_scale=args.time_scale,
-                       seed=args.seed)
+        with open_pods("sim", workdir, pods_file=args.pods_file) if args.pods_file \
+                else contextlib.nullcontext() as fleet:
+            run = run_live(args.workload, args.pods, args.duration, args.routers, workdir,
+                           rate=args.rate, load=args.load, time_scale=args.time_scale,
+                           seed=args.seed, profile=args.profile, fleet=fleet)
     except (ValueError, StackError) as e:
         print(f"llmtraffic bench live: {e}", file=sys.stderr)
         return 2

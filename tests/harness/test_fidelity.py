@@ -1,0 +1,94 @@
+"""`bench fidelity`: the side-by-side table (sim/real per figure, the policies' order on
+both, at most 100 columns), the pieces it is made of, and the command on simulated pods."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from llmtraffic.cli import main
+from llmtraffic.harness import fidelity as fid
+from llmtraffic.simulator.profile import StepFit, get_profile
+from llmtraffic.simulator.workloads import make_workload
+
+FIGS = {"ttft_p50_s": 0.4, "ttft_p90_s": 1.2, "throughput_tok_s": 40.0,
+        "prefix_hit_rate": 0.5, "preemptions": 0}
+
+
+def run_with(real_rr: dict, sim_rr: dict) -> fid.Fidelity:
+    f = fid.Fidelity("cpu-mix", 2, 0.9, 120.0, 1, "vllm-cpu-tiny", "vllm")
+    f.real = {"llm": dict(FIGS), "round-robin": {**FIGS, **real_rr}}
+    f.sim = {"llm": dict(FIGS), "round-robin": {**FIGS, **sim_rr}}
+    f.sim_scaled = f.sim
+    f.speeds = [1.1, 1.3]
+    f.steps = [{"step": "A10 model, seed-lora, 4 pods, load 0.9 (README) and then some more",
+                "rr_over_llm_p50": 17.7, "rr_over_llm_p90": 25.0, "llm_ttft_p90_s": 1.66}]
+    return f
+
+
+def test_the_table_fits_100_columns_and_marks_what_is_off():
+    text = fid.format_fidelity(run_with({"ttft_p50_s": 0.8}, {"ttft_p50_s": 0.5}))
+    assert max(map(len, text.splitlines())) <= 100
+    rr_p50 = next(ln for ln in text.splitlines()
+                  if ln.startswith("TTFT p50") and "round-robin" in ln)
+    assert "0.62*" in rr_p50  # 0.5 / 0.8, more than 25% off
+    order = next(ln for ln in text.splitlines()
+                 if ln.startswith("TTFT p50") and ln.rstrip().endswith(("yes/yes", "no/no")))
+    assert order.split()[-4:] == ["llm", "llm", "llm", "yes/yes"]
+    assert "1.20x as contended" in text  # the median of the runs' speeds
+    assert "25.0x" in text
+
+
+def test_order_ties_within_two_percent_and_higher_is_better_for_hits():
+    a, b = {"prefix_hit_rate": 0.50}, {"prefix_hit_rate": 0.45}
+    assert fid.better(a, b, "prefix_hit_rate") == "a"
+    assert fid.better({"ttft_p50_s": 1.0}, {"ttft_p50_s": 1.01}, "ttft_p50_s") == "="
+    assert fid.better({"ttft_p50_s": 1.0}, {"ttft_p50_s": 2.0}, "ttft_p50_s") == "a"
+
+
+def test_a_slower_host_scales_every_measured_time():
+    p = replace(get_profile("llama2-7b-a10"), step_fit=StepFit(0.01, 1e-4, 1e-9, 1e-3, 1e-6,
+                                                                  2e-3, 3e-4),
+                frontend_s=0.02)
+    s = fid.slower(p, 2.0)
+    assert s.step_fit.base_s == pytest.approx(0.02) and s.frontend_s == pytest.approx(0.04)
+    assert s.step_time(100, 2, 300, 1) == pytest.approx(2 * p.step_time(100, 2, 300, 1))
+    assert fid.slower(p, math.nan) is p
+
+
+def test_salting_keeps_shared_prefixes_shared_and_runs_apart():
+    reqs = make_workload("cpu-mix", 2.0, 10.0, 1)
+    a, b = fid.salted(reqs, "[00000001] "), fid.salted(reqs, "[00000002] ")
+    groups = [r.group for r in a]
+    same_app = [r for r in a if r.group == max(groups, key=groups.count)]
+    assert len(same_app) > 1 and same_app[1].prompt[:600] == same_app[0].prompt[:600]
+    assert a[0].prompt[:12] != b[0].prompt[:12] and len(a[0].prompt) == len(b[0].prompt)
+
+
+def test_the_ladder_runs_in_virtual_time():
+    cpu = replace(get_profile("llama2-7b-a10"), name="cpu-like",
+                  step_fit=StepFit(0.012, 5e-4, 1e-9, 2e-3, 1e-6, 5e-3, 5e-4), kv_blocks=512,
+                  block_size=128, max_num_seqs=16, chars_per_token=2.0, host_contention=0.2,
+                  frontend_s=0.02)
+    steps = [replace(s, duration=30.0, pods=2) for s in fid.ladder(cpu, "cpu-mix", 2, 0.3,
+                                                                     30.0)]
+    assert len(steps) == 6 and steps[-1].profile is cpu
+    rows = fid.explain(steps[1:3], seed=1)
+    assert [r["step"] for r in rows] == [s.label for s in steps[1:3]]
+    assert all(r["rr_over_llm_p90"] > 0 and r["rate_rps"] > 0 for r in rows)
+
+
+def test_fidelity_on_simulated_pods(tmp_path, capsys):
+    out = tmp_path / "fidelity.json"
+    assert main(["bench", "fidelity", "--engine", "sim", "--profile", "llama2-7b-a10",
+                 "--workload", "cpu-mix", "--rate", "0.5", "--duration", "6",
+                 "--no-explain", "--json", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    data = json.loads(out.read_text())
+    for side in ("real", "sim"):
+        assert set(data[side]) == {"llm", "round-robin"}
+        for figures in data[side].values():
+            assert figures["completed"] > 0 and figures["throughput_tok_s"] > 0
+    assert "which policy is better" in capsys.readouterr().out
