@@ -6,7 +6,7 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["module.c", "xxh64.c", "prefix.c", "table.c"]
+SOURCES = ["module.c", "xxh64.c", "prefix.c", "table.c", "scorers.c"]
 # identical float results to the Python reference: no fused multiply-add contraction
 ARGS = ["/O2", "/fp:precise"] if sys.platform == "win32" else \
     ["-O2", "-std=c11", "-ffp-contract=off", "-fno-strict-aliasing"]

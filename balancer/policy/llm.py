@@ -1,7 +1,7 @@
-"""The LLM-aware policy: filters, then weighted scorers (queue, KV cache, LoRA affinity,
-prefix affinity), then the highest score wins (seeded random tie-break). Scored by the
-native core when it is built (`balancer.policy.native`), else pod by pod in Python: the
-reference, which the native core matches pick for pick."""
+"""The LLM-aware policy: filters, then the configured weighted scorers (`PolicyConfig.scorers`:
+queue, KV cache, LoRA affinity, prefix affinity), then the highest score wins (seeded random
+tie-break). Scored by the native core when it is built (`balancer.policy.native`), else
+scorer by scorer in Python: the reference, which the native core matches pick for pick."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from typing import Collection
 
 from llmtraffic.balancer.policy import native as native_core
 from llmtraffic.balancer.policy.filters import saturated, usable
-from llmtraffic.balancer.policy.kvcache import kv_score
-from llmtraffic.balancer.policy.lora import lora_score
-from llmtraffic.balancer.policy.prefix import (TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
-    net_saved)
-from llmtraffic.balancer.policy.queue import queue_score
+from llmtraffic.balancer.policy.prefix import TOKENS_PER_BLOCK, PrefixIndex, block_hashes
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
+from llmtraffic.balancer.policy.row import COLUMNS, pod_row
+from llmtraffic.balancer.policy.scorer import Candidates, Scorer
+from llmtraffic.balancer.policy.scorers import SCORERS
 from llmtraffic.balancer.policy.settings import PolicyConfig
 from llmtraffic.contracts.store import PodState, Snapshot
 
@@ -37,17 +36,25 @@ class LLMPolicy:
                  native: bool | None = None) -> None:
         self.config = cfg = config or PolicyConfig()
         self._rng = random.Random(seed)
+        #: (scorer, weight) in the configured order: the terms of each candidate's score
+        self.scorers: list[tuple[Scorer, float]] = [
+            (SCORERS[name](cfg), weight) for name, weight in cfg.scorers.items()]
+        #: the scorers that may name a pick's reason, asked in this order
+        self._claimants = sorted((s for s, _ in self.scorers if s.reason_rank is not None),
+                                 key=lambda s: s.reason_rank)
+        self._uses_prefix = any(s.uses_prefix_index and w > 0 for s, w in self.scorers)
         core = native_core.core
         if native and core is None:
             raise RuntimeError(f"the native llm policy is not built: {native_core.missing}")
-        self.native = core is not None if native is None else native
+        python_only = [s.name for s, _ in self.scorers
+                       if core is not None and s.name not in core.SCORERS]
+        if native and python_only:
+            raise RuntimeError(f"scorer(s) {', '.join(python_only)} have no native twin "
+                               "(csrc/scorers.c): run the llm policy on its Python core")
+        self.native = core is not None and not python_only if native is None else native
         self.prefix = (core.PrefixIndex if self.native else PrefixIndex)(cfg.prefix_lru_per_pod)
         self._hashes = core.block_hashes if self.native else block_hashes
-        self._new_table = core.PodTable if self.native else None
         self._tables: dict[str, object] = {}  # pool -> PodTable (native core only)
-        self._weights = (cfg.queue_weight, cfg.kv_weight, cfg.lora_weight, cfg.prefix_weight,
-                         cfg.prefix_queue_tokens, cfg.queue_threshold, cfg.kv_threshold,
-                         TOKENS_PER_BLOCK)
         # per pod: moving average of the uncached prompt tokens of the requests sent there
         # (the prefill work one more queued request stands for)
         self._uncached: dict[str, float] = {}
@@ -93,10 +100,10 @@ class LLMPolicy:
         if table is None:
             if len(self._tables) >= MAX_TABLES:
                 self._tables.clear()
-            table = self._tables[request.pool] = self._new_table()
+            table = self._tables[request.pool] = self.native_table()
         r = table.pick(snapshot.pods, request.adapter, matched, request.prompt_tokens,
                        request.criticality == "Sheddable", self._uncached,
-                       self._rng.randrange, self._weights, 1 + self.config.fallbacks)
+                       self._rng.randrange, 1 + self.config.fallbacks)
         if r.__class__ is int:
             return no_endpoint(snapshot) if r == 503 else self._shed()
         top, fallbacks, reason = r
@@ -104,8 +111,20 @@ class LLMPolicy:
             self.remember(top, request, hashes, matched.get(top.pod.address, 0))
         return Pick(top.pod.address, fallbacks, reason)
 
+    def native_table(self) -> object:
+        """A native pod table (one per pool) that scores as this policy: its scorers and
+        weights, the reasons' order and the parameters, all by name (csrc/table.c)."""
+        cfg = self.config
+        params = {"queue_threshold": cfg.queue_threshold, "kv_threshold": cfg.kv_threshold}
+        for s, _ in self.scorers:
+            params.update(s.native_params())
+        return native_core.core.PodTable(
+            row=pod_row, columns=COLUMNS, scorers={s.name: w for s, w in self.scorers},
+            reasons=tuple(s.name for s in self._claimants), params=params)
+
     def _pick_python(self, request: LLMRequest, snapshot: Snapshot) -> Pick | Shed:
-        """The reference: one Python pass per term over the candidates."""
+        """The reference: each candidate's score is 0.0 plus weight x score of each
+        configured scorer, in order (one Python pass per scorer)."""
         cfg = self.config
         pods = usable(snapshot.pods)
         if not pods:
@@ -114,23 +133,16 @@ class LLMPolicy:
                                                             cfg.kv_threshold):
             return self._shed()
         queues = [p.queue for p in pods]
-        lo, hi = min(queues), max(queues)
-        qw, kw = cfg.queue_weight, cfg.kv_weight
-        scores = [qw * queue_score(q, lo, hi) + kw * kv_score(p) for q, p in zip(queues, pods)]
-        if request.adapter is not None:
-            lw, a = cfg.lora_weight, request.adapter
-            scores = [s + lw * lora_score(p, a) for s, p in zip(scores, pods)]
-        hashes, matched, prefix = self._prefix(request, pods, queues, lo)
-        for j, x in prefix.items():
-            scores[j] += cfg.prefix_weight * x
+        hashes, matched = self._matched(request)
+        c = Candidates(request, pods, queues, min(queues), max(queues), matched, self._uncached)
+        scores = [0.0] * len(pods)
+        for scorer, weight in self.scorers:
+            part = scorer.score(c) if weight != 0 else None
+            if part is not None:
+                scores = [s + weight * x for s, x in zip(scores, part)]
         order = _ranked(scores, 1 + cfg.fallbacks, self._rng)
         top = pods[order[0]]
-        if order[0] in prefix:
-            reason = "prefix"
-        elif request.adapter is not None and lora_score(top, request.adapter) >= 1.0:
-            reason = "lora"
-        else:
-            reason = "load"
+        reason = next((s.name for s in self._claimants if s.claims(c, order[0])), "load")
         if hashes:
             self.remember(top, request, hashes, matched.get(top.address, 0))
         return Pick(top.address, tuple(pods[i].address for i in order[1:]), f"llm:{reason}")
@@ -138,29 +150,10 @@ class LLMPolicy:
     def _matched(self, request: LLMRequest) -> tuple[list[int], dict[str, int]]:
         """The prompt's block hashes (none when prefix affinity is off) and the pods
         holding a leading run of them."""
-        if self.config.prefix_weight <= 0:
+        if not self._uses_prefix:
             return [], {}
         hashes = self._hashes(request.adapter or request.target_model, request.prompt)
         return hashes, self.prefix.match(hashes) if hashes else {}
-
-    def _prefix(self, request: LLMRequest, pods: list[PodState], queues: list[float],
-                q_min: float) -> tuple[list[int], dict[str, int], dict[int, float]]:
-        """The prompt's block hashes, the pods holding a leading run of them, and the
-        prefix score of each matched candidate (by position) that is worth anything."""
-        cfg = self.config
-        hashes, matched = self._matched(request)
-        prefix: dict[int, float] = {}
-        if matched:
-            ntok, unc, floor = request.prompt_tokens, self._uncached, cfg.prefix_queue_tokens
-            pos = {p.pod.address: j for j, p in enumerate(pods)}
-            for address, m in matched.items():
-                j = pos.get(address)
-                if j is not None:
-                    x = net_saved(m, queues[j] - q_min, max(floor, unc.get(address, ntok)),
-                                  ntok)
-                    if x > 0:
-                        prefix[j] = x
-        return hashes, matched, prefix
 
     def _shed(self) -> Shed:
         cfg = self.config

@@ -6,8 +6,14 @@ the request there beyond the least-loaded pod, as a fraction of the prompt."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import xxhash
+
+from llmtraffic.balancer.policy.scorer import Candidates, Scorer
+
+if TYPE_CHECKING:
+    from llmtraffic.balancer.policy.settings import PolicyConfig
 
 #: Characters per index block. GIE hashes 64; 128 halves the hashing and index upkeep per
 #: request (the balancer's largest per-request cost after HTTP) and loses at most 127
@@ -31,6 +37,44 @@ def net_saved(matched_blocks: int, queue_excess: float, tokens_per_queued: float
     saved = matched_blocks * TOKENS_PER_BLOCK
     net = saved - queue_excess * tokens_per_queued
     return net / max(prompt_tokens, saved) if net > 0 else 0.0
+
+
+class PrefixScorer(Scorer):
+    """`net_saved` of each candidate the prefix index matched; 0 for the rest. Each request
+    queued beyond the shortest queue costs the pod's moving average of uncached prompt
+    tokens (`Candidates.uncached`, the prompt's own length when none yet), at least
+    `prefix_queue_tokens`. It decides a pick (`llm:prefix`) whose winner scores above 0."""
+
+    name = "prefix"
+    reason_rank = 0  # before LoRA affinity
+    uses_prefix_index = True
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.queue_tokens = config.prefix_queue_tokens
+
+    def score(self, c: Candidates) -> list[float] | None:
+        if not c.matched:
+            return None
+        pos = {p.pod.address: j for j, p in enumerate(c.pods)}
+        out = [0.0] * len(c.pods)
+        for address, m in c.matched.items():
+            j = pos.get(address)
+            if j is not None:
+                out[j] = self._saved(c, j, address, m)
+        return out
+
+    def claims(self, c: Candidates, j: int) -> bool:
+        address = c.pods[j].pod.address
+        m = c.matched.get(address)
+        return m is not None and self._saved(c, j, address, m) > 0
+
+    def _saved(self, c: Candidates, j: int, address: str, m: int) -> float:
+        ntok = c.request.prompt_tokens
+        per_queued = max(self.queue_tokens, c.uncached.get(address, ntok))
+        return net_saved(m, c.queues[j] - c.q_min, per_queued, ntok)
+
+    def native_params(self) -> dict[str, float]:
+        return {"prefix_queue_tokens": self.queue_tokens, "tokens_per_block": TOKENS_PER_BLOCK}
 
 
 def block_hashes(model: str, prompt: str, block_chars: int = BLOCK_CHARS,

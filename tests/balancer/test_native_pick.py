@@ -69,11 +69,14 @@ CONFIGS = {  # the defaults, and weights and limits that reach other branches
     "odd": PolicyConfig(queue_weight=0.7, kv_weight=0, lora_weight=3.3, prefix_weight=1.1,
                         prefix_queue_tokens=0, queue_threshold=0, kv_threshold=0.3,
                         fallbacks=5, prefix_lru_per_pod=6),
+    # the scorers composed in another order, one left out, one at weight 0
+    "reordered": PolicyConfig(scorers={"prefix": 2.5, "lora": 0.0, "queue": 1.5}),
 }
 
 
 @pytest.mark.parametrize("size,config", [(1, "defaults"), (3, "defaults"), (20, "defaults"),
-                                         (100, "defaults"), (7, "no-prefix"), (12, "odd")])
+                                         (100, "defaults"), (7, "no-prefix"), (12, "odd"),
+                                         (9, "reordered")])
 def test_native_picks_equal_python_picks(size, config):
     assert native.core is not None, f"the native core is not built: {native.missing}"
     rng = random.Random(size)
@@ -109,23 +112,22 @@ def test_native_picks_equal_python_picks(size, config):
 
 def test_the_native_core_refuses_bad_arguments_clearly():
     """Wrong types reach `PodTable.pick` only through a bug; they raise, never crash."""
-    table = native.core.PodTable()
+    table = LLMPolicy(native=True).native_table()
     store = MetricsStore()
     store.set_pods([Pod("p0", "10.0.0.0:8000", {}, "pool")])
     pods = store.snapshot(0.0).pods
-    weights = (1.0,) * 8
-    ok = (pods, None, {}, 10, False, {}, random.Random(1).randrange, weights, 3)
+    ok = (pods, None, {}, 10, False, {}, random.Random(1).randrange, 3)
     top, fallbacks, reason = table.pick(*ok)
     assert top is pods[0] and fallbacks == () and reason == "llm:load"
-    for at, bad, error in [(0, [*pods], TypeError), (2, [], TypeError), (7, (1.0,), TypeError),
-                           (8, 0, ValueError), (3, "x", TypeError), (0, (object(),),
-                                                                      AttributeError)]:
+    for at, bad, error in [(0, [*pods], TypeError), (2, [], TypeError),
+                           (7, 0, ValueError), (3, "x", TypeError), (0, (object(),),
+                                                                     AttributeError)]:
         args = list(ok)
         args[at] = bad
         with pytest.raises(error):
             table.pick(*args)
     with pytest.raises(TypeError):
-        table.pick(*ok[:8])
+        table.pick(*ok[:7])
     assert table.pick(*ok)[0] is pods[0]  # still consistent after the errors
 
 

@@ -1,68 +1,52 @@
-/* PodTable: the per-pod values the llm policy scores (queue, KV cache, adapter slots), kept
- * from pick to pick and re-read only for the pods whose PodState object changed, and
- * `pick`, which filters, scores and ranks a pool in one call. The formulas are those of
- * balancer/policy/{filters,queue,kvcache,lora,prefix}.py, evaluated in the same order so
- * that every score is the same double as the Python reference computes. */
+/* PodTable: each pod's row (native.h, built by balancer/policy/row.py), kept from pick to
+ * pick and re-read only for the pods whose PodState object changed, and `pick`, which
+ * filters (balancer/policy/filters.py), scores with the configured scorers (scorers.c) and
+ * ranks a pool in one call, every score the same double as the Python reference's. The
+ * scorers, their weights and parameters are given by name when the table is made. */
 #include "native.h"
 
 #include <string.h>
 
-#define RUNNING 1.0
-#define FREE_SLOT 0.8
-#define WAITING 0.6
-#define NONE 0.0
 #define NO_ENDPOINT 503
 #define SHED 429
 
-typedef struct {
-    PyObject *state;     /* the PodState read (strong ref); NULL = not read yet */
-    PyObject *address;   /* state.pod.address (strong ref) */
-    PyObject *running;   /* metrics.running_adapters (strong ref), NULL without metrics */
-    PyObject *waiting;   /* metrics.waiting_adapters (strong ref), NULL without metrics */
-    Py_hash_t *hashes;   /* hash of each running adapter, then of each waiting one */
-    Py_ssize_t n_running, n_waiting;
-    double queue, kv, kv_usage, slot;  /* PodState.queue, kv_score, kv_usage, slot_score */
-    char fresh, ready, usable;         /* usable: ready and last_error is None */
-} Row;
+const char *const lt_columns[LT_ROW_WIDTH] = {
+    [LT_QUEUE] = "queue", [LT_KV_USAGE] = "kv_usage", [LT_FRESH] = "fresh",
+    [LT_READY] = "ready", [LT_USABLE] = "usable", [LT_MAX_LORA] = "max_lora",
+};
+
+typedef struct {         /* one configured scorer */
+    const lt_scorer *scorer;
+    double weight;
+    double params[LT_MAX_PARAMS];
+    PyObject *reason;    /* "llm:<name>" when it may name a pick's reason, else NULL */
+} Term;
 
 typedef struct {
     PyObject_HEAD
-    Row *rows;
+    PyObject *row;       /* row.pod_row: PodState -> (address, running, waiting, values) */
+    Term *terms;         /* in the configured order: the order scores are added in */
+    Py_ssize_t n_terms;
+    Py_ssize_t *claims;  /* terms asked whether they decided a pick, in that order */
+    Py_ssize_t n_claims;
+    double queue_threshold, kv_threshold;  /* saturation (filters.saturated) */
+    lt_row *rows;
+    double *col[LT_COLUMNS];  /* col[c][i]: column c of row i (native.h, enum lt_column) */
     Py_ssize_t n;
     double *score;       /* scratch, by row */
-    char *cand, *prefix; /* scratch, by row: a candidate; has a prefix score > 0 */
+    char *cand;          /* scratch, by row: a candidate */
+    Py_ssize_t *idx;     /* scratch: the candidates' rows, ascending */
+    Py_ssize_t n_cand;
     PyObject *positions; /* address -> row (dict), rebuilt when an address moved */
     int positions_stale;
-    int busy;            /* inside pick: re-entry (through randrange) is refused */
+    int busy;            /* inside pick: re-entry (through pod_row or randrange) is refused */
 } PodTable;
 
-/* attribute names, interned once */
-static PyObject *s_queue, *s_kv_usage, *s_fresh, *s_pod, *s_ready, *s_address,
-    *s_last_error, *s_metrics, *s_max_lora, *s_running_adapters, *s_waiting_adapters,
-    *s_reason_prefix, *s_reason_lora, *s_reason_load;
-
-static int intern_names(void) {
-    if (s_queue != NULL)
-        return 0;
-    struct { PyObject **slot; const char *text; } names[] = {
-        {&s_queue, "queue"}, {&s_kv_usage, "kv_usage"}, {&s_fresh, "fresh"},
-        {&s_pod, "pod"}, {&s_ready, "ready"}, {&s_address, "address"},
-        {&s_last_error, "last_error"}, {&s_metrics, "metrics"}, {&s_max_lora, "max_lora"},
-        {&s_running_adapters, "running_adapters"},
-        {&s_waiting_adapters, "waiting_adapters"}, {&s_reason_prefix, "llm:prefix"},
-        {&s_reason_lora, "llm:lora"}, {&s_reason_load, "llm:load"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        *names[i].slot = PyUnicode_InternFromString(names[i].text);
-        if (*names[i].slot == NULL)
-            return -1;
-    }
-    return 0;
-}
+static PyObject *s_reason_load;
 
 /* ---- rows ------------------------------------------------------------------------------ */
 
-static void row_clear(Row *r) {
+static void row_clear(lt_row *r) {
     Py_CLEAR(r->state);
     Py_CLEAR(r->address);
     Py_CLEAR(r->running);
@@ -72,43 +56,13 @@ static void row_clear(Row *r) {
     r->n_running = r->n_waiting = 0;
 }
 
-static int attr_double(PyObject *o, PyObject *name, double *out) {
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
+/* The adapters as tuples, with their hashes. */
+static int read_adapters(lt_row *r, PyObject *running, PyObject *waiting) {
+    if ((r->running = PySequence_Tuple(running)) == NULL ||
+        (r->waiting = PySequence_Tuple(waiting)) == NULL)
         return -1;
-    *out = PyFloat_AsDouble(v);
-    Py_DECREF(v);
-    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int attr_bool(PyObject *o, PyObject *name, char *out) {
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL)
-        return -1;
-    int t = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    if (t < 0)
-        return -1;
-    *out = (char)t;
-    return 0;
-}
-
-/* The adapters of `metrics` as tuples, with their hashes. */
-static int read_adapters(Row *r, PyObject *m) {
-    PyObject *run = PyObject_GetAttr(m, s_running_adapters);
-    PyObject *wait = run ? PyObject_GetAttr(m, s_waiting_adapters) : NULL;
-    PyObject *rt = wait ? PySequence_Tuple(run) : NULL;
-    PyObject *wt = rt ? PySequence_Tuple(wait) : NULL;
-    Py_XDECREF(run);
-    Py_XDECREF(wait);
-    if (wt == NULL) {
-        Py_XDECREF(rt);
-        return -1;
-    }
-    r->running = rt;
-    r->waiting = wt;
-    r->n_running = PyTuple_GET_SIZE(rt);
-    r->n_waiting = PyTuple_GET_SIZE(wt);
+    r->n_running = PyTuple_GET_SIZE(r->running);
+    r->n_waiting = PyTuple_GET_SIZE(r->waiting);
     Py_ssize_t total = r->n_running + r->n_waiting;
     r->hashes = PyMem_New(Py_hash_t, total ? total : 1);
     if (r->hashes == NULL) {
@@ -116,74 +70,67 @@ static int read_adapters(Row *r, PyObject *m) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < total; i++) {
-        PyObject *a = i < r->n_running ? PyTuple_GET_ITEM(rt, i)
-                                       : PyTuple_GET_ITEM(wt, i - r->n_running);
+        PyObject *a = i < r->n_running ? PyTuple_GET_ITEM(r->running, i)
+                                       : PyTuple_GET_ITEM(r->waiting, i - r->n_running);
         if ((r->hashes[i] = PyObject_Hash(a)) == -1)
             return -1;
     }
     return 0;
 }
 
-/* slot_score: FREE_SLOT without metrics, without a LoRA limit or with a free slot. */
-static int read_slot(Row *r, PyObject *m) {
-    if (m == Py_None) {
-        r->slot = FREE_SLOT;
-        return 0;
+/* Fill row i from pod_row's answer `got` (see native.h). */
+static int read_row(PodTable *t, Py_ssize_t i, PyObject *got) {
+    lt_row *r = &t->rows[i];
+    if (!PyTuple_Check(got) || PyTuple_GET_SIZE(got) != 4) {
+        PyErr_Format(PyExc_TypeError, "PodTable: pod_row must return (address, running "
+                     "adapters, waiting adapters, values), not %.100s", Py_TYPE(got)->tp_name);
+        return -1;
     }
-    PyObject *v = PyObject_GetAttr(m, s_max_lora);
-    if (v == NULL)
+    PyObject *address = PyTuple_GET_ITEM(got, 0), *values = PyTuple_GET_ITEM(got, 3);
+    if (!PyUnicode_Check(address)) {
+        PyErr_Format(PyExc_TypeError, "PodTable: a pod's address must be str, not %.100s",
+                     Py_TYPE(address)->tp_name);
         return -1;
-    Py_ssize_t max_lora = PyNumber_AsSsize_t(v, NULL);
-    Py_DECREF(v);
-    if (max_lora == -1 && PyErr_Occurred())
+    }
+    if (!PyTuple_Check(values) || PyTuple_GET_SIZE(values) != LT_ROW_WIDTH) {
+        PyErr_Format(PyExc_ValueError, "PodTable: a pod's row must be a tuple of %d values "
+                     "(row.COLUMNS), not %.100s of %zd: rebuild the native core "
+                     "(pip install -e .)", LT_ROW_WIDTH, Py_TYPE(values)->tp_name,
+                     PyTuple_Check(values) ? PyTuple_GET_SIZE(values) : (Py_ssize_t)-1);
         return -1;
-    r->slot = (max_lora <= 0 || r->n_running < max_lora) ? FREE_SLOT : NONE;
-    return 0;
+    }
+    for (Py_ssize_t c = 0; c < LT_ROW_WIDTH; c++) {
+        PyObject *x = PyTuple_GET_ITEM(values, c);
+        double v = PyFloat_CheckExact(x) ? PyFloat_AS_DOUBLE(x) : PyFloat_AsDouble(x);
+        if (v == -1.0 && PyErr_Occurred())
+            return -1;
+        t->col[c][i] = v;
+    }
+    r->address = Py_NewRef(address);
+    return read_adapters(r, PyTuple_GET_ITEM(got, 1), PyTuple_GET_ITEM(got, 2));
 }
 
-static double kv_score(double u) {  /* kvcache.kv_score */
-    return u > 0.0 ? 1.0 - (u <= 1.0 ? u : 1.0) : 1.0;
-}
-
-/* Read one PodState into row `r`. On error the row is left cleared (read again later). */
-static int row_read(PodTable *t, Row *r, PyObject *state) {
+/* Read one PodState into row i (pod_row runs Python code: t->busy keeps the table as it
+ * is meanwhile). On error the row is left cleared (read again later). */
+static int row_read(PodTable *t, Py_ssize_t i, PyObject *state) {
+    lt_row *r = &t->rows[i];
     PyObject *old_address = r->address;
     r->address = NULL;
     row_clear(r);
-    PyObject *pod = NULL, *m = NULL, *err = NULL;
-    int rc = -1;
-    if (attr_double(state, s_queue, &r->queue) < 0 ||
-        attr_double(state, s_kv_usage, &r->kv_usage) < 0 ||
-        attr_bool(state, s_fresh, &r->fresh) < 0)
-        goto done;
-    if ((pod = PyObject_GetAttr(state, s_pod)) == NULL ||
-        attr_bool(pod, s_ready, &r->ready) < 0 ||
-        (r->address = PyObject_GetAttr(pod, s_address)) == NULL ||
-        (err = PyObject_GetAttr(state, s_last_error)) == NULL ||
-        (m = PyObject_GetAttr(state, s_metrics)) == NULL)
-        goto done;
-    if (!PyUnicode_Check(r->address)) {
-        PyErr_Format(PyExc_TypeError, "PodTable: a pod's address must be str, not %.100s",
-                     Py_TYPE(r->address)->tp_name);
-        goto done;
-    }
-    if (m != Py_None && read_adapters(r, m) < 0)
-        goto done;
-    if (read_slot(r, m) < 0)
-        goto done;
-    r->usable = r->ready && err == Py_None;
-    r->kv = kv_score(r->kv_usage);
-    r->state = Py_NewRef(state);
-    rc = 0;
-done:
-    if (rc < 0)
+    PyObject *got = PyObject_CallOneArg(t->row, state);
+    int rc = got != NULL && read_row(t, i, got) == 0 ? 0 : -1;
+    Py_XDECREF(got);
+    if (rc == 0) {
+        r->state = Py_NewRef(state);
+        for (Py_ssize_t s = 0; s < t->n_terms; s++)
+            if (t->terms[s].scorer->read != NULL)
+                t->terms[s].scorer->read(t->col, i, r);
+    } else {
         row_clear(r);
+    }
     if (rc < 0 || old_address == NULL || PyUnicode_Compare(old_address, r->address) != 0)
         t->positions_stale = 1;  /* (two str: the comparison cannot fail) */
     Py_XDECREF(old_address);
-    Py_XDECREF(pod);
-    Py_XDECREF(m);
-    Py_XDECREF(err);
     return rc;
 }
 
@@ -191,24 +138,31 @@ static int table_resize(PodTable *t, Py_ssize_t n) {
     for (Py_ssize_t i = n; i < t->n; i++)
         row_clear(&t->rows[i]);
     Py_ssize_t want = n ? n : 1;
-    Row *rows = PyMem_Resize(t->rows, Row, want);
+    lt_row *rows = PyMem_Resize(t->rows, lt_row, want);
     if (rows == NULL) {
         t->n = n < t->n ? n : t->n;
         return -1;
     }
     t->rows = rows;
     for (Py_ssize_t i = t->n; i < n; i++)
-        memset(&rows[i], 0, sizeof(Row));
+        memset(&rows[i], 0, sizeof(lt_row));
     double *score = PyMem_Resize(t->score, double, want);
     if (score != NULL)
         t->score = score;
     char *cand = PyMem_Resize(t->cand, char, want);
     if (cand != NULL)
         t->cand = cand;
-    char *prefix = PyMem_Resize(t->prefix, char, want);
-    if (prefix != NULL)
-        t->prefix = prefix;
-    if (score == NULL || cand == NULL || prefix == NULL) {
+    Py_ssize_t *idx = PyMem_Resize(t->idx, Py_ssize_t, want);
+    if (idx != NULL)
+        t->idx = idx;
+    int failed = score == NULL || cand == NULL || idx == NULL;
+    for (int c = 0; c < LT_COLUMNS; c++) {
+        double *col = PyMem_Resize(t->col[c], double, want);
+        if (col != NULL)
+            t->col[c] = col;
+        failed |= col == NULL;
+    }
+    if (failed) {
         t->n = n < t->n ? n : t->n;
         return -1;
     }
@@ -224,7 +178,7 @@ static int table_refresh(PodTable *t, PyObject *pods) {
         return PyErr_NoMemory(), -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *s = PyTuple_GET_ITEM(pods, i);
-        if (s != t->rows[i].state && row_read(t, &t->rows[i], s) < 0)
+        if (s != t->rows[i].state && row_read(t, i, s) < 0)
             return -1;
     }
     if (t->positions_stale) {
@@ -246,148 +200,58 @@ static int table_refresh(PodTable *t, PyObject *pods) {
     return 0;
 }
 
-/* ---- scoring --------------------------------------------------------------------------- */
+/* ---- filters (filters.py) and scores --------------------------------------------------- */
 
-/* 1 when `adapter` (hash `h`) is among row items [from, to), 0 if not, -1 on error. */
-static int holds(Row *r, Py_ssize_t from, Py_ssize_t to, PyObject *adapter, Py_hash_t h) {
-    for (Py_ssize_t i = from; i < to; i++) {
-        if (r->hashes[i] != h)
-            continue;
-        PyObject *a = i < r->n_running ? PyTuple_GET_ITEM(r->running, i)
-                                       : PyTuple_GET_ITEM(r->waiting, i - r->n_running);
-        int eq = PyObject_RichCompareBool(a, adapter, Py_EQ);
-        if (eq != 0)
-            return eq;
-    }
-    return 0;
-}
-
-/* lora.lora_score for an adapter; -1.0 on error. */
-static double lora_score(Row *r, PyObject *adapter, Py_hash_t h) {
-    if (r->running == NULL)
-        return r->slot;
-    int in = holds(r, 0, r->n_running, adapter, h);
-    if (in != 0)
-        return in > 0 ? RUNNING : -1.0;
-    if (r->slot == NONE) {
-        in = holds(r, r->n_running, r->n_running + r->n_waiting, adapter, h);
-        if (in != 0)
-            return in > 0 ? WAITING : -1.0;
-    }
-    return r->slot;
-}
-
-typedef struct {
-    double queue_weight, kv_weight, lora_weight, prefix_weight, prefix_queue_tokens,
-        queue_threshold, kv_threshold, tokens_per_block;
-} Weights;
-
-static int read_weights(PyObject *tuple, Weights *w) {
-    double *f = (double *)w;
-    Py_ssize_t want = sizeof(Weights) / sizeof(double);
-    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != want) {
-        PyErr_Format(PyExc_TypeError, "PodTable.pick: weights must be a tuple of %zd numbers",
-                     want);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < want; i++)
-        if ((f[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(tuple, i))) == -1.0 && PyErr_Occurred())
-            return -1;
-    return 0;
-}
-
-/* prefix.net_saved */
-static double net_saved(Py_ssize_t matched, double excess, double per_queued,
-                        Py_ssize_t prompt_tokens, double tokens_per_block) {
-    double saved = (double)matched * tokens_per_block;
-    double net = saved - excess * per_queued;
-    double whole = (double)prompt_tokens > saved ? (double)prompt_tokens : saved;
-    return net > 0 ? net / whole : 0.0;
-}
-
-/* Add each matched candidate's prefix score; mark it in t->prefix. */
-static int add_prefix(PodTable *t, PyObject *matched, PyObject *uncached,
-                      Py_ssize_t prompt_tokens, double q_min, const Weights *w) {
-    Py_ssize_t it = 0;
-    PyObject *address, *blocks;
-    while (PyDict_Next(matched, &it, &address, &blocks)) {
-        PyObject *j_obj = PyDict_GetItemWithError(t->positions, address);
-        if (j_obj == NULL) {
-            if (PyErr_Occurred())
-                return -1;
-            continue;
+/* Mark and list the rows whose `column` is true, their scores 0.0; their count. */
+static Py_ssize_t mark_where(PodTable *t, int column) {
+    const double *yes = t->col[column];
+    char *cand = t->cand;
+    double *score = t->score;
+    Py_ssize_t *idx = t->idx, n = t->n, count = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if ((cand[i] = yes[i] != 0.0)) {
+            idx[count++] = i;
+            score[i] = 0.0;
         }
-        Py_ssize_t j = PyLong_AsSsize_t(j_obj);
-        if (!t->cand[j])
-            continue;
-        Py_ssize_t m = PyLong_AsSsize_t(blocks);
-        if (m == -1 && PyErr_Occurred())
-            return -1;
-        double per_queued = (double)prompt_tokens;  /* uncached.get(address, prompt_tokens) */
-        PyObject *u = PyDict_GetItemWithError(uncached, address);
-        if (u != NULL) {
-            if ((per_queued = PyFloat_AsDouble(u)) == -1.0 && PyErr_Occurred())
-                return -1;
-        } else if (PyErr_Occurred()) {
-            return -1;
-        }
-        if (!(per_queued > w->prefix_queue_tokens))  /* max(floor, ...) keeps the floor */
-            per_queued = w->prefix_queue_tokens;
-        double x = net_saved(m, t->rows[j].queue - q_min, per_queued, prompt_tokens,
-                             w->tokens_per_block);
-        if (x > 0) {
-            t->score[j] += w->prefix_weight * x;
-            t->prefix[j] = 1;
-        }
-    }
-    return 0;
+    return t->n_cand = count;
 }
 
-/* Mark the candidates (usable pods, else ready ones); their count. */
+/* The candidates: usable pods, else ready ones (filters.usable); their count. */
 static Py_ssize_t mark_candidates(PodTable *t) {
-    Py_ssize_t count = 0;
-    for (Py_ssize_t i = 0; i < t->n; i++)
-        count += (t->cand[i] = t->rows[i].usable);
-    if (count == 0)
-        for (Py_ssize_t i = 0; i < t->n; i++)
-            count += (t->cand[i] = t->rows[i].ready);
-    return count;
+    Py_ssize_t usable = mark_where(t, LT_USABLE);
+    return usable ? usable : mark_where(t, LT_READY);
 }
 
-/* Scores of the candidates (queue, KV, LoRA; `h` is the adapter's hash); 1 when the pool is saturated for a Sheddable
- * request, 0 otherwise, -1 on error. `*q_min` gets the least candidate queue. */
-static int score_candidates(PodTable *t, PyObject *adapter, Py_hash_t h, int sheddable,
-                            const Weights *w, double *q_min) {
-    double lo = 0, hi = 0;
-    int first = 1, room = 0;
-    for (Py_ssize_t i = 0; i < t->n; i++) {
-        if (!t->cand[i])
-            continue;
-        Row *r = &t->rows[i];
-        if (first || r->queue < lo)  /* as min() and max(): the first of equals stays */
-            lo = r->queue;
-        if (first || r->queue > hi)
-            hi = r->queue;
-        first = 0;
-        room |= r->fresh && r->queue <= w->queue_threshold && r->kv_usage <= w->kv_threshold;
+/* The candidates' least and greatest queue into `p`; whether some candidate has room
+ * (filters.saturated is false). */
+static int queue_range(const PodTable *t, lt_pick *p) {
+    const double qt = t->queue_threshold, kt = t->kv_threshold;
+    const double *queue = t->col[LT_QUEUE], *fresh = t->col[LT_FRESH],
+                 *kv_usage = t->col[LT_KV_USAGE];
+    const Py_ssize_t *idx = t->idx;
+    double lo = queue[idx[0]], hi = lo;
+    int room = 0;
+    for (Py_ssize_t k = 0; k < t->n_cand; k++) {
+        double q = queue[idx[k]];
+        if (q < lo)  /* as min() and max(): the first of equals stays */
+            lo = q;
+        if (q > hi)
+            hi = q;
+        room |= fresh[idx[k]] != 0.0 && q <= qt && kv_usage[idx[k]] <= kt;
     }
-    *q_min = lo;
-    if (sheddable && !room)
-        return 1;
-    for (Py_ssize_t i = 0; i < t->n; i++) {
-        t->prefix[i] = 0;
-        if (!t->cand[i])
-            continue;
-        Row *r = &t->rows[i];
-        double qs = hi == lo ? 1.0 : (hi - r->queue) / (hi - lo);
-        double s = w->queue_weight * qs + w->kv_weight * r->kv;
-        if (adapter != Py_None) {
-            double l = lora_score(r, adapter, h);
-            if (l < 0)
-                return -1;
-            s = s + w->lora_weight * l;
-        }
-        t->score[i] = s;
+    p->q_min = lo;
+    p->q_max = hi;
+    return room;
+}
+
+/* Each candidate's score: 0.0 (mark_where) plus weight x score of each configured scorer,
+ * in order (a scorer at weight 0 adds nothing and is skipped). */
+static int score_candidates(PodTable *t, const lt_pick *p) {
+    for (Py_ssize_t s = 0; s < t->n_terms; s++) {
+        const Term *term = &t->terms[s];
+        if (term->weight != 0.0 &&
+            term->scorer->add(p, term->weight, term->params, t->score) < 0)
+            return -1;
     }
     return 0;
 }
@@ -395,9 +259,8 @@ static int score_candidates(PodTable *t, PyObject *adapter, Py_hash_t h, int she
 /* The `k + 1` best candidates, best first, ties in row order; their count. */
 static Py_ssize_t top_rows(PodTable *t, Py_ssize_t k, Py_ssize_t *top) {
     Py_ssize_t have = 0;
-    for (Py_ssize_t i = 0; i < t->n; i++) {
-        if (!t->cand[i])
-            continue;
+    for (Py_ssize_t c = 0; c < t->n_cand; c++) {
+        Py_ssize_t i = t->idx[c];
         double s = t->score[i];
         Py_ssize_t at = have;
         while (at > 0 && s > t->score[top[at - 1]])
@@ -421,8 +284,8 @@ static Py_ssize_t rank(PodTable *t, Py_ssize_t k, PyObject *randrange, Py_ssize_
     if (have > 1 && t->score[top[1]] == t->score[top[0]]) {
         double best = t->score[top[0]];
         Py_ssize_t tied = 0;
-        for (Py_ssize_t i = 0; i < t->n; i++)
-            tied += t->cand[i] && t->score[i] == best;
+        for (Py_ssize_t c = 0; c < t->n_cand; c++)
+            tied += t->score[t->idx[c]] == best;
         PyObject *n = PyLong_FromSsize_t(tied);
         PyObject *drawn = n ? PyObject_CallOneArg(randrange, n) : NULL;
         Py_XDECREF(n);
@@ -435,9 +298,9 @@ static Py_ssize_t rank(PodTable *t, Py_ssize_t k, PyObject *randrange, Py_ssize_
             return -1;
         }
         Py_ssize_t first = -1;
-        for (Py_ssize_t i = 0; i < t->n && first < 0; i++)
-            if (t->cand[i] && t->score[i] == best && d-- == 0)
-                first = i;
+        for (Py_ssize_t c = 0; c < t->n_cand && first < 0; c++)
+            if (t->score[t->idx[c]] == best && d-- == 0)
+                first = t->idx[c];
         Py_ssize_t out = 0;
         order[out++] = first;
         for (Py_ssize_t i = 0; i < have && out < k; i++)
@@ -450,26 +313,30 @@ static Py_ssize_t rank(PodTable *t, Py_ssize_t k, PyObject *randrange, Py_ssize_
     return out;
 }
 
-static PyObject *pick_result(PodTable *t, Py_ssize_t *order, Py_ssize_t count,
-                             PyObject *adapter, Py_hash_t h) {
-    Row *top = &t->rows[order[0]];
-    PyObject *reason;
-    if (t->prefix[order[0]]) {
-        reason = s_reason_prefix;
-    } else if (adapter != Py_None) {
-        double l = lora_score(top, adapter, h);
-        if (l < 0)
+/* The reason: the first claiming term's ("llm:<name>"), else "llm:load". */
+static PyObject *pick_reason(PodTable *t, const lt_pick *p, Py_ssize_t top) {
+    for (Py_ssize_t c = 0; c < t->n_claims; c++) {
+        const Term *term = &t->terms[t->claims[c]];
+        int yes = term->scorer->claims(p, top, term->params);
+        if (yes < 0)
             return NULL;
-        reason = l >= 1.0 ? s_reason_lora : s_reason_load;
-    } else {
-        reason = s_reason_load;
+        if (yes)
+            return term->reason;
     }
+    return s_reason_load;
+}
+
+static PyObject *pick_result(PodTable *t, const lt_pick *p, Py_ssize_t *order,
+                             Py_ssize_t count) {
+    PyObject *reason = pick_reason(t, p, order[0]);
+    if (reason == NULL)
+        return NULL;
     PyObject *fallbacks = PyTuple_New(count - 1);
     if (fallbacks == NULL)
         return NULL;
     for (Py_ssize_t i = 1; i < count; i++)
         PyTuple_SET_ITEM(fallbacks, i - 1, Py_NewRef(t->rows[order[i]].address));
-    return Py_BuildValue("(ONO)", top->state, fallbacks, reason);
+    return Py_BuildValue("(ONO)", t->rows[order[0]].state, fallbacks, reason);
 }
 
 #define MAX_K 64
@@ -477,7 +344,6 @@ static PyObject *pick_result(PodTable *t, Py_ssize_t *order, Py_ssize_t count,
 static PyObject *do_pick(PodTable *t, PyObject *const *a) {
     PyObject *pods = a[0], *adapter = a[1], *matched = a[2], *uncached = a[5],
              *randrange = a[6];
-    Weights w;
     if (!PyTuple_Check(pods) || !PyDict_Check(matched) || !PyDict_Check(uncached)) {
         PyErr_SetString(PyExc_TypeError, "PodTable.pick: pods must be a tuple, matched and "
                         "uncached dicts");
@@ -485,56 +351,58 @@ static PyObject *do_pick(PodTable *t, PyObject *const *a) {
     }
     Py_ssize_t prompt_tokens = PyLong_AsSsize_t(a[3]);
     int sheddable = PyObject_IsTrue(a[4]);
-    Py_ssize_t k = PyLong_AsSsize_t(a[8]);
+    Py_ssize_t k = PyLong_AsSsize_t(a[7]);
     if ((prompt_tokens == -1 || k == -1) && PyErr_Occurred())
         return NULL;
-    if (sheddable < 0 || read_weights(a[7], &w) < 0)
+    if (sheddable < 0)
         return NULL;
     if (k < 1 || k > MAX_K) {
         PyErr_Format(PyExc_ValueError, "PodTable.pick: k must be 1..%d, not %zd", MAX_K, k);
+        return NULL;
+    }
+    if (t->row == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "PodTable.pick: the table was cleared");
         return NULL;
     }
     if (table_refresh(t, pods) < 0)
         return NULL;
     if (mark_candidates(t) == 0)
         return PyLong_FromLong(NO_ENDPOINT);
-    Py_hash_t h = 0;
-    if (adapter != Py_None && (h = PyObject_Hash(adapter)) == -1)
+    lt_pick p = {.col = (const double *const *)t->col, .rows = t->rows, .cand = t->cand,
+                 .idx = t->idx, .n_cand = t->n_cand, .positions = t->positions,
+                 .adapter = adapter, .matched = matched, .uncached = uncached,
+                 .prompt_tokens = prompt_tokens};
+    if (adapter != Py_None && (p.adapter_hash = PyObject_Hash(adapter)) == -1)
         return NULL;
-    double q_min;
-    int shed = score_candidates(t, adapter, h, sheddable, &w, &q_min);
-    if (shed < 0)
-        return NULL;
-    if (shed)
+    if (!queue_range(t, &p) && sheddable)
         return PyLong_FromLong(SHED);
-    if (PyDict_GET_SIZE(matched) &&
-        add_prefix(t, matched, uncached, prompt_tokens, q_min, &w) < 0)
+    if (score_candidates(t, &p) < 0)
         return NULL;
     Py_ssize_t top[MAX_K + 1], order[MAX_K];
     Py_ssize_t count = rank(t, k, randrange, top, order);
     if (count < 0)
         return NULL;
-    return pick_result(t, order, count, adapter, h);
+    return pick_result(t, &p, order, count);
 }
 
 PyDoc_STRVAR(pick_doc,
-"pick(pods, adapter, matched, prompt_tokens, sheddable, uncached, randrange, weights, k)\n"
+"pick(pods, adapter, matched, prompt_tokens, sheddable, uncached, randrange, k)\n"
 "\n"
 "Filter, score and rank `pods` (a tuple of PodState) as the llm policy does. `matched`:\n"
 "address -> leading prefix blocks held; `uncached`: address -> moving average of\n"
 "uncached prompt tokens; `randrange`: called with n only when n pods tie for the best;\n"
-"`weights`: (queue, kv, lora, prefix, prefix_queue_tokens, queue_threshold,\n"
-"kv_threshold, tokens_per_block); `k`: pods to return (the pick, then fallbacks).\n"
+"`k`: pods to return (the pick, then fallbacks).\n"
 "Returns (top PodState, fallback addresses, reason), or 503 (no candidate) or 429\n"
 "(saturated, for a Sheddable request).");
 
 static PyObject *PodTable_pick(PodTable *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_Format(PyExc_TypeError, "PodTable.pick takes 9 arguments (%zd given)", nargs);
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "PodTable.pick takes 8 arguments (%zd given)", nargs);
         return NULL;
     }
     if (t->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "PodTable.pick re-entered (from randrange?)");
+        PyErr_SetString(PyExc_RuntimeError,
+                        "PodTable.pick re-entered (from pod_row or randrange?)");
         return NULL;
     }
     t->busy = 1;
@@ -543,9 +411,147 @@ static PyObject *PodTable_pick(PodTable *t, PyObject *const *args, Py_ssize_t na
     return out;
 }
 
+/* ---- making a table: the row's columns, the scorers and their parameters, by name ------ */
+
+/* The columns `row.COLUMNS` names must be this core's, in its order. */
+static int check_columns(PyObject *columns) {
+    PyObject *seq = PySequence_Fast(columns, "PodTable: columns must be a sequence of str "
+                                    "(row.COLUMNS)");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int rc = 0;
+    if (n != LT_ROW_WIDTH) {
+        PyErr_Format(PyExc_ValueError, "PodTable: row.COLUMNS has %zd columns but this "
+                     "native core reads %d (csrc/native.h): rebuild it (pip install -e .)",
+                     n, LT_ROW_WIDTH);
+        rc = -1;
+    }
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        PyObject *c = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(c) || PyUnicode_CompareWithASCIIString(c, lt_columns[i]) != 0) {
+            PyErr_Format(PyExc_ValueError, "PodTable: column %zd is %R in row.COLUMNS but "
+                         "%s in this native core (csrc/native.h): rebuild it "
+                         "(pip install -e .)", i, c, lt_columns[i]);
+            rc = -1;
+        }
+    }
+    Py_DECREF(seq);
+    return rc;
+}
+
+static const lt_scorer *find_scorer(PyObject *name) {
+    for (const lt_scorer *s = lt_scorers; s->name != NULL; s++)
+        if (PyUnicode_CompareWithASCIIString(name, s->name) == 0)
+            return s;
+    return NULL;
+}
+
+/* params[name] as a double; `reader` says who needs it. */
+static int read_param(PyObject *params, const char *name, const char *reader, double *out) {
+    PyObject *key = PyUnicode_FromString(name);
+    if (key == NULL)
+        return -1;
+    PyObject *v = PyDict_GetItemWithError(params, key);
+    Py_DECREF(key);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "PodTable: params lacks %s, which %s reads",
+                         name, reader);
+        return -1;
+    }
+    *out = PyFloat_AsDouble(v);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* 1 when some part of the table reads parameter `key`. */
+static int param_known(const PodTable *t, PyObject *key) {
+    if (PyUnicode_CompareWithASCIIString(key, "queue_threshold") == 0 ||
+        PyUnicode_CompareWithASCIIString(key, "kv_threshold") == 0)
+        return 1;
+    for (Py_ssize_t s = 0; s < t->n_terms; s++)
+        for (const char *const *q = t->terms[s].scorer->params; *q != NULL; q++)
+            if (PyUnicode_CompareWithASCIIString(key, *q) == 0)
+                return 1;
+    return 0;
+}
+
+/* The configured scorers (name -> weight, in order) with their parameters. */
+static int set_terms(PodTable *t, PyObject *scorers, PyObject *params) {
+    Py_ssize_t room = PyDict_GET_SIZE(scorers);
+    t->terms = PyMem_Calloc((size_t)(room + 1), sizeof(Term));
+    if (t->terms == NULL)
+        return PyErr_NoMemory(), -1;
+    Py_ssize_t it = 0;
+    PyObject *name, *weight;
+    while (PyDict_Next(scorers, &it, &name, &weight)) {
+        if (t->n_terms == room) {  /* a weight's __float__ added scorers */
+            PyErr_SetString(PyExc_RuntimeError, "PodTable: scorers changed while read");
+            return -1;
+        }
+        Term *term = &t->terms[t->n_terms];
+        if (!PyUnicode_Check(name) || (term->scorer = find_scorer(name)) == NULL) {
+            PyErr_Format(PyExc_ValueError, "PodTable: scorer %R has no native twin "
+                         "(csrc/scorers.c)", name);
+            return -1;
+        }
+        t->n_terms++;
+        if ((term->weight = PyFloat_AsDouble(weight)) == -1.0 && PyErr_Occurred())
+            return -1;
+        for (int q = 0; term->scorer->params[q] != NULL; q++)
+            if (read_param(params, term->scorer->params[q], term->scorer->name,
+                           &term->params[q]) < 0)
+                return -1;
+    }
+    it = 0;
+    while (PyDict_Next(params, &it, &name, &weight))
+        if (!PyUnicode_Check(name) || !param_known(t, name)) {
+            PyErr_Format(PyExc_ValueError, "PodTable: unknown parameter %R (neither the "
+                         "filters nor a configured scorer reads it)", name);
+            return -1;
+        }
+    return read_param(params, "queue_threshold", "the saturation filter",
+                      &t->queue_threshold) < 0 ||
+           read_param(params, "kv_threshold", "the saturation filter", &t->kv_threshold) < 0
+        ? -1 : 0;
+}
+
+/* The terms asked, in this order, whether they decided a pick (named by `reasons`). */
+static int set_claims(PodTable *t, PyObject *reasons) {
+    PyObject *seq = PySequence_Fast(reasons, "PodTable: reasons must be a sequence of "
+                                    "scorer names");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    t->claims = PyMem_New(Py_ssize_t, n ? n : 1);
+    int rc = t->claims == NULL ? (PyErr_NoMemory(), -1) : 0;
+    for (Py_ssize_t c = 0; rc == 0 && c < n; c++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, c);
+        Py_ssize_t s = 0;
+        while (s < t->n_terms && !(PyUnicode_Check(name) &&
+               PyUnicode_CompareWithASCIIString(name, t->terms[s].scorer->name) == 0))
+            s++;
+        Term *term = s < t->n_terms ? &t->terms[s] : NULL;
+        if (term == NULL || term->scorer->claims == NULL || term->reason != NULL) {
+            PyErr_Format(PyExc_ValueError, "PodTable: reason %R is not a configured scorer "
+                         "that can decide a pick, or is named twice", name);
+            rc = -1;
+        } else if ((term->reason = PyUnicode_FromFormat("llm:%s", term->scorer->name))
+                   == NULL) {
+            rc = -1;
+        } else {
+            PyUnicode_InternInPlace(&term->reason);
+            t->claims[t->n_claims++] = s;
+        }
+    }
+    Py_DECREF(seq);
+    return rc;
+}
+
 /* ---- type ------------------------------------------------------------------------------ */
 
 static int PodTable_traverse(PodTable *t, visitproc visit, void *arg) {
+    Py_VISIT(t->row);
     for (Py_ssize_t i = 0; i < t->n; i++) {
         Py_VISIT(t->rows[i].state);
         Py_VISIT(t->rows[i].running);
@@ -558,6 +564,7 @@ static int PodTable_traverse(PodTable *t, visitproc visit, void *arg) {
 static int PodTable_clear(PodTable *t) {
     if (t->busy)
         return 0;
+    Py_CLEAR(t->row);
     for (Py_ssize_t i = 0; i < t->n; i++)
         row_clear(&t->rows[i]);
     t->n = 0;
@@ -569,24 +576,43 @@ static int PodTable_clear(PodTable *t) {
 static void PodTable_dealloc(PodTable *t) {
     PyObject_GC_UnTrack(t);
     PodTable_clear(t);
+    for (Py_ssize_t s = 0; s < t->n_terms; s++)
+        Py_XDECREF(t->terms[s].reason);
+    PyMem_Free(t->terms);
+    PyMem_Free(t->claims);
     PyMem_Free(t->rows);
     PyMem_Free(t->score);
     PyMem_Free(t->cand);
-    PyMem_Free(t->prefix);
+    PyMem_Free(t->idx);
+    for (int c = 0; c < LT_COLUMNS; c++)
+        PyMem_Free(t->col[c]);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
 static PyObject *PodTable_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    if (intern_names() < 0)
+    static char *kwlist[] = {"row", "columns", "scorers", "reasons", "params", NULL};
+    PyObject *row, *columns, *scorers, *reasons, *params;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!OO!:PodTable", kwlist, &row, &columns,
+                                     &PyDict_Type, &scorers, &reasons, &PyDict_Type, &params))
         return NULL;
-    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
-        PyErr_SetString(PyExc_TypeError, "PodTable() takes no arguments");
+    if (!PyCallable_Check(row)) {
+        PyErr_SetString(PyExc_TypeError, "PodTable: row must be callable (row.pod_row)");
         return NULL;
     }
+    if (s_reason_load == NULL &&
+        (s_reason_load = PyUnicode_InternFromString("llm:load")) == NULL)
+        return NULL;
+    if (check_columns(columns) < 0)
+        return NULL;
     PodTable *t = (PodTable *)type->tp_alloc(type, 0);
     if (t == NULL)
         return NULL;
     t->positions_stale = 1;
+    t->row = Py_NewRef(row);
+    if (set_terms(t, scorers, params) < 0 || set_claims(t, reasons) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
     return (PyObject *)t;
 }
 
@@ -595,10 +621,19 @@ static PyMethodDef PodTable_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+PyDoc_STRVAR(table_doc,
+"PodTable(row, columns, scorers, reasons, params)\n"
+"\n"
+"One pool's rows, kept from pick to pick. `row`: row.pod_row; `columns`: row.COLUMNS\n"
+"(checked against this core's); `scorers`: name -> weight, in the order their terms are\n"
+"added (each needs a native twin, see SCORERS); `reasons`: the scorers asked, in order,\n"
+"whether they decided a pick; `params`: name -> number, queue_threshold and kv_threshold\n"
+"and what each scorer reads.");
+
 PyTypeObject lt_PodTableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "balancer.policy._native.PodTable",
-    .tp_doc = "The llm policy's per-pod values, kept from pick to pick.",
+    .tp_doc = table_doc,
     .tp_basicsize = sizeof(PodTable),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PodTable_new,
