@@ -46,12 +46,12 @@ class LLMPolicy:
         core = native_core.core
         if native and core is None:
             raise RuntimeError(f"the native llm policy is not built: {native_core.missing}")
-        python_only = [s.name for s, _ in self.scorers
-                       if core is not None and s.name not in core.SCORERS]
-        if native and python_only:
-            raise RuntimeError(f"scorer(s) {', '.join(python_only)} have no native twin "
-                               "(csrc/scorers.c): run the llm policy on its Python core")
-        self.native = core is not None and not python_only if native is None else native
+        self._python_only = [s.name for s, _ in self.scorers
+                             if core is not None and s.name not in core.SCORERS]
+        if native and self._python_only:
+            raise RuntimeError(f"scorer(s) {', '.join(self._python_only)} have no native "
+                               "twin (csrc/scorers.c): run the llm policy on its Python core")
+        self.native = core is not None and not self._python_only if native is None else native
         self.prefix = (core.PrefixIndex if self.native else PrefixIndex)(cfg.prefix_lru_per_pod)
         self._hashes = core.block_hashes if self.native else block_hashes
         self._tables: dict[str, object] = {}  # pool -> PodTable (native core only)
@@ -85,6 +85,10 @@ class LLMPolicy:
     def startup_warning(self) -> str | None:
         if self.native:
             return None
+        if self._python_only:
+            return (f"llm policy: scorer(s) {', '.join(self._python_only)} have no native "
+                    "twin (csrc/scorers.c), so picks run in pure Python (several times "
+                    "slower on large pools)")
         return ("llm policy: the native core is not built, so picks run in pure Python "
                 f"(several times slower on large pools): {native_core.missing}")
 

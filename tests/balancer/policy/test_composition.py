@@ -102,5 +102,6 @@ def test_a_scorer_without_a_native_twin_runs_on_the_python_core(monkeypatch):
     assert policy.native is False
     assert policy.pick(req(), store.snapshot(NOW)).address == address(1)
     if native.core is not None:
+        assert "scorer(s) inflight have no native twin" in policy.startup_warning()
         with pytest.raises(RuntimeError, match="inflight have no native twin"):
             LLMPolicy(cfg, native=True)
