@@ -90,9 +90,11 @@ class TokenCounters:
 
     def observe(self, rec: LLMRecord) -> bool:
         """Count one record; False (and nothing counted) when it carries no model."""
-        model = counted_model(rec)
+        model = rec.model  # counted_model(rec), inlined: this runs for every line
         if not model:
             return False
+        if rec.response_code == 404:
+            model = UNKNOWN_MODEL
         if self._model_only:
             entry = self._keys.get(model)
             if entry is None:
@@ -105,12 +107,11 @@ class TokenCounters:
             if entry is None:
                 entry = self._entry(raw, raw)
         key, codes, hists = entry
-        usage = counted_usage(rec)
-        if usage is None:
+        p, c = rec.prompt_tokens, rec.completion_tokens  # counted_usage(rec), inlined
+        if (p is not None and not 0 <= p <= MAX_REQUEST_TOKENS) or \
+                (c is not None and not 0 <= c <= MAX_REQUEST_TOKENS):
             self.usage_rejected += 1
             p = c = None
-        else:
-            p, c = usage
         if p is not None:
             prompt = self.prompt
             prompt[key] = prompt.get(key, 0.0) + p

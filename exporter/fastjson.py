@@ -31,6 +31,10 @@ from llmtraffic.exporter.accesslog import (DEFAULT_MAX_LINE_BYTES, FieldMapping,
 MAX_LAYOUTS = 64
 #: Other keys remembered per layout (each a field of its Struct).
 MAX_OTHER_KEYS = 64
+#: Numbers-as-strings remembered with their value (token counts, codes, durations repeat).
+MAX_KNOWN = 1 << 16
+_MISS = object()
+_INF = float("inf")
 _INT = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 _FLOAT = Annotated[float, msgspec.Meta(ge=0.0, le=1.7976931348623157e308)]
 _STR2 = Annotated[str, msgspec.Meta(min_length=2)]  # "-" (and "", "x") are not taken
@@ -66,6 +70,9 @@ class FastJsonParser(JsonLineParser):
         self._layouts: dict[Layout, Callable[[bytes], LLMRecord] | None] = {}
         self._layout: Layout | None = None
         self._slow = super().parse
+        # numbers written as strings, as `_to_int` / `_to_float` read them, remembered
+        self._ints: dict[str, int | None] = {"-": None}
+        self._floats: dict[str, float | None] = {"-": None}
         self.parse: Callable[[bytes], LLMRecord] = self._first  # type: ignore[method-assign]
 
     def _first(self, line: bytes) -> LLMRecord:
@@ -73,6 +80,25 @@ class FastJsonParser(JsonLineParser):
 
     def _eligible(self, line: bytes) -> bool:
         return len(line) <= self.max_line_bytes
+
+    def _int(self, text: str) -> int:
+        """A count written as a string, as `_to_int` reads it (ValueError: the reference
+        path decides); up to MAX_KNOWN remembered."""
+        n = int(text)
+        if not 0 <= n <= MAX_INT:
+            raise ValueError(text)
+        if len(self._ints) < MAX_KNOWN:
+            self._ints[text] = n
+        return n
+
+    def _float(self, text: str) -> float:
+        """A duration written as a string, as `_to_float` reads it."""
+        x = float(text)
+        if not 0.0 <= x < _INF:
+            raise ValueError(text)
+        if len(self._floats) < MAX_KNOWN:
+            self._floats[text] = x
+        return x
 
     # ---- learning a layout ---------------------------------------------------------------
     def _learn(self, line: bytes, eligible: bool) -> LLMRecord:
@@ -157,7 +183,7 @@ class FastJsonParser(JsonLineParser):
         except (ValueError, TypeError):  # a key msgspec cannot name: the reference path
             return None
         code = ["def parse(line, decode=decode, learn=learn, len=len, str=str, int=int, "
-                "float=float, MAX_LEN=MAX_LEN, MAX_INT=MAX_INT, INF=INF):\n",
+                "float=float, ints=ints, floats=floats, MISS=MISS, MAX_LEN=MAX_LEN):\n",
                 "    if len(line) > MAX_LEN:\n",
                 "        return learn(line, False)\n",
                 "    try:\n        r = decode(line)\n"]
@@ -165,18 +191,15 @@ class FastJsonParser(JsonLineParser):
             if not loose:
                 continue
             if f in INT_FIELDS or f in FLOAT_FIELDS:
-                conv, ok = ("int", "0 <= v <= MAX_INT") if f in INT_FIELDS else \
-                    ("float", "0.0 <= v < INF")
+                known = "ints" if f in INT_FIELDS else "floats"
                 code.append(f"        v = r.{f}\n        if v.__class__ is str:\n"
-                            f"            if v == '-':\n                r.{f} = None\n"
-                            f"            else:\n                v = {conv}(v)\n"
-                            f"                if not {ok}:\n                    raise ValueError\n"
-                            f"                r.{f} = v\n")
+                            f"            n = {known}.get(v, MISS)\n"
+                            f"            r.{f} = n if n is not MISS else {known[:-1]}(v)\n")
             else:
                 code.append(f"        if r.{f} == '-':\n            r.{f} = None\n")
         code.append("    except Exception:\n        return learn(line, True)\n    return r\n")
-        env: dict[str, Any] = {"decode": decode,
-                               "learn": self._learn, "MAX_LEN": self.max_line_bytes,
-                               "MAX_INT": MAX_INT, "INF": float("inf")}
+        env: dict[str, Any] = {"decode": decode, "ints": self._ints, "floats": self._floats,
+                               "int": self._int, "float": self._float, "MISS": _MISS,
+                               "learn": self._learn, "MAX_LEN": self.max_line_bytes}
         exec(compile("".join(code), f"<fastjson layout {len(self._layouts)}>", "exec"), env)
         return env["parse"]
