@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
 
+from llmtraffic.balancer.bodyshape import OFF_LOOP_BYTES, SMALL_BYTES, refusal
 from llmtraffic.balancer.connections import ConnectionGuard, default_limit
 from llmtraffic.balancer.core import BalancerCore
 from llmtraffic.balancer.discovery import Discovery
@@ -40,6 +41,9 @@ STREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 CLIENT_LEFT = "the client left"  # a relay's outcome: nothing more to send
 SECRET_HEADERS = ("authorization", "cookie", "x-api-key", "proxy-authorization")
+#: Seconds the rest of a refused upload is read and dropped, so its client can read the
+#: refusal (aiohttp's default is 10); then the connection closes.
+LINGER_S = 1.0
 
 
 class _NoRequestBytes(logging.Filter):
@@ -102,7 +106,8 @@ class BalancerApp:
         limit = self.options.max_header_bytes
         app = web.Application(client_max_size=self.options.max_body_bytes, handler_args={
             "max_line_size": limit, "max_field_size": limit, "max_headers": 128,
-            "logger": HTTP_LOG, "keepalive_timeout": self.options.keepalive_timeout})
+            "logger": HTTP_LOG, "keepalive_timeout": self.options.keepalive_timeout,
+            "lingering_time": LINGER_S})
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -217,10 +222,7 @@ class BalancerApp:
                                "`Authorization: Bearer <key>`")
             try:
                 async with asyncio.timeout(self.options.body_timeout):
-                    raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise ApiError(413, "request body is larger than "
-                               f"{self.options.max_body_bytes} bytes") from None
+                    raw = await self._read_body(request)
             except TimeoutError:
                 raise ApiError(408, "request body not received whole within "
                                f"{self.options.body_timeout:g} s (--body-timeout)") from None
@@ -246,6 +248,30 @@ class BalancerApp:
         finally:
             del self._inflight[life]
             life.finish()
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The request body, chunk by chunk: past --max-body-bytes it is a 413 at once, and
+        what has come is measured each time it doubles (from 64 KiB, in a thread from
+        1 MiB), so a body over its budget is refused after its first offending bytes, not
+        once 8 MB were received and measured (the rest is dropped for LINGER_S at most)."""
+        limit, limits = self.options.max_body_bytes, self.core.body_limits
+        too_large = ApiError(413, f"request body is larger than {limit} bytes")
+        if (request.content_length or 0) > limit:
+            raise too_large
+        body = bytearray()
+        check_at = SMALL_BYTES
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+            if len(body) >= check_at:
+                check_at = 2 * len(body)
+                head = bytes(body)
+                refused = refusal(head, limits) if len(head) < OFF_LOOP_BYTES else \
+                    await asyncio.to_thread(refusal, head, limits)
+                if refused is not None:
+                    raise ApiError(*refused)
+        return bytes(body)
 
     async def _forward(self, request: web.Request, d: Decision,
                        life: RequestLifecycle) -> web.StreamResponse:

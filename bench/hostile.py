@@ -3,21 +3,24 @@ through the balancer (this process) while, in turn, nothing else happens (baseli
 clients send 8 MB bodies that are cheap to make and costly to handle (hostile-body: empty
 lists, `{}`s with an escaped key, 100,000 messages or prompts), or one more pod in the pool
 accepts requests and never answers while its page says idle (black-hole-pod). Prints each
-scenario's p50 and p90 and its p50 as a ratio to the baseline of the same run (the goal:
-at most 1.5x).
+scenario's p50 and p90 and, round by round, its p50 as a ratio to that round's baseline
+(the goal: at most 1.5x); the rounds alternate the scenarios so that a change in the
+machine's load falls on each alike.
 
-    python -m bench.hostile [--pods 3] [--clients 4] [--hostile 2] [--seconds 20]
+    python -m bench.hostile [--pods 3] [--clients 4] [--hostile 2] [--seconds 8] [--rounds 3]
 
 Each program runs in its own process: the simulated pods, the balancer, the hostile clients
-and the black hole, so none of them shares an event loop with the clients measured.
-Figures are printed, never asserted.
+and the black hole, so none of them shares an event loop with the clients measured. The
+hostile clients run at the lowest CPU priority (nice 19), standing in for clients on other
+machines: on a 2-core box their own cost of making and sending 8 MB bodies back to back
+would otherwise be counted against the balancer. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -103,23 +106,44 @@ async def serve_black_hole(port: int) -> None:
     await asyncio.Event().wait()
 
 
+SCENARIOS = ("baseline", "hostile-body", "black-hole-pod")
+
+
 @dataclass
-class Run:
-    name: str
+class Window:
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
-    note: str = ""
 
     def p(self, q: float) -> float:
         xs = sorted(self.latencies_ms)
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-async def measure(url: str, clients: int, seconds: float, name: str) -> Run:
+@dataclass
+class Run:
+    """One scenario: its windows, one per round."""
+
+    name: str
+    windows: list[Window] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, w: Window) -> None:
+        self.windows.append(w)
+
+    def pooled(self) -> Window:
+        out = Window()
+        for w in self.windows:
+            out.latencies_ms += w.latencies_ms
+            for k, v in w.errors.items():
+                out.errors[k] = out.errors.get(k, 0) + v
+        return out
+
+
+async def measure(url: str, clients: int, seconds: float, name: str) -> Window:
     """`clients` normal clients, each one request at a time, for `seconds`."""
     import aiohttp
 
-    run = Run(name)
+    run = Window()
     body = orjson.dumps({"model": BASE_MODEL, "max_tokens": 16, "ignore_eos": True,
                          "prompt": "Write as if you were a critic: San Francisco " * 4})
     deadline = time.monotonic() + seconds
@@ -159,8 +183,11 @@ def _free_port() -> int:
     return free()
 
 
-def run(pods: int, clients: int, hostile: int, seconds: float, time_scale: float) -> list[Run]:
-    runs: list[Run] = []
+def run(pods: int, clients: int, hostile: int, seconds: float, time_scale: float,
+        rounds: int) -> list[Run]:
+    """`rounds` rounds of baseline, hostile-body and black-hole-pod windows of `seconds`
+    each, so a change in the machine's load falls on every scenario alike."""
+    runs = {name: Run(name) for name in SCENARIOS}
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmpdir:
         tmp = Path(tmpdir)
         procs = Processes(tmp)
@@ -168,39 +195,39 @@ def run(pods: int, clients: int, hostile: int, seconds: float, time_scale: float
             urls, _ = procs.start_pods(pods, {"time_scale": time_scale, "seed": 0,
                                               "lora_modules": _seed_loras()})
             configs = config_files(tmp)
-            balancer = start_balancer(procs, Setup(urls, configs, _pods_file(
+            plain = start_balancer(procs, Setup(urls, configs, _pods_file(
                 tmp / "pods.yaml", urls), None), "llm")
-            body = orjson.dumps({"model": BASE_MODEL, "prompt": "hi", "max_tokens": 2})
-            asyncio.run(wait_ready(balancer, body))
-            url = balancer.urls[0]
-            asyncio.run(measure(url, clients, 3, "warm-up"))
-            runs.append(asyncio.run(measure(url, clients, seconds, "baseline")))
-
-            attacker, log = procs.spawn("hostile", [
-                sys.executable, "-m", "bench.hostile", "--send-hostile", url,
-                "--hostile", str(hostile), "--seconds", str(seconds + 2)])
-            time.sleep(1.0)  # the attack under way
-            r = asyncio.run(measure(url, clients, seconds, "hostile-body"))
-            attacker.wait(seconds + 150)
-            r.note = "hostile: " + log.read_text().strip().splitlines()[-1]
-            runs.append(r)
-
             port = _free_port()
-            hole, hole_log = procs.spawn("black-hole", [
+            _, hole_log = procs.spawn("black-hole", [
                 sys.executable, "-m", "bench.hostile", "--black-hole", str(port)])
             _wait(hole_log, "black hole on")
             holed = start_balancer(procs, Setup(urls, configs, _pods_file(
                 tmp / "pods-hole.yaml", urls, f"127.0.0.1:{port}"), None), "llm")
-            asyncio.run(wait_ready(holed, body))
-            r = asyncio.run(measure(holed.urls[0], clients, seconds, "black-hole-pod"))
-            r.note = "balancer log: " + "; ".join(
-                line.split(": ", 1)[-1][:110] for line in holed.log.read_text().splitlines()
-                if "circuit of pod" in line)[:300]
-            runs.append(r)
-            runs.append(asyncio.run(measure(url, clients, seconds, "baseline again")))
+            body = orjson.dumps({"model": BASE_MODEL, "prompt": "hi", "max_tokens": 2})
+            for target in (plain, holed):
+                asyncio.run(wait_ready(target, body))
+                asyncio.run(measure(target.urls[0], clients, 2, "warm-up"))
+            for r in range(rounds):
+                runs["baseline"].add(asyncio.run(
+                    measure(plain.urls[0], clients, seconds, "baseline")))
+                attacker, log = procs.spawn(f"hostile-{r}", [
+                    sys.executable, "-m", "bench.hostile", "--send-hostile", plain.urls[0],
+                    "--hostile", str(hostile), "--seconds", str(seconds + 1.5)])
+                time.sleep(1.0)  # the attack under way
+                runs["hostile-body"].add(asyncio.run(
+                    measure(plain.urls[0], clients, seconds, "hostile-body")))
+                attacker.wait(seconds + 150)
+                runs["hostile-body"].notes.append(log.read_text().strip().splitlines()[-1])
+                runs["black-hole-pod"].add(asyncio.run(
+                    measure(holed.urls[0], clients, seconds, "black-hole-pod")))
+            opened = [line.split(": ", 1)[-1] for line in holed.log.read_text().splitlines()
+                      if "circuit of pod" in line and (" open: " in line or "open again" in line)]
+            runs["black-hole-pod"].notes.append(
+                f"the balancer's circuit of the black hole opened {len(opened)} times; first:"
+                f" {opened[0][:120] if opened else '(never)'}")
         finally:
             procs.close()
-    return runs
+    return list(runs.values())
 
 
 def _wait(log: Path, marker: str, timeout: float = 60) -> None:
@@ -212,19 +239,20 @@ def _wait(log: Path, marker: str, timeout: float = 60) -> None:
 
 
 def report(runs: list[Run]) -> str:
-    base = runs[0].p(0.5)
+    base = runs[0]
     out = [f"{'scenario':16} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p90 ms':>8} "
-           f"{'p50/baseline':>12}"]
+           f"{'p50/baseline by round':>30}"]
     for r in runs:
-        ratio = r.p(0.5) / base
-        mark = "" if r.name.startswith("baseline") else \
-            ("  ok" if ratio <= GOAL else f"  OVER {GOAL}x")
-        out.append(f"{r.name:16} {len(r.latencies_ms):8d} {sum(r.errors.values()):6d} "
-                   f"{r.p(0.5):8.1f} {r.p(0.9):8.1f} {ratio:11.2f}x{mark}")
-        if r.errors:
-            out.append(f"  errors: {r.errors}")
-        if r.note:
-            out.append(f"  {r.note}")
+        w = r.pooled()
+        ratios = [x.p(0.5) / b.p(0.5) for x, b in zip(r.windows, base.windows)]
+        worst = max(ratios) if ratios else float("nan")
+        mark = "" if r is base else ("  ok" if worst <= GOAL else f"  OVER {GOAL}x")
+        shown = " ".join(f"{x:.2f}x" for x in ratios)
+        out.append(f"{r.name:16} {len(w.latencies_ms):8d} {sum(w.errors.values()):6d} "
+                   f"{w.p(0.5):8.1f} {w.p(0.9):8.1f} {shown:>30}{mark}")
+        if w.errors:
+            out.append(f"  errors: {w.errors}")
+        out += [f"  {note}" for note in r.notes]
     return "\n".join(out)
 
 
@@ -234,20 +262,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=3)
     p.add_argument("--clients", type=int, default=4, help="normal clients measured")
     p.add_argument("--hostile", type=int, default=2, help="hostile senders")
-    p.add_argument("--seconds", type=float, default=20.0, help="per scenario")
+    p.add_argument("--seconds", type=float, default=8.0, help="per scenario and round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time-scale", type=float, default=20.0,
                    help="simulated pods run this many times faster than an A10")
     p.add_argument("--send-hostile", metavar="URL", help=argparse.SUPPRESS)
     p.add_argument("--black-hole", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.send_hostile:
+        os.nice(19)  # an attacker elsewhere: its own CPU is not the balancer's cost
         statuses = asyncio.run(send_hostile(a.send_hostile, a.hostile, a.seconds))
         print(f"{sum(statuses.values())} bodies of ~8 MB sent: {statuses}", flush=True)
         return 0
     if a.black_hole:
         asyncio.run(serve_black_hole(a.black_hole))
         return 0
-    print(report(run(a.pods, a.clients, a.hostile, a.seconds, a.time_scale)))
+    print(report(run(a.pods, a.clients, a.hostile, a.seconds, a.time_scale, a.rounds)))
     return 0
 
 

@@ -189,12 +189,14 @@ async def test_oversized_or_too_many_headers_are_400(extra, pod, make_app):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-async def test_ext_proc_answers_bad_bodies_with_an_immediate_4xx(case, pod, tmp_path):
+async def test_ext_proc_answers_bad_bodies_with_an_immediate_4xx(case, pod, tmp_path,
+                                                                 extra_models):
     from tests.balancer.test_extproc import FakeEnvoy
 
     _, path, body, want, words = case
-    server = ExtProcServer(
-        StaticDiscovery(SEED_FILES, pods=[Pod("vllm-0", pod.address, dict(LABELS))]),
+    server = ExtProcServer(  # llama2 is routed (a model the routing does not know is a 404)
+        StaticDiscovery(SEED_FILES + [extra_models],
+                        pods=[Pod("vllm-0", pod.address, dict(LABELS))]),
         ExtProcOptions(listen="127.0.0.1:0", health_listen="127.0.0.1:0", seed=7,
                        max_body_bytes=LIMIT, access_log=str(tmp_path / "access.log")))
     await server.start()
