@@ -84,7 +84,7 @@ def test_every_policy_skips_broken_and_unscrapable_pods(policy):
     assert len(targets(router)) == 3 or policy == "llm"
     breaker.failed("10.0.0.0:8000", 0.5)
     breaker.failed("10.0.0.0:8000", 0.5)
-    store.mark_error("10.0.0.1:8000", "timeout", 0.5)
+    store.mark_error("10.0.0.1:8000", "connect_error", 0.5)
     got = targets(router)
     assert set(got) == {"10.0.0.2:8000"}
     for _ in range(5):  # fallbacks avoid them too
