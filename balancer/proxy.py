@@ -245,6 +245,13 @@ class BalancerApp:
                                        "request was cut at its drain deadline; retry"))
             rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"  # the client left
             raise
+        except Exception:  # a bug: logged with its traceback, never shown to the client
+            log.exception("proxy: unexpected error serving %s %s (request %s)",
+                          request.method, request.path, rec.request_id)
+            e = ApiError(500, "internal error in the balancer; it is logged with request id "
+                         f"{rec.request_id}")
+            life.refuse(e)
+            return _error(e)
         finally:
             del self._inflight[life]
             life.finish()

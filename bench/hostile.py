@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from bench.balancer_overhead import (POOL_LABELS, HOST, Processes, Setup, Target,
+from bench.balancer_overhead import (POOL_LABELS, HOST, Processes, Setup,
                                      _seed_loras, config_files, start_balancer, wait_ready)
 from llmtraffic.simulator.workloads import BASE_MODEL
 

@@ -140,3 +140,20 @@ async def test_a_pod_hoarding_requests_is_ejected_and_they_are_retried(pods, mak
                 break
     assert hole.requests == 9 and app.core.breaker.opens[hole.address] == 2
     assert "probe request failed" in app.core.breaker.reasons[hole.address]
+
+
+async def test_a_bug_in_the_balancer_is_a_500_in_openai_shape_and_logged(pods, make_app,
+                                                                         monkeypatch, caplog):
+    good = await pods("ok")
+    app = await make_app([good.address])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.core.router, "decide", broken)
+    async with aiohttp.ClientSession() as s:
+        status, body = await post(app.port, {"model": "llama2", "prompt": "hi"}, s)
+    assert status == 500 and orjson.loads(body)["error"]["code"] == 500
+    assert b"a bug" not in body and "RuntimeError: a bug" in caplog.text
+    (rec,) = records(app)
+    assert rec["response_code"] == 500 and good.requests == 0

@@ -5,7 +5,6 @@ offset past the end of the same file resumes at its end instead of counting it t
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
