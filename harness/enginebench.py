@@ -47,6 +47,9 @@ def add_parsers(bsub: argparse._SubParsersAction) -> None:
                    "<name>.json, where --profile NAME finds it)")
     c.add_argument("--quick", action="store_true",
                    help="fewer prompt lengths and batch sizes (about 2 minutes)")
+    c.add_argument("--rounds", type=int, default=None,
+                   help="times each measurement is taken, in a new random order each round; "
+                   "the fit uses their medians (default: 3, 2 with --quick)")
     c.add_argument("--seed", type=int, default=1, help="prompt seed (default: %(default)s)")
     c.set_defaults(func=_calibrate)
 
@@ -89,8 +92,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     workdir = _workdir(args, "llmtraffic-calibrate-")
     plan = cal.Plan.quick() if args.quick else cal.Plan()
+    if args.rounds:
+        plan.rounds = args.rounds
     command = f"llmtraffic bench calibrate --engine {args.engine}" + \
-        (" --quick" if args.quick else "")
+        (" --quick" if args.quick else "") + (f" --rounds {args.rounds}" if args.rounds else "") \
+        + (" --pods-file FILE" if args.pods_file else "")
     try:
         fleet_cfg = real_fleet_config(2, workdir)
         base = get_profile(args.profile) if args.engine == "sim" else None

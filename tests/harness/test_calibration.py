@@ -70,3 +70,22 @@ def test_calibrate_simulated_pods_writes_a_profile_the_simulator_loads(tmp_path,
     assert cal["date"] and cal["steps"] and cal["observations"] and cal["contention"]
     assert all(s["fitted"] > 0 for s in cal["steps"])
     assert "wrote" in capsys.readouterr().out
+
+
+def test_the_committed_cpu_profile_carries_its_measurements():
+    """simulator/profiles/vllm-cpu-tiny.json was written by `bench calibrate` on the real
+    CPU fleet: its constants are the fit of the medians it keeps, not typed by hand."""
+    from llmtraffic.simulator.profile import get_profile
+
+    p = get_profile("vllm-cpu-tiny")
+    cal = p.calibration
+    assert cal["command"].startswith("llmtraffic bench calibrate --engine vllm")
+    assert cal["engine"].startswith("vllm 0.32") and cal["date"]
+    assert (p.block_size, p.kv_blocks) == (128, 512)  # what the real page says on CPU
+    steps = [Observation(**s) for s in cal["steps"]]
+    assert len(cal["observations"]) >= len(steps) > len(TRUE.__dataclass_fields__)
+    refit = fit_steps([Observation(**{**s, "fitted": None}) for s in cal["steps"]])
+    assert refit == pytest.approx(p.step_fit)
+    assert [o.fitted for o in steps] == pytest.approx([
+        p.step_fit.seconds(o.prefill_tokens, o.prefill_pairs, o.decode_seqs,
+                           o.decode_context, o.adapters, o.adapter_tokens) for o in steps])
