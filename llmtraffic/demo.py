@@ -9,13 +9,14 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,7 +32,12 @@ from llmtraffic.harness.routing import RoutingRun, measure_capacity
 from llmtraffic.harness.runreport import LiveRun, headline, write_run_report
 from llmtraffic.harness.table import format_table
 from llmtraffic.harness.timeline import Samples
-from llmtraffic.harness.stack import Fleet, Stack, start_balancer, start_exporter, start_fleet
+from llmtraffic.harness.stack import (Fleet, Stack, StackError, start_balancer, start_exporter,
+                                      start_fleet)
+from llmtraffic.harness.engines import real_fleet_config
+from llmtraffic.harness.fidelity import capacity as profile_capacity, new_salt, salted
+from llmtraffic.simulator.profile import get_profile
+from llmtraffic.simulator.vllmfleet import VllmFleet, VllmNotInstalled, VllmStartError
 from llmtraffic.simulator.workloads import make_workload
 from llmtraffic.dashboards.build import dashboard_files
 from llmtraffic.dashboards.scrapeconfig import SCRAPE_CONFIG, LocalPod, localize
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 POOL_LLM = "vllm-llama2-7b-pool"  # the seed's pool name
 POOL_RR = "vllm-llama2-7b-pool-rr"
 WORKLOAD = "seed-lora"
+#: --engine vllm: the workload the CPU carries and the measured profile of its capacity.
+VLLM_WORKLOAD, VLLM_PROFILE = "cpu-mix", "vllm-cpu-tiny"
 
 
 class DemoOptions(BaseModel):
@@ -55,8 +63,15 @@ class DemoOptions(BaseModel):
                             "clock); the requests still running then finish")
     out: Annotated[Path, Flag(metavar="DIR")] = Field(Path("llmtraffic-demo"),
                                                       description="output folder")
-    pods: int = Field(3, ge=1, le=32, description="pods per pool")
-    load: Load = 0.9
+    engine: Literal["sim", "vllm"] = Field(
+        "sim", description="sim: two simulated fleets, one per balancer, at once; vllm: one "
+        "fleet of real vLLM engines (CPU build, the model kit; `bash scripts/install-vllm`) "
+        "behind each balancer in turn, in real time, on the cpu-mix workload")
+    pods: Annotated[int | None, Flag(shown_default="3 per pool; 2 with --engine vllm")] = \
+        Field(None, ge=1, le=32, description="pods per pool")
+    load: Annotated[Load | None, Flag(shown_default="0.9; 0.3 with --engine vllm")] = Field(
+        None, description="arrivals as a fraction of the pods' measured capacity (a "
+        "backlog at full batches), e.g. 0.9 for 90%")
     time_scale: float = Field(2.0, gt=0, le=10,
                               description="simulated seconds per wall second")
     seed: int = Field(1, description="workload seed")
@@ -95,6 +110,8 @@ class Demo:
         self.capacity = 0.0
         self.origin = 0.0  # event-loop time the load began
         self.started = self.ended = 0.0  # unix times of the load
+        self.vllm: VllmFleet | None = None  # --engine vllm: the one real fleet
+        self.workload = VLLM_WORKLOAD if options.engine == "vllm" else WORKLOAD
 
     def __enter__(self) -> "Demo":
         return self
@@ -107,6 +124,9 @@ class Demo:
             self.prometheus.stop()
             self.prometheus = None
         self.stack.stop()
+        if self.vllm is not None:
+            self.vllm.stop()
+            self.vllm = None
 
     # ---- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,27 +135,47 @@ class Demo:
         for old in ("access-llm.log", "access-round-robin.log", "enriched.log"):
             (self.out / old).unlink(missing_ok=True)
         say(core_line())
-        say(f"starting {o.pods} simulated vLLM pods per pool (Llama-2-7B on A10, the seed's "
-            f"10 LoRA adapters; pool {POOL_RR} speaks vLLM's legacy metric names)")
+        if o.engine == "vllm":
+            urls = self._start_vllm()
+        else:
+            say(f"starting {o.pods} simulated vLLM pods per pool (Llama-2-7B on A10, the "
+                f"seed's 10 LoRA adapters; pool {POOL_RR} speaks vLLM's legacy metric names)")
         for policy, pool, version, seed in (("llm", POOL_LLM, "v1", o.seed),
                                             ("round-robin", POOL_RR, "legacy", o.seed)):
-            fleet = start_fleet(self.stack, f"pods-{policy}", o.pods, pool,
-                                time_scale=o.time_scale, seed=seed, metrics_version=version)
+            fleet = Fleet(f"pods-{policy}", urls, pool) if o.engine == "vllm" else \
+                start_fleet(self.stack, f"pods-{policy}", o.pods, pool,
+                            time_scale=o.time_scale, seed=seed, metrics_version=version)
             access = self.out / f"access-{policy}.log"
             url = start_balancer(self.stack, f"balancer-{policy}", fleet, policy, access)
             self.sides.append(Side(policy, fleet, url, access))
             say(f"  {policy:<12} balancer {url}  ->  {', '.join(fleet.urls)}")
+        fleets = [s.fleet for s in self.sides][:1 if o.engine == "vllm" else None]
         self.exporter_url = start_exporter(self.stack, [s.access_log for s in self.sides],
-                                           [s.fleet for s in self.sides],
-                                           self.out / "enriched.log")
+                                           fleets, self.out / "enriched.log")
         say(f"  exporter     {self.exporter_url}/metrics (tails both access logs)")
         self._prometheus()
+
+    def _start_vllm(self) -> tuple[str, ...]:
+        """The one fleet of real engines both balancers take in turn; its URLs."""
+        o = self.o
+        say(f"starting {o.pods} real vLLM pods (vllm-cpu, the model kit's tiny Llama with the "
+            f"seed's 10 LoRA adapters; about 1-4 minutes), shared by both balancers in turn")
+        self.vllm = VllmFleet(real_fleet_config(o.pods, self.out / "logs" / "vllm"))
+        try:
+            self.vllm.start().wait_ready(600)
+        except (VllmNotInstalled, VllmStartError) as e:
+            raise StackError(str(e)) from None
+        return tuple(self.vllm.urls)
 
     def local_pods(self) -> list[LocalPod]:
         """The demo's processes as the Kubernetes pods scrape.yml expects."""
         pods = []
+        seen: set[str] = set()  # --engine vllm: both pools are the same pods
         for side in self.sides:
             for i, addr in enumerate(side.fleet.addresses):
+                if addr in seen:
+                    continue
+                seen.add(addr)
                 port = int(addr.rsplit(":", 1)[1])
                 pods.append(LocalPod(f"{side.fleet.pool}-{i}", labels={"app": side.fleet.pool},
                                      annotations={"prometheus.io/scrape": "true",
@@ -173,12 +213,17 @@ class Demo:
     # ---- run -----------------------------------------------------------------------------
     def run(self) -> RoutingRun:
         o = self.o
-        self.capacity = o.pods * measure_capacity(WORKLOAD, seed=o.seed)
+        if o.engine == "vllm":
+            self.capacity = profile_capacity(VLLM_WORKLOAD, get_profile(VLLM_PROFILE), o.pods,
+                                             o.seed)
+        else:
+            self.capacity = o.pods * measure_capacity(WORKLOAD, seed=o.seed)
         self.rate = o.load * self.capacity
-        reqs = make_workload(WORKLOAD, self.rate, o.duration * o.time_scale, o.seed)
-        say(f"\n{len(reqs)} requests ({WORKLOAD}: the seed's adapters, Zipf popularity, "
-            f"ShareGPT-like lengths) at {o.load:.0%} of capacity through each balancer, "
-            f"{o.duration:.0f} s (x{o.time_scale:g} simulated time)")
+        reqs = make_workload(self.workload, self.rate, o.duration * o.time_scale, o.seed)
+        what = ("cpu-mix: 8 apps with their own system prompt and model" if o.engine == "vllm"
+                else f"{WORKLOAD}: the seed's adapters, Zipf popularity, ShareGPT-like lengths")
+        say(f"\n{len(reqs)} requests ({what}) at {o.load:.0%} of capacity through each "
+            f"balancer, {o.duration:.0f} s (x{o.time_scale:g} simulated time)")
         t0 = time.monotonic()
         self.started = time.time()
         run_until_interrupted(self._drive(reqs))
@@ -187,17 +232,21 @@ class Demo:
         for side in self.sides:
             side.figures.update(summarize(side.outcomes, elapsed, o.time_scale))
         results = {f"{s.policy}": s.figures for s in self.sides}
-        return RoutingRun(WORKLOAD, o.load, o.pods, o.duration * o.time_scale, o.seed,
+        return RoutingRun(self.workload, o.load, o.pods, o.duration * o.time_scale, o.seed,
                           self.capacity, self.rate, results, {})
 
     async def _drive(self, reqs) -> None:
         self.origin = asyncio.get_running_loop().time()
         progress = Progress(len(reqs), [s.policy for s in self.sides], self.o.duration)
-        samplers = [PodSampler(list(s.fleet.urls), interval=1.0) for s in self.sides]
+        in_turn = self.o.engine == "vllm"  # one fleet: the sides sample it in turn
+        samplers = [] if in_turn else [PodSampler(list(s.fleet.urls), interval=1.0)
+                                       for s in self.sides]
         for sm in samplers:
             await sm.__aenter__()
         ticker = asyncio.create_task(progress.tick())
         try:
+            if in_turn:
+                return await self._drive_in_turn(reqs, progress)
             done = await asyncio.gather(*(
                 replay(s.url, reqs, time_scale=self.o.time_scale,
                        on_done=lambda out, p=s.policy: progress.done(p, out))
@@ -211,6 +260,21 @@ class Demo:
             side.outcomes = outcomes
             side.figures = sm.summary(self.o.time_scale)
             side.samples = sm.samples
+
+    async def _drive_in_turn(self, reqs, progress: Progress) -> None:
+        """One fleet of real engines: each policy in turn, its prompts salted apart (the
+        other's prefix cache does not count), its times shifted to begin at the origin."""
+        loop = asyncio.get_running_loop()
+        for side in self.sides:
+            shift = loop.time() - self.origin
+            async with PodSampler(list(side.fleet.urls), interval=1.0) as sm:
+                side.outcomes = await replay(
+                    side.url, salted(reqs, new_salt(random.Random())),
+                    on_done=lambda out, p=side.policy: progress.done(p, out))
+            for out in side.outcomes:
+                out.start -= shift
+            side.figures = sm.summary(1.0)
+            side.samples = [(t - shift, pages) for t, pages in sm.samples]
 
     def serve_forever(self) -> None:
         """Keep every process up until Ctrl-C, saying where each one answers."""
@@ -268,6 +332,12 @@ class Demo:
     def intro(self, run: RoutingRun) -> str:
         o = self.o
         n = sum(len(s.outcomes) for s in self.sides[:1])
+        if o.engine == "vllm":
+            return (f"{o.pods} real vLLM pods (vllm-cpu; the model kit's tiny Llama with the "
+                    f"seed's 10 LoRA adapters), behind each balancer in turn; the same {n} "
+                    f"seeded {self.workload} requests at {o.load:.0%} of the capacity the "
+                    f"measured profile {VLLM_PROFILE} predicts, arriving over "
+                    f"{o.duration:.0f} s (wall clock: times are real, not simulated).")
         return (f"{o.pods} simulated vLLM pods per pool (Llama-2-7B on an A10, the seed's 10 "
                 f"LoRA adapters); the same {n} seeded {WORKLOAD} requests through each "
                 f"balancer at {o.load:.0%} of the pods' measured capacity, arriving over "
@@ -324,6 +394,16 @@ def prepare_out(out: Path) -> None:
                       "you can write, e.g. --out ./llmtraffic-demo") from None
 
 
+def resolve_engine(opts: DemoOptions) -> DemoOptions:
+    """The defaults that depend on --engine: real engines run in real time, 2 pods shared by
+    both balancers, at 0.3 of what they carry at full batches (the measured profile's)."""
+    vllm = opts.engine == "vllm"
+    return opts.model_copy(update={
+        "pods": opts.pods or (2 if vllm else 3),
+        "load": opts.load or (0.3 if vllm else 0.9),
+        "time_scale": 1.0 if vllm else opts.time_scale})
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -334,7 +414,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        opts = from_flags(DemoOptions, args)
+        opts = resolve_engine(from_flags(DemoOptions, args))
         if opts.quick:
             opts = opts.model_copy(update={"duration": 10.0, "scrape_interval": "1s"})
         prepare_out(opts.out)
@@ -347,6 +427,9 @@ def _run(args: argparse.Namespace) -> int:
         demo.start()
         run = demo.run()
         say("\n" + format_table(run, name="lb_policy"))
+        if opts.engine == "vllm":
+            say("real engines in real time: every time here is wall-clock seconds (what the "
+                "table calls simulated is x1)")
         time.sleep(1.0)  # the exporter polls the logs every 0.2 s
         tokens = ("tokens by model as the exporter counted them from the balancers' access "
                   "logs:\n" + tokens_table(demo.exporter_tokens()))
