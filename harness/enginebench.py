@@ -144,9 +144,8 @@ def _fidelity(args: argparse.Namespace) -> int:
                                profile.name, "pods file" if args.pods_file else args.engine)
             run.real, run.speeds = fid.run_real(fleet, reqs, workdir, args.seed, profile)
         run.sim = fid.run_sim(profile, reqs, pods, args.duration, args.seed)
-        if run.speed == run.speed:
-            run.sim_scaled = fid.run_sim(fid.slower(profile, run.speed), reqs, pods,
-                                         args.duration, args.seed)
+        run.sim_scaled = fid.run_sim_scaled(profile, run.speeds, reqs, pods, args.duration,
+                                            args.seed)
         if args.explain:
             run.steps = fid.explain(fid.ladder(profile, args.workload, pods, rate / cap,
                                                args.duration), args.seed)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,17 +43,12 @@ class Fidelity:
     engine: str
     real: dict[str, dict] = field(default_factory=dict)
     sim: dict[str, dict] = field(default_factory=dict)
-    #: The host's speed during the real runs against the profile's calibration (1 = the
-    #: same, 2 = twice as slow: other work on a shared machine) and the simulator again
-    #: with the profile's times scaled by it.
+    #: How contended the host was during each policy's real run against the profile's
+    #: calibration (1 = the same, 2 = twice: other work on a shared machine), and the
+    #: simulator again for each policy with the profile's times scaled by its run's.
     speeds: list[float] = field(default_factory=list)
     sim_scaled: dict[str, dict] = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)  # explain(): the A10-to-CPU ladder
-
-    @property
-    def speed(self) -> float:
-        ok = [x for x in self.speeds if x == x]
-        return statistics.median(ok) if ok else math.nan
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -107,6 +101,15 @@ def slower(profile: Profile, factor: float) -> Profile:
     return replace(profile, name=f"{profile.name} x{factor:.2f}", step_fit=fit,
                    frontend_s=profile.frontend_s * factor,
                    lora_load_cold_s=profile.lora_load_cold_s * factor)
+
+
+def run_sim_scaled(profile: Profile, speeds: Sequence[float],
+                   reqs: Sequence[WorkloadRequest], pods: int, duration: float, seed: int,
+                   policies: Sequence[str] = POLICIES) -> dict[str, dict]:
+    """Each policy in the simulator with the profile scaled by its own real run's speed
+    (nothing for a policy whose speed is unknown)."""
+    return {name: run_sim(slower(profile, speed), reqs, pods, duration, seed, [name])[name]
+            for name, speed in zip(policies, speeds) if speed == speed}
 
 
 def run_sim(profile: Profile, reqs: Sequence[WorkloadRequest], pods: int, duration: float,
@@ -217,14 +220,13 @@ def better(policy_a: dict, policy_b: dict, key: str) -> str:
 def format_fidelity(f: Fidelity) -> str:
     """The side-by-side table (at most 100 columns), the policies' order on both, and the
     ladder when it was run. `*` marks a ratio more than 25% away from 1."""
-    speed = f"{f.speed:.2f}" if f.speed == f.speed else "?"
+    runs = ", ".join(f"{name} {x:.2f}x" for name, x in zip(f.real, f.speeds))
     lines = [f"bench fidelity: {f.workload}, {f.pods} pods, {f.rate:.2f} req/s for "
              f"{f.duration:.0f} s, seed {f.seed}; real: {f.engine}, sim: {f.profile}",
-             f"the host's cores were {speed}x as contended as at calibration (per run: "
-             f"{', '.join(f'{x:.2f}' for x in f.speeds)});",
-             f"sim x{speed}: the simulator with the profile's times scaled by that",
+             f"the host's cores during each real run, against calibration: {runs or '?'};",
+             "sim x host: the simulator with the profile's times scaled by its run's",
              f"{'figure':<20}{'policy':<13}{'real':>10}{'sim':>10}{'sim/real':>10}"
-             f"{f'sim x{speed}':>12}{'/real':>8}", "-" * 83]
+             f"{'sim x host':>12}{'/real':>8}", "-" * 83]
     for key, label in FIGURES:
         for name in f.real:
             r = f.real[name].get(key, math.nan)
@@ -236,10 +238,11 @@ def format_fidelity(f: Fidelity) -> str:
         a, b = names
         word = {"a": a, "b": b, "=": "tie"}
         lines += ["", f"which policy is better ({a} vs {b}; tie: within 2%):",
-                  f"{'figure':<20}{'real':>13}{'sim':>13}{f'sim x{speed}':>13}  same order"]
+                  f"{'figure':<20}{'real':>13}{'sim':>13}{'sim x host':>13}  same order"]
         for key, label in FIGURES:
             rw, sw = better(f.real[a], f.real[b], key), better(f.sim[a], f.sim[b], key)
-            xw = better(f.sim_scaled[a], f.sim_scaled[b], key) if f.sim_scaled else "="
+            xw = better(f.sim_scaled[a], f.sim_scaled[b], key) \
+                if {a, b} <= set(f.sim_scaled) else "="
             lines.append(f"{label:<20}{word[rw]:>13}{word[sw]:>13}{word[xw]:>13}  "
                          f"{'yes' if rw == sw else 'no'}/{'yes' if rw == xw else 'no'}")
     if f.steps:
