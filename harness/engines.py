@@ -4,17 +4,39 @@ a profile; each yields a `Fleet` and is stopped on exit if it was started here."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
+
+import aiohttp
 
 from llmtraffic.contracts.pods import pods_from_file, require_ports
 from llmtraffic.harness.stack import Fleet, Stack, StackError, start_fleet
 from llmtraffic.simulator.vllmfleet import (VllmFleet, VllmFleetConfig, VllmNotInstalled,
                                             VllmStartError)
+from llmtraffic.simulator.workloads import BASE_MODEL, SEED_ADAPTERS
 
 ENGINES = ("vllm", "sim")
 POOL = "bench-pool"
+WARM_UP_PROMPT = "warm up " * 150  # a few hundred tokens: past one 128-token block
+
+
+def warm_up(urls: Sequence[str], models: Sequence[str] = (BASE_MODEL, *SEED_ADAPTERS)) -> None:
+    """One short request per model on every freshly started pod, so that what is measured
+    next does not pay the engine's first use of each adapter and prompt shape."""
+    async def pod(session: aiohttp.ClientSession, url: str) -> None:
+        for model in models:
+            body = {"model": model, "prompt": WARM_UP_PROMPT, "max_tokens": 2}
+            async with session.post(url + "/v1/completions", json=body,
+                                    timeout=aiohttp.ClientTimeout(total=300)) as r:
+                await r.read()
+
+    async def all_pods() -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(pod(session, u) for u in urls))
+
+    asyncio.run(all_pods())
 
 
 def real_fleet_config(pods: int, log_dir: Path, vllm_python: str | None = None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from llmtraffic.harness.engines import warm_up
 from llmtraffic.harness.hostload import HostLoad
 from llmtraffic.harness.live import RouterSpec, run_router
 from llmtraffic.harness.routing import measure_capacity, policy_factory
@@ -79,6 +80,7 @@ def run_real(fleet: Fleet, reqs: Sequence[WorkloadRequest], workdir: Path, seed:
     is its speed. Returns (figures per policy, speeds)."""
     rng = random.Random()  # the salt must differ from any earlier run on these pods
     then = profile.calibration.get("host_stretch", math.nan)
+    warm_up(fleet.urls)  # the first policy must not pay the adapters' first use
     out, speeds = {}, []
     for name in policies:
         say(f"real engines, policy {name}: {len(reqs)} requests")

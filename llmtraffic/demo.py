@@ -34,7 +34,7 @@ from llmtraffic.harness.table import format_table
 from llmtraffic.harness.timeline import Samples
 from llmtraffic.harness.stack import (Fleet, Stack, StackError, start_balancer, start_exporter,
                                       start_fleet)
-from llmtraffic.harness.engines import real_fleet_config
+from llmtraffic.harness.engines import real_fleet_config, warm_up
 from llmtraffic.harness.fidelity import capacity as profile_capacity, new_salt, salted
 from llmtraffic.simulator.profile import get_profile
 from llmtraffic.simulator.vllmfleet import VllmFleet, VllmNotInstalled, VllmStartError
@@ -165,6 +165,7 @@ class Demo:
             self.vllm.start().wait_ready(600)
         except (VllmNotInstalled, VllmStartError) as e:
             raise StackError(str(e)) from None
+        warm_up(self.vllm.urls)  # the first side must not pay the adapters' first use
         return tuple(self.vllm.urls)
 
     def local_pods(self) -> list[LocalPod]:
