@@ -7,13 +7,17 @@ scenario's p50 and p90 and, round by round, its p50 as a ratio to that round's b
 (the goal: at most 1.5x); the rounds alternate the scenarios so that a change in the
 machine's load falls on each alike.
 
-    python -m bench.hostile [--pods 3] [--clients 4] [--hostile 2] [--seconds 8] [--rounds 3]
+    python -m bench.hostile [--pods 3] [--clients 4] [--hostile 2] [--hostile-rate 4]
+        [--seconds 8] [--rounds 3]
 
 Each program runs in its own process: the simulated pods, the balancer, the hostile clients
 and the black hole, so none of them shares an event loop with the clients measured. The
-hostile clients run at the lowest CPU priority (nice 19), standing in for clients on other
-machines: on a 2-core box their own cost of making and sending 8 MB bodies back to back
-would otherwise be counted against the balancer. Figures are printed, never asserted.
+hostile clients start bodies at a fixed rate (`--hostile-rate`, 4 a second: 32 MB/s of
+such bodies in flight), not back to back: a closed loop would measure how many requests of
+any kind the machine serves, not what these bodies cost. They run at the lowest CPU
+priority (nice 19), standing in for clients on other machines: on a 2-core box their own
+cost of making and sending 8 MB bodies would otherwise be counted against the balancer.
+Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -51,8 +55,10 @@ def hostile_bodies() -> list[tuple[str, bytes]]:
             ("100k-prompts", of(b"prompt", b'"hi"', 100_000, b""))]
 
 
-async def send_hostile(url: str, clients: int, seconds: float) -> dict[str, int]:
-    """`clients` senders, back to back, for `seconds`: status -> count."""
+async def send_hostile(url: str, clients: int, seconds: float, rate: float
+                       ) -> dict[str, int]:
+    """`clients` senders for `seconds`, each starting a body every `clients / rate` seconds
+    (or when its last one is answered, if later): status -> count."""
     import aiohttp
 
     bodies = hostile_bodies()
@@ -61,7 +67,11 @@ async def send_hostile(url: str, clients: int, seconds: float) -> dict[str, int]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
         async def sender(k: int) -> None:
             i = k
+            period = clients / rate
+            next_at = time.monotonic() + k * period / clients
             while time.monotonic() < deadline:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += period
                 name, body = bodies[i % len(bodies)]
                 i += 1
                 try:
@@ -184,7 +194,7 @@ def _free_port() -> int:
 
 
 def run(pods: int, clients: int, hostile: int, seconds: float, time_scale: float,
-        rounds: int) -> list[Run]:
+        rounds: int, rate: float) -> list[Run]:
     """`rounds` rounds of baseline, hostile-body and black-hole-pod windows of `seconds`
     each, so a change in the machine's load falls on every scenario alike."""
     runs = {name: Run(name) for name in SCENARIOS}
@@ -212,7 +222,8 @@ def run(pods: int, clients: int, hostile: int, seconds: float, time_scale: float
                     measure(plain.urls[0], clients, seconds, "baseline")))
                 attacker, log = procs.spawn(f"hostile-{r}", [
                     sys.executable, "-m", "bench.hostile", "--send-hostile", plain.urls[0],
-                    "--hostile", str(hostile), "--seconds", str(seconds + 1.5)])
+                    "--hostile", str(hostile), "--seconds", str(seconds + 1.5),
+                    "--hostile-rate", str(rate)])
                 time.sleep(1.0)  # the attack under way
                 runs["hostile-body"].add(asyncio.run(
                     measure(plain.urls[0], clients, seconds, "hostile-body")))
@@ -262,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=3)
     p.add_argument("--clients", type=int, default=4, help="normal clients measured")
     p.add_argument("--hostile", type=int, default=2, help="hostile senders")
+    p.add_argument("--hostile-rate", type=float, default=4.0,
+                   help="hostile bodies started per second, all senders together")
     p.add_argument("--seconds", type=float, default=8.0, help="per scenario and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time-scale", type=float, default=20.0,
@@ -271,13 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.send_hostile:
         os.nice(19)  # an attacker elsewhere: its own CPU is not the balancer's cost
-        statuses = asyncio.run(send_hostile(a.send_hostile, a.hostile, a.seconds))
+        statuses = asyncio.run(send_hostile(a.send_hostile, a.hostile, a.seconds,
+                                            a.hostile_rate))
         print(f"{sum(statuses.values())} bodies of ~8 MB sent: {statuses}", flush=True)
         return 0
     if a.black_hole:
         asyncio.run(serve_black_hole(a.black_hole))
         return 0
-    print(report(run(a.pods, a.clients, a.hostile, a.seconds, a.time_scale, a.rounds)))
+    print(report(run(a.pods, a.clients, a.hostile, a.seconds, a.time_scale, a.rounds,
+                     a.hostile_rate)))
     return 0
 
 
