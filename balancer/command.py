@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 import yaml
@@ -19,6 +18,7 @@ from llmtraffic.balancer.eventloop import run as run_loop
 from llmtraffic.balancer.options import BalancerCommand, ExtProcOptions, ProxyOptions
 from llmtraffic.balancer.policy.settings import PolicyConfig
 from llmtraffic.contracts.flags import OptionError, add_flags, from_flags
+from llmtraffic.contracts.serving import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,7 @@ def _extproc():
 
 
 async def _serve_proxy(app) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.core.reopen_logs)
+    stop = stop_event(app.core.reopen_logs)
     try:
         await app.start()
     except OSError as e:
@@ -126,7 +122,7 @@ async def _serve_proxy(app) -> int:
         return 2
     print(f"llmtraffic balancer: http://{app.options.listen.rsplit(':', 1)[0]}:{app.port} "
           f"policy={app.policy.name} pods={len(app.store.pods())} "
-          f"loop={type(loop).__module__.split('.')[0]}", flush=True)
+          f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]}", flush=True)
     await stop.wait()
     await app.stop()
     return 0

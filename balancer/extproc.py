@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import signal
 import sys
 import time
 import uuid
@@ -65,6 +64,7 @@ from llmtraffic.balancer.options import ExtProcOptions
 from llmtraffic.balancer.bodyshape import OFF_LOOP_BYTES, refusal
 from llmtraffic.balancer.router import OBJECTIVE_HEADER, ApiError, Decision, decode_body
 from llmtraffic.balancer.usage import LineBuffer, SseTap, usage_from_json
+from llmtraffic.contracts.serving import stop_event
 from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
@@ -498,11 +498,7 @@ class ExtProcServer:
 async def serve_extproc(discovery: Discovery, options: ExtProcOptions) -> int:
     """Run the picker until SIGINT/SIGTERM (SIGHUP reopens the access log); exit status."""
     server = ExtProcServer(discovery, options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.core.reopen_logs)
+    stop = stop_event(server.core.reopen_logs)
     try:
         await server.start()
     except (OSError, RuntimeError, ValueError) as e:

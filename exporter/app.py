@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import time
 from typing import Annotated
 
@@ -27,7 +26,7 @@ from llmtraffic.contracts.options import (Listen, MaxLabelValues, PodsFile, Scra
     ScrapeInterval, ScrapeMaxBytes, ScrapeTimeout)
 from llmtraffic.contracts.scrape import Scraper
 from llmtraffic.contracts.pods import pods_from_file, pods_from_urls, require_ports
-from llmtraffic.contracts.serving import parse_listen
+from llmtraffic.contracts.serving import parse_listen, stop_event
 from llmtraffic.contracts.store import MetricsStore
 from llmtraffic.exporter.checkpoint import CHECKPOINT_VERSION, validate_checkpoint
 from llmtraffic.exporter.tail import Tailer, load_checkpoint, save_checkpoint
@@ -334,11 +333,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(app: ExporterApp) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reopen_logs)
+    stop = stop_event(app.reopen_logs)
     try:
         await app.start()
     except (OSError, ValueError) as e:

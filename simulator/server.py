@@ -11,7 +11,6 @@ import itertools
 import logging
 import math
 import random
-import signal
 from pathlib import Path
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any, AsyncIterator, Iterator
 import orjson
 from aiohttp import web
 
+from llmtraffic.contracts.serving import stop_event
 from llmtraffic.simulator import tokenizer
 from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest, StepResult
 from llmtraffic.simulator.metrics import PodMetricsExporter
@@ -646,10 +646,7 @@ def _run_sim(args: argparse.Namespace) -> int:
 
 
 async def _serve_fleet(fleet: SimFleet) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     try:
         await fleet.start()
     except OSError as e:
