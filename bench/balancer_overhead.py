@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from llmtraffic.contracts.prompt import CHARS_PER_TOKEN, estimate_tokens
+from llmtraffic.harness.child import stop_child
 from llmtraffic.simulator.workloads import BASE_MODEL, SEED_ADAPTERS, filler_text
 
 if TYPE_CHECKING:
@@ -363,15 +364,7 @@ class Processes:
 
     def stop(self, p: subprocess.Popen, timeout: float = 10) -> None:
         """SIGTERM the process's own session (it and anything it started), then SIGKILL."""
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
+        stop_child(p, timeout, group=True)
 
     def close(self) -> None:
         for pipe in self._pipes:

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+from llmtraffic.harness.child import stop_child
+
 #: The probe: a CPU-bound slice and how long it waited for it, as a line per sample.
 _PROBE = """
 import sys, time
@@ -53,12 +55,7 @@ class HostLoad:
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_child(self._proc, 5)
         if self._reader is not None:
             self._reader.join(5)
 

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from llmtraffic.harness.child import stop_child
+
 
 class PrometheusError(RuntimeError):
     pass
@@ -115,13 +117,8 @@ class PrometheusServer(PrometheusAPI):
         raise PrometheusError(f"prometheus not ready after {timeout}s; log: {self.log_path}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc, 10)
 
     def __enter__(self) -> "PrometheusServer":
         return self.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from llmtraffic.simulator.workloads import BASE_MODEL, SEED_ADAPTERS
+from llmtraffic.harness.child import stop_child
 from llmtraffic.harness.prometheus import free_port
 
 LLMTRAFFIC = [sys.executable, "-m", "llmtraffic"]
@@ -90,14 +91,8 @@ class Proc:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it is still running after `timeout` seconds."""
-        self.signal(signal.SIGTERM)
-        if self.popen is None:
-            return
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.popen.wait()
+        if self.popen is not None:
+            stop_child(self.popen, timeout, group=True)
 
 
 @dataclass
