@@ -405,15 +405,12 @@ def resolve_engine(opts: DemoOptions) -> DemoOptions:
         "time_scale": 1.0 if vllm else opts.time_scale})
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM both stop everything cleanly, even when started from a shell or
-    # service manager that ignores SIGINT for background jobs
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # service manager that ignores SIGINT for background jobs (Python's SIGINT handler
+    # raises KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         opts = resolve_engine(from_flags(DemoOptions, args))
         if opts.quick:

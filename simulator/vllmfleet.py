@@ -361,10 +361,6 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 # ---- command line: python -m simulator.vllmfleet --pods 2 ---------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
@@ -401,7 +397,7 @@ def serve(args: argparse.Namespace) -> int:
             print(f"pod {pod.name} {pod.url} ready after {pod.ready_after:.1f} s", flush=True)
         if args.pods_file:
             fleet.write_pods_file(args.pods_file)
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
         while True:
             time.sleep(1)
             dead = [q for q in fleet.pods if q.process and q.process.poll() is not None]
