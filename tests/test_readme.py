@@ -195,3 +195,18 @@ def test_troubleshooting_quotes_what_the_program_says(tmp_path: Path, monkeypatc
             continue
         parts = [p.strip() for p in text.split("…") if p.strip()]
         assert any(all(p in s for p in parts) for s in said), (text, said)
+
+
+def test_the_layout_section_names_only_files_in_the_tree() -> None:
+    """Every file or folder "How the code is laid out" names (`exporter/tail.py`, and a
+    short `policy/row.py` or `filters.py` under the folder just named) is in the tree."""
+    section = README[README.index("## How the code is laid out"):]
+    section = section[:section.index("\n## ", 1)]
+    names = {t for t in re.findall(r"`([^`\s]+)`", section)
+             if re.fullmatch(r"[\w.-]+(/[\w.-]+)*/?", t) and (t.endswith((".py", "/")))}
+    assert len(names) > 30, names
+    files = {str(p.relative_to(ROOT)) + ("/" if p.is_dir() else "")
+             for p in ROOT.rglob("*") if ".git" not in p.parts}
+    missing = sorted(n for n in names
+                     if not any(f == n or f.endswith("/" + n) for f in files))
+    assert not missing, f"README's layout names files not in the tree: {missing}"
