@@ -402,6 +402,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
     # ---- end -----------------------------------------------------------------------------
     def _finish(self, ex: _Exchange) -> None:
         if ex.seen:  # a stream that never carried a request logs nothing
+            ex.life.delivered = ex.tap is not None and ex.tap.complete
             ex.life.finish(ended=ex.ended)
 
 

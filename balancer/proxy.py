@@ -243,7 +243,8 @@ class BalancerApp:
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 return _error(ApiError(DRAIN_CUT, "the balancer is shutting down: the "
                                        "request was cut at its drain deadline; retry"))
-            rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"  # the client left
+            if not life.delivered:  # the client left before it had the whole answer
+                rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
             raise
         except Exception:  # a bug: logged with its traceback, never shown to the client
             log.exception("proxy: unexpected error serving %s %s (request %s)",
@@ -440,6 +441,7 @@ class BalancerApp:
             failure, sent = await self._relay_lines(d, up, resp, tap, rec)
         finally:
             del self._streams[life]
+            life.delivered = tap.complete  # a client leaving now lost nothing: not DC
         if failure is CLIENT_LEFT:
             return resp
         if failure is None:
@@ -498,10 +500,12 @@ class BalancerApp:
             try:
                 await resp.write(line)
             except ConnectionResetError:
-                rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
+                if not tap.complete:  # after the whole answer, a hang-up is no DC
+                    rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
                 rec.bytes_sent = sent
                 return CLIENT_LEFT, sent
             sent += len(line)
+            rec.bytes_sent = sent  # so far: a relay the client cancels logs it too
         return failure, sent
 
 

@@ -88,7 +88,13 @@ class SseTap:
         self.done = False  # `data: [DONE]` seen
         self.chunks = 0  # data events passed on
         self.choices = False  # some event carried a choice (an answer, if an empty one)
+        self.final = False  # the usage-only event that ends a stream (before [DONE]) seen
         self._skip_blank = False
+
+    @property
+    def complete(self) -> bool:
+        """The pod's whole answer was seen: its usage-only last event, or `[DONE]`."""
+        return self.final or self.done
 
     def keep(self, line: bytes) -> bool:
         """Whether `line` goes on to the client."""
@@ -108,9 +114,11 @@ class SseTap:
                         rec.ttft_ms = round((self.clock() - self.t0) * 1000, 3)
                     if ev.get("usage"):
                         apply_usage(rec, ev["usage"])
-                        if not ev.get("choices") and self.drop_usage:
-                            self._skip_blank = True  # the usage chunk we asked for ourselves
-                            return False
+                        if not ev.get("choices"):
+                            self.final = True
+                            if self.drop_usage:  # the usage chunk we asked for ourselves
+                                self._skip_blank = True
+                                return False
             self.chunks += 1
         elif self._skip_blank and not line.strip():
             self._skip_blank = False
