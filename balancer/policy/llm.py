@@ -10,7 +10,8 @@ from typing import Collection
 
 from llmtraffic.balancer.policy import native as native_core
 from llmtraffic.balancer.policy.filters import saturated, usable
-from llmtraffic.balancer.policy.prefix import TOKENS_PER_BLOCK, PrefixIndex, block_hashes
+from llmtraffic.balancer.policy.prefix import (TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
+                                               index_tokens)
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
 from llmtraffic.balancer.policy.row import COLUMNS, pod_row
 from llmtraffic.balancer.policy.scorer import Candidates, Scorer
@@ -64,7 +65,7 @@ class LLMPolicy:
         """After a pick: the prefix index learns what `top` was sent, and its moving
         average of uncached prompt tokens takes this request's."""
         self.prefix.add(top.address, hashes, self.index_limit(top))
-        u = max(0, request.prompt_tokens - matched_blocks * TOKENS_PER_BLOCK)
+        u = max(0, index_tokens(request.prompt) - matched_blocks * TOKENS_PER_BLOCK)
         old = self._uncached.get(top.address)
         self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)
 
@@ -105,7 +106,7 @@ class LLMPolicy:
             if len(self._tables) >= MAX_TABLES:
                 self._tables.clear()
             table = self._tables[request.pool] = self.native_table()
-        r = table.pick(snapshot.pods, request.adapter, matched, request.prompt_tokens,
+        r = table.pick(snapshot.pods, request.adapter, matched, index_tokens(request.prompt),
                        request.criticality == "Sheddable", self._uncached,
                        self._rng.randrange, 1 + self.config.fallbacks)
         if r.__class__ is int:

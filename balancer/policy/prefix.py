@@ -24,8 +24,16 @@ BLOCK_CHARS = 128
 MAX_BLOCKS = 256
 LRU_PER_POD = 31_250
 #: Prompt tokens per index block, at about 4 characters per token (Llama-2's SentencePiece
-#: and OpenAI's rule of thumb; the balancer's own `prompt_tokens` estimate uses the same).
+#: and OpenAI's rule of thumb); `index_tokens` measures a prompt in the same unit.
 TOKENS_PER_BLOCK = BLOCK_CHARS // 4
+
+
+def index_tokens(prompt: str) -> int:
+    """A prompt's length in the index's units (TOKENS_PER_BLOCK a block, about 4 characters
+    each), whatever the served tokenizer: a prefix score is a ratio of the tokens saved to
+    the prompt's, so both are counted in one unit and the tokenizer's real ratio cancels
+    out. (`LLMRequest.prompt_tokens` is in the tokenizer's own units.)"""
+    return len(prompt) // (BLOCK_CHARS // TOKENS_PER_BLOCK)
 
 
 def net_saved(matched_blocks: int, queue_excess: float, tokens_per_queued: float,
@@ -69,7 +77,7 @@ class PrefixScorer(Scorer):
         return m is not None and self._saved(c, j, address, m) > 0
 
     def _saved(self, c: Candidates, j: int, address: str, m: int) -> float:
-        ntok = c.request.prompt_tokens
+        ntok = index_tokens(c.request.prompt)
         per_queued = max(self.queue_tokens, c.uncached.get(address, ntok))
         return net_saved(m, c.queues[j] - c.q_min, per_queued, ntok)
 
