@@ -61,7 +61,7 @@ class BalancerCore:
         self.registry = CollectorRegistry()
         self.registry.register(FamiliesCollector(self._families))
         self.registry.register(BalancerCollector(self.stats, self.store, self._models,
-                                                 self.breaker))
+                                                 self.breaker, self.router.tokens.learned))
         if hasattr(discovery, "collector"):  # KubeDiscovery: llmtraffic_discovery_*
             self.registry.register(discovery.collector())
         self.access_log_path = o.access_log

@@ -22,7 +22,7 @@ class RequestLifecycle:
     breaker how it did (`answered`, `failed`), then `release` it; `finish` once, whatever
     happened. `rec` is the record the front end fills along the way."""
 
-    __slots__ = ("core", "t0", "rec", "address", "judged", "cut", "delivered")
+    __slots__ = ("core", "t0", "rec", "address", "judged", "cut", "chars", "delivered")
 
     def __init__(self, core: BalancerCore, **fields: Any) -> None:
         self.core = core
@@ -31,6 +31,7 @@ class RequestLifecycle:
         self.address: str | None = None  # the pod this request holds an in-flight slot on
         self.judged = False  # the breaker heard how that pod answered
         self.cut = False  # ended by the balancer's drain deadline (logged 503 DT)
+        self.chars: int | None = None  # the prompt's characters the pod's usage counts
         self.delivered = False  # the client had the whole answer: leaving then is no DC
 
     def decide(self, host: str | None, body: dict[str, Any], chat: bool,
@@ -39,6 +40,7 @@ class RequestLifecycle:
         `objective` is its OBJECTIVE_HEADER (an InferenceObjective's name)."""
         d = self.core.router.decide(host, body, chat, objective)
         describe(self.rec, d)
+        self.chars = d.prompt_chars
         return d
 
     def refuse(self, e: ApiError) -> None:
@@ -126,12 +128,14 @@ class RequestLifecycle:
     def finish(self, ended: bool = True) -> None:
         """Once, however the request ended (`ended` False: the client or the gateway closed
         it before the response was complete, flag DC, unless it was `delivered` whole):
-        release, then log the record."""
+        release, learn the target model's characters per token from its usage, log."""
         rec = self.rec
         rec.duration_ms = round((time.monotonic() - self.t0) * 1000, 3)
         if self.cut:
             rec.response_code, rec.response_flags = DRAIN_CUT, "DT"
         elif not ended and not self.delivered:
             rec.response_flags = rec.response_flags or "DC"
+        if self.chars is not None and rec.response_code == 200:
+            self.core.router.tokens.observe(rec.target_model, self.chars, rec.prompt_tokens)
         self.release()
         self.core.log(rec)

@@ -17,7 +17,7 @@ import orjson
 from llmtraffic.balancer.bodyshape import MAX_DEPTH, OFF_LOOP_BYTES, BodyLimits, refusal
 from llmtraffic.balancer.config import Model, Pool, Resources
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Policy, Shed
-from llmtraffic.contracts.prompt import estimate_tokens
+from llmtraffic.balancer.tokenratio import TokenRatios
 from llmtraffic.contracts.store import MetricsStore, PodState, Snapshot
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ class Decision:
     client_wants_usage: bool  # the client asked for the usage chunk itself
     pick_seconds: float
     routed: bool = True  # an InferenceModel names the model (a pod's 404 is then its fault)
+    #: the prompt's characters that the pod's usage.prompt_tokens counts (None: it counts
+    #: more, such as several prompts, token ids or tool schemas)
+    prompt_chars: int | None = None
 
     def payload(self) -> bytes:
         return orjson.dumps(self.body)
@@ -248,6 +251,15 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
                    "prompt")
 
 
+def _measured_chars(body: dict[str, Any], chat: bool, text: str) -> int | None:
+    """len(text) when the pod's usage.prompt_tokens counts that text alone (one string
+    prompt, or chat messages without tools); None when it counts more (several prompts,
+    token ids, tool schemas), which would teach `TokenRatios` a wrong ratio."""
+    if chat:
+        return None if body.get("tools") or body.get("functions") else len(text)
+    return len(text) if isinstance(body.get("prompt"), str) else None
+
+
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -269,6 +281,8 @@ class Router:
         self.policy = policy
         self.clock = clock
         self.breaker = breaker  # pods it blocks reach the policy marked unhealthy
+        #: characters per prompt token by target model, learned from the pods' usage
+        self.tokens = TokenRatios()
         self._rng = random.Random(seed)
         # (pool, target) -> whether a pod there serves `target` as its base model; valid
         # while membership and the pods' reported model names stay as they were
@@ -324,7 +338,7 @@ class Router:
         members = Snapshot(snap.now, pods, version=snap.version if pods is in_pool else None)
         request = LLMRequest(model=name, target_model=target,
                              adapter=None if self._is_base(pool.name, target, pods) else target,
-                             prompt=text, prompt_tokens=estimate_tokens(text),
+                             prompt=text, prompt_tokens=self.tokens.estimate(target, len(text)),
                              criticality=model.criticality, pool=pool.name,
                              priority=model.priority)
         t0 = time.perf_counter()
@@ -343,7 +357,8 @@ class Router:
             opts["include_usage"] = True  # so tokens are counted; dropped again if not asked
             out["stream_options"] = opts
         return Decision(pool, model, request, pick, out, stream, wants_usage, took,
-                        routed=bool(self.resources.models_in(pool.name)))
+                        routed=bool(self.resources.models_in(pool.name)),
+                        prompt_chars=_measured_chars(body, chat, text))
 
 
     def _is_base(self, pool: str, target: str, pods: tuple[PodState, ...]) -> bool:

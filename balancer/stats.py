@@ -95,11 +95,13 @@ class BalancerCollector(Collector):
 
     def __init__(self, stats: BalancerStats, store: MetricsStore,
                  models: Callable[[], Iterable[tuple[str, str]]] = lambda: (),
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None,
+                 ratios: Callable[[], dict[str, float]] | None = None) -> None:
         self.stats = stats
         self.store = store
         self.models = models  # (pool, model) served: their shed series start at 0
         self.breaker = breaker
+        self.ratios = ratios  # target model -> learned characters per token (bounded)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -129,6 +131,9 @@ class BalancerCollector(Collector):
                          {(s.lb_policy,): pick[1]}, m.BALANCER_PICK_DURATION.labels)
         yield gauge_family(m.BALANCER_INFLIGHT, (((p.pod.pool, p.pod.name), p.inflight)
                                            for p in pods))
+        if self.ratios is not None:
+            yield gauge_family(m.BALANCER_CHARS_PER_TOKEN,
+                               (((clean_label(k),), v) for k, v in self.ratios().items()))
         if self.breaker is not None:
             now = time.monotonic()
             opens = dict(self.breaker.opens)

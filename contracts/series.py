@@ -143,6 +143,11 @@ BALANCER_CIRCUIT_OPEN = Series("llmtraffic_balancer_circuit_open", "gauge",
                                "every policy but for one probe request).", ("pool", "pod"))
 BALANCER_INFLIGHT = Series("llmtraffic_balancer_inflight_requests", "gauge",
                            "Requests in flight per pod.", ("pool", "pod"))
+BALANCER_CHARS_PER_TOKEN = Series("llmtraffic_balancer_chars_per_token", "gauge",
+                                  "Prompt characters per prompt token the balancer learned "
+                                  "for the target model from the pods' usage reports; its "
+                                  "prompt-token estimates divide by it (4 until learned).",
+                                  ("model",))
 BALANCER_PICK_DURATION = Series("llmtraffic_balancer_pick_duration_seconds", "histogram",
                                 "Time spent in the routing policy.", ("lb_policy",),
                                 OVERHEAD_BUCKETS)

@@ -14,7 +14,9 @@ class LLMRequest:
     target_model: str  # after the InferenceModel split (what the pod will see)
     adapter: str | None  # LoRA adapter to run on, None for the base model
     prompt: str
-    prompt_tokens: int  # estimate (about 4 characters per token)
+    #: estimate in the served tokenizer's tokens (the balancer learns its characters per
+    #: token from the pods' usage; 4 until then)
+    prompt_tokens: int
     criticality: str = "Standard"  # Critical | Standard | Sheddable
     pool: str = ""
     #: InferenceObjective priority, higher first (GIE); the router sets `criticality` to

@@ -1,6 +1,6 @@
 """A client that hangs up after it had the whole streamed answer is not a 499 DC (the proxy
 and the ext_proc picker log the pod's 200 and count the tokens); one that leaves mid-stream
-still is."""
+still is. And the balancer's prompt-token estimate follows the usage the pods report."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from llmtraffic.balancer.discovery import StaticDiscovery
 from llmtraffic.balancer.extproc import ExtProcOptions, ExtProcServer
-from tests.balancer.conftest import BASE, POOL, SEED_FILES, records, seed_pods, wait_for
+from tests.balancer.conftest import BASE, POOL, SEED_FILES, client, records, seed_pods, wait_for
 from tests.balancer.test_extproc import headers, log_lines
 from tests.fixtures.fakepod import FakePod
 
@@ -124,3 +124,36 @@ async def test_ext_proc_stream_closed_after_the_whole_answer_is_not_dc(fakes, tm
     else:
         assert (rec.response_code, rec.response_flags) == (200, "DC")
 
+
+async def test_prompt_token_estimate_follows_the_pods_usage(fakes, make_app):
+    pod = await fakes()
+    app = await make_app([pod.address])
+    seen: list[int] = []
+    pick = app.router.policy.pick
+
+    def spy(request, snapshot):
+        seen.append(request.prompt_tokens)
+        return pick(request, snapshot)
+
+    app.router.policy.pick = spy  # type: ignore[method-assign]
+    prompt = "x" * 600
+    pod.usage = {"prompt_tokens": 200, "completion_tokens": 1, "total_tokens": 201}
+    c = client(app)
+    for _ in range(3):
+        await c.completions.create(model="llama2", prompt=prompt, max_tokens=1)
+    await wait_for(lambda: len(records(app)) == 3, "three access-log lines")
+    assert seen[0] == 151  # 600 characters at the default 4 per token
+    assert app.router.tokens.ratio(BASE) == 3.0  # 600 characters, 200 tokens
+    await c.completions.create(model="llama2", prompt=prompt, max_tokens=1)
+    assert seen[-1] == 201
+    assert app.registry.get_sample_value("llmtraffic_balancer_chars_per_token",
+                                         {"model": BASE}) == 3.0
+    # chat messages are learned too; several prompts (usage counts them all) are not
+    pod.usage = {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101}
+    await c.completions.create(model="llama2", prompt=[prompt, prompt], max_tokens=1)
+    await wait_for(lambda: len(records(app)) == 5, "five access-log lines")
+    assert app.router.tokens.ratio(BASE) == 3.0
+    await c.chat.completions.create(model="llama2", max_tokens=1, messages=[
+        {"role": "user", "content": prompt}])
+    await wait_for(lambda: len(records(app)) == 6, "six access-log lines")
+    assert app.router.tokens.ratio(BASE) > 3.0  # "user: " + 600 + "\n" at 100 tokens
