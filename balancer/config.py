@@ -8,6 +8,7 @@ Errors name the file, the document and the field:
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -15,8 +16,8 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llmtraffic.balancer.resources import (CRITICALITY_PRIORITY, Model, Objective, Pool,
-    Resources, Rewrite, RewriteRule, Route, Skipped)
+from llmtraffic.balancer.resources import (CRITICALITY_PRIORITY, HeaderMatch, Model,
+    Objective, Pool, Resources, Rewrite, RewriteRule, Route, RouteRule, Skipped)
 
 __all__ = ["ConfigError", "Model", "Objective", "Pool", "Resources", "Rewrite", "Route",
            "Skipped", "build_resources", "load_documents", "load_resources", "parse_resource"]
@@ -208,16 +209,61 @@ class BackendRefEntry(_Spec):
         return self
 
 
-class RouteRule(_Spec):
+class StringMatch(_Spec):
+    """Istio's StringMatch: one of exact, prefix, regex; none given means "present"."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "StringMatch":
+        given = [k for k in ("exact", "prefix", "regex") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of exact, prefix, regex (got {', '.join(given)})")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ValueError(f"regex {self.regex!r} does not compile: {e}") from None
+        return self
+
+    def header(self, name: str) -> HeaderMatch:
+        for kind in ("exact", "prefix", "regex"):
+            v = getattr(self, kind)
+            if v is not None:
+                return HeaderMatch(name.lower(), kind, v,
+                                   re.compile(v) if kind == "regex" else None)
+        return HeaderMatch(name.lower(), "present")
+
+
+class RequestMatch(_Spec):
+    """LLMRequestMatch: header conditions (all must hold); sourceLabels and gateways, which
+    only the mesh can judge, are kept to say why such a rule is left to it."""
+
+    headers: dict[str, StringMatch] = Field(default_factory=dict)
+    source_labels: dict[str, str] = Field(default_factory=dict, alias="sourceLabels")
+    gateways: list[str] = Field(default_factory=list)
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def unjudged(self) -> list[str]:
+        """The condition kinds llmtraffic cannot evaluate (it does not see the client's
+        labels or which gateway a request came through), by their YAML names."""
+        out = ["sourceLabels"] if self.source_labels else []
+        out += ["gateways"] if self.gateways else []
+        return out + sorted(self.model_extra or {})
+
+
+class RouteRuleSpec(_Spec):
     name: str = ""
-    matches: list[dict[str, Any]] = Field(default_factory=list)
+    matches: list[RequestMatch] = Field(default_factory=list)
     backend_refs: list[BackendRefEntry] = Field(alias="backendRefs", min_length=1)
 
 
 class RouteSpec(_Spec):
     gateways: list[str] = Field(default_factory=list)
     host: str = Field(min_length=1)
-    rules: list[RouteRule] = Field(min_length=1)
+    rules: list[RouteRuleSpec] = Field(min_length=1)
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -295,20 +341,24 @@ def _rewrite(meta: Metadata, spec: dict, api: str, prefix: str) -> Rewrite:
 
 
 def _route(meta: Metadata, spec: dict, api: str, prefix: str) -> Route:
-    """The route's InferencePool backends; external providers (`providerHost`), other kinds
-    of backend and rules with match conditions are left to the mesh and listed."""
+    """The route's rules in order, each with its header matches and InferencePool backends;
+    external providers (`providerHost`), other kinds of backend and rules matching on what
+    only the mesh sees (sourceLabels, gateways) are left to the mesh and listed."""
     s = RouteSpec.model_validate(spec)
     what = f"LLMRoute {meta.name!r}"
-    pools, skipped, others = [], [], 0
+    rules, skipped, others = [], [], 0
     for i, rule in enumerate(s.rules):
+        name = rule.name or f"rules[{i}]"
         label = f"{what} rule {rule.name!r}" if rule.name else f"{what} rules[{i}]"
-        if rule.matches:
-            keys = sorted({k for m in rule.matches for k in m})
-            skipped.append(Skipped(label, f"matches on {', '.join(keys)}, which llmtraffic "
-                                   "does not evaluate: the rule is left to the mesh", True))
+        unjudged = sorted({k for m in rule.matches for k in m.unjudged()})
+        if unjudged:
+            skipped.append(Skipped(label, f"matches on {', '.join(unjudged)}, which only the "
+                                   "mesh can evaluate: the rule is left to the mesh", True))
             continue
+        pools, external = [], []
         for b in rule.backend_refs:
             if b.provider_host is not None:
+                external.append(b.provider_host)
                 skipped.append(Skipped(label, f"providerHost {b.provider_host} is an external "
                                        "model provider; llmtraffic serves in-cluster "
                                        "InferencePools"))
@@ -318,10 +368,18 @@ def _route(meta: Metadata, spec: dict, api: str, prefix: str) -> Route:
                 others += 1
                 skipped.append(Skipped(label, f"backendRef {b.backend_ref.kind} "
                                        f"{b.backend_ref.name!r} is not an InferencePool", True))
-    if not pools and others:
+        matches = tuple(tuple(sm.header(h) for h, sm in m.headers.items())
+                        for m in rule.matches)
+        rules.append(RouteRule(name, matches, tuple(p for p in pools if p[1] > 0),
+                               tuple(external)))
+    every: dict[str, int] = {}  # each pool once, with its first rule's weight
+    for r in rules:
+        for p, w in r.pools:
+            every.setdefault(p, w)
+    if not every and others:
         raise ConfigError(f"{prefix}: spec.rules: no backendRef of kind InferencePool")
-    return Route(meta.name, meta.namespace, s.host.lower(), tuple(s.gateways), tuple(pools),
-                 tuple(skipped))
+    return Route(meta.name, meta.namespace, s.host.lower(), tuple(s.gateways),
+                 tuple(every.items()), tuple(skipped), tuple(rules))
 
 
 _PARSERS = {"InferencePool": _pool, "InferenceModel": _model,

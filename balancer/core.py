@@ -11,13 +11,15 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from llmtraffic.balancer.admission import Admission
 from llmtraffic.balancer.bodyshape import BodyLimits
 from llmtraffic.balancer.breaker import CircuitBreaker
 from llmtraffic.balancer.discovery import ClusterView, Discovery
 from llmtraffic.balancer.options import BalancerOptions
 from llmtraffic.balancer.policy.registry import make_policy
+from llmtraffic.balancer.policy.settings import PolicyConfig
 from llmtraffic.balancer.router import Router
-from llmtraffic.balancer.stats import BalancerCollector, BalancerStats
+from llmtraffic.balancer.stats import BalancerCollector, BalancerStats, admission_families
 from llmtraffic.contracts.families import FamiliesCollector
 from llmtraffic.contracts.record import AccessLogWriter, LLMRecord
 from llmtraffic.contracts.scrape import ScrapeCounts, Scraper, scrape_families
@@ -55,6 +57,7 @@ class BalancerCore:
         self.router = Router(view.resources, self.store, self.policy, seed=o.seed,
                              breaker=self.breaker)
         self.apply(view)
+        self.admission = self._admission(o)
         self.stats = BalancerStats(self.policy.name, o.max_label_values)
         self.scrape_counts = ScrapeCounts()
         self.counters = TokenCounters(max_values_per_label=o.max_label_values)
@@ -72,6 +75,18 @@ class BalancerCore:
                                max_bytes=o.scrape_max_bytes, budget=o.scrape_budget)
         self._tasks: list[asyncio.Task] = []
 
+    def _admission(self, o: BalancerOptions) -> Admission | None:
+        """The admission queue, for the policy that judges saturation (llm; the others do
+        what a Service does) unless --max-queued is 0; the router then raises Saturated."""
+        if o.policy != "llm" or o.max_queued == 0:
+            return None
+        cfg = getattr(self.policy, "config", None) or PolicyConfig()
+        self.router.admission = Admission(
+            o.max_queued, o.queue_timeout, self.router.pool_has_room, cfg.queue_threshold,
+            cfg.kv_threshold, poll=o.scrape_interval, max_label_values=o.max_label_values,
+            retry_after=cfg.retry_after_s)
+        return self.router.admission
+
     def _families(self):
         """Label overflow and scrape outcomes. Each fact is counted by one process: the
         gateway's token series (asm_llm_proxy_*) and the pod/pool gauges come from the
@@ -80,6 +95,8 @@ class BalancerCore:
         yield overflow_family(self.counters)
         yield rejected_family(self.counters)
         yield from scrape_families(self.scrape_counts)
+        if self.admission is not None:
+            yield from admission_families(self.admission)
 
     def apply(self, view: ClusterView) -> None:
         """A new membership: pods into the store, resources into the router."""
@@ -147,6 +164,8 @@ class BalancerCore:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.admission is not None:
+            self.admission.close()
         await self.scraper.close()
 
     def reopen_logs(self) -> None:

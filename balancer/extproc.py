@@ -155,6 +155,7 @@ class _Exchange:
         self.seen = False  # request headers arrived
         self.host: str | None = None
         self.objective: str | None = None  # the request's OBJECTIVE_HEADER
+        self.headers: dict[str, str] = {}  # the request's, for LLMRoute rules
         self.chat = False
         self.duplex = False  # FULL_DUPLEX_STREAMED request body
         self.duplex_response = False  # FULL_DUPLEX_STREAMED response body
@@ -198,7 +199,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
                 try:
                     if req.WhichOneof("request") == "request_body":
                         await self._measure(ex, req.request_body)
-                    answers = self._handle(ex, req)
+                    answers = await self._handle(ex, req)
                 except ApiError as e:
                     yield self._refuse(ex, e)
                     return
@@ -227,12 +228,13 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.measured = True
 
     # ---- dispatch ----------------------------------------------------------------------
-    def _handle(self, ex: _Exchange, req: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    async def _handle(self, ex: _Exchange, req: pb.ProcessingRequest
+                      ) -> list[pb.ProcessingResponse]:
         kind = req.WhichOneof("request")
         if kind == "request_headers":
             return self._request_headers(ex, req)
         if kind == "request_body":
-            return self._request_body(ex, req.request_body)
+            return await self._request_body(ex, req.request_body)
         if kind == "response_headers":
             return self._response_headers(ex, req)
         if kind == "response_body":
@@ -251,6 +253,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.seen = True
         ex.host = h.get(":authority") or h.get("host")
         ex.objective = h.get(OBJECTIVE_HEADER)
+        ex.headers = h
         rec.method, rec.path, rec.authority = h.get(":method"), h.get(":path"), ex.host
         rec.user_agent, rec.x_forwarded_for = h.get("user-agent"), h.get("x-forwarded-for")
         rec.request_id = h.get("x-request-id") or str(uuid.uuid4())
@@ -274,7 +277,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
 
     def _bodyless(self, ex: _Exchange) -> list[pb.ProcessingResponse]:
         """A request without a body (GET /v1/models, ...): any ready pod of the pool."""
-        pool = self.core.router.pool_for(ex.host)
+        pool = self.core.router.pool_for(ex.host, ex.headers)
         ex.rec.pool = ex.rec.upstream_cluster = pool.name
         now = time.monotonic()
         snap = self.core.store.snapshot(now)
@@ -291,7 +294,8 @@ class Picker(pb_grpc.ExternalProcessorServicer):
                                    clear_route_cache=True)
         return [_continue("request_headers", common, meta)]
 
-    def _request_body(self, ex: _Exchange, msg: pb.HttpBody) -> list[pb.ProcessingResponse]:
+    async def _request_body(self, ex: _Exchange, msg: pb.HttpBody
+                            ) -> list[pb.ProcessingResponse]:
         ex.body += msg.body
         if len(ex.body) > self.options.max_body_bytes:
             raise ApiError(413, f"request body is larger than {self.options.max_body_bytes} "
@@ -302,7 +306,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.body = bytearray()
         ex.rec.bytes_received = len(raw)
         body = decode_body(raw, self.core.body_limits, measured=ex.measured)
-        d = ex.decision = ex.life.decide(ex.host, body, ex.chat, ex.objective)
+        d = ex.decision = await ex.life.admit(ex.host, body, ex.chat, ex.objective, ex.headers)
         ex.life.hold(d.pick.address, d.pool.name, d.pick_seconds)
         payload = d.payload() if d.body != body else None
         if payload is not None:

@@ -5,10 +5,11 @@ pod's answer, and finished as one `LLMRecord` (stats, token counters, access-log
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
+from llmtraffic.balancer.admission import Displaced, QueueFull
 from llmtraffic.balancer.core import BalancerCore
-from llmtraffic.balancer.router import ApiError, Decision
+from llmtraffic.balancer.router import NO_HEADERS, ApiError, Decision, Saturated
 from llmtraffic.balancer.usage import describe, now_iso
 from llmtraffic.contracts.record import LLMRecord
 
@@ -22,7 +23,8 @@ class RequestLifecycle:
     breaker how it did (`answered`, `failed`), then `release` it; `finish` once, whatever
     happened. `rec` is the record the front end fills along the way."""
 
-    __slots__ = ("core", "t0", "rec", "address", "judged", "cut", "chars", "delivered")
+    __slots__ = ("core", "t0", "rec", "address", "judged", "cut", "letting", "chars",
+                 "delivered")
 
     def __init__(self, core: BalancerCore, **fields: Any) -> None:
         self.core = core
@@ -33,15 +35,62 @@ class RequestLifecycle:
         self.cut = False  # ended by the balancer's drain deadline (logged 503 DT)
         self.chars: int | None = None  # the prompt's characters the pod's usage counts
         self.delivered = False  # the client had the whole answer: leaving then is no DC
+        self.letting: str | None = None  # let in from this pool's queue, not on a pod yet
 
     def decide(self, host: str | None, body: dict[str, Any], chat: bool,
-               objective: str | None = None) -> Decision:
+               objective: str | None = None, headers: Mapping[str, str] = NO_HEADERS,
+               admitted: bool = False) -> Decision:
         """Route the request (ApiError when it is refused) and note what was decided;
-        `objective` is its OBJECTIVE_HEADER (an InferenceObjective's name)."""
-        d = self.core.router.decide(host, body, chat, objective)
+        `objective` is its OBJECTIVE_HEADER (an InferenceObjective's name), `headers` what
+        LLMRoute rules match on. Saturated when it must queue (see `admit`)."""
+        d = self.core.router.decide(host, body, chat, objective, headers, admitted)
         describe(self.rec, d)
         self.chars = d.prompt_chars
         return d
+
+    async def admit(self, host: str | None, body: dict[str, Any], chat: bool,
+                    objective: str | None = None,
+                    headers: Mapping[str, str] = NO_HEADERS) -> Decision:
+        """`decide`, waiting in the admission queue first while the pool has no room: let
+        in by priority, then decided again. A full queue is a 429, a wait past
+        --queue-timeout a 503, both with Retry-After; a cancelled caller leaves the queue."""
+        try:
+            return self.decide(host, body, chat, objective, headers)
+        except Saturated as s:
+            pool, priority = s.pool, s.priority
+        adm = self.core.admission
+        assert adm is not None, "Router raised Saturated without an admission queue"
+        self.rec.pool = pool
+        try:
+            await adm.wait(pool, priority)
+        except (QueueFull, Displaced) as e:
+            err = ApiError(429, f"pool {pool!r} is saturated and its admission queue is full "
+                           f"({adm.queue.limit} requests waiting, --max-queued)"
+                           + (": a request of a higher priority took this one's place"
+                              if isinstance(e, Displaced) else "")
+                           + f"; priority {priority}. Retry later",
+                           retry_after=adm.retry_after)
+            err.pool, err.model, err.reason = pool, body.get("model"), "queue_full"
+            raise err from None
+        except TimeoutError:
+            err = ApiError(503, f"pool {pool!r} stayed saturated for the {adm.timeout:g} s "
+                           f"this request may wait (--queue-timeout; priority {priority}): "
+                           "no pod had room. Retry later", retry_after=adm.retry_after)
+            err.pool, err.model, err.reason = pool, body.get("model"), "queue_timeout"
+            raise err from None
+        self.letting = pool
+        try:
+            return self.decide(host, body, chat, objective, headers, admitted=True)
+        except BaseException:
+            self._let_go()
+            raise
+
+    def _let_go(self) -> None:
+        """A request let in from the queue took its pod or ended: the next may go."""
+        if self.letting is not None:
+            pool, self.letting = self.letting, None
+            if self.core.admission is not None:
+                self.core.admission.done(pool)
 
     def refuse(self, e: ApiError) -> None:
         """The request is answered `e` by the balancer itself; sheds are counted."""
@@ -49,7 +98,8 @@ class RequestLifecycle:
         rec.response_code = e.status
         rec.model, rec.pool = rec.model or e.model, rec.pool or e.pool
         if e.status in (429, 503):
-            self.core.stats.refused(rec.pool or "", rec.model or "", e.status)
+            self.core.stats.refused(rec.pool or "", rec.model or "", e.status, e.reason)
+        self._let_go()
 
     def hold(self, address: str, pool: str, pick_seconds: float = 0.0,
              attempt: int = 0) -> None:
@@ -67,6 +117,7 @@ class RequestLifecycle:
         now = time.monotonic()
         core.held.setdefault(address, {})[self] = now
         core.breaker.sent(address, now)
+        self._let_go()  # after acquire: the next one let in sees this request's slot
 
     def answered(self, status: int) -> None:
         """The held pod answered `status`; the breaker hears it once (5xx is a failure)."""
@@ -124,6 +175,8 @@ class RequestLifecycle:
         if not self.judged:
             self.core.breaker.abandoned(self.address)
         self.address = None
+        if self.core.admission is not None:
+            self.core.admission.poke()  # a slot freed: a waiter may go
 
     def finish(self, ended: bool = True) -> None:
         """Once, however the request ended (`ended` False: the client or the gateway closed
@@ -138,4 +191,5 @@ class RequestLifecycle:
         if self.chars is not None and rec.response_code == 200:
             self.core.router.tokens.observe(rec.target_model, self.chars, rec.prompt_tokens)
         self.release()
+        self._let_go()
         self.core.log(rec)

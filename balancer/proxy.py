@@ -232,8 +232,8 @@ class BalancerApp:
                                f"{_root_cause(e)}") from None
             rec.bytes_received = len(raw)
             body = await decode_body_off_loop(raw, self.core.body_limits)
-            decision = life.decide(request.host, body, chat,
-                                   request.headers.get(OBJECTIVE_HEADER))
+            decision = await life.admit(request.host, body, chat,
+                                        request.headers.get(OBJECTIVE_HEADER), request.headers)
             return await self._forward(request, decision, life)
         except ApiError as e:
             life.refuse(e)

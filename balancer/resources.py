@@ -5,7 +5,9 @@ routes, and what was skipped and why; `Resources` holds them with the lookups.""
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 #: InferenceModel criticality as an InferenceObjective priority (higher is served first; a
 #: negative priority is shed when the pool is saturated, as Sheddable is).
@@ -53,15 +55,18 @@ class Model:
 
     def pick_target(self, rng: random.Random) -> str:
         """A target model by weight; the model itself when no targets are listed."""
-        if not self.targets:
-            return self.model_name
-        total = sum(w for _, w in self.targets)
-        x = rng.random() * total
-        for name, w in self.targets:
-            x -= w
-            if x < 0:
-                return name
-        return self.targets[-1][0]
+        return weighted_choice(self.targets, rng) if self.targets else self.model_name
+
+
+def weighted_choice(pairs: tuple[tuple[str, int], ...], rng: random.Random) -> str:
+    """One name of the non-empty (name, weight) `pairs`, drawn with probability
+    weight / total (one `rng.random()` draw)."""
+    x = rng.random() * sum(w for _, w in pairs)
+    for name, w in pairs:
+        x -= w
+        if x < 0:
+            return name
+    return pairs[-1][0]
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,9 +103,60 @@ class Rewrite:
 
 
 @dataclass(slots=True, frozen=True)
+class HeaderMatch:
+    """One `headers` entry of an LLMRoute match (an Istio StringMatch): `kind` is exact,
+    prefix or regex (the whole value), or present (an empty StringMatch)."""
+
+    name: str  # lower case
+    kind: str
+    value: str = ""
+    pattern: re.Pattern[str] | None = field(default=None, compare=False)
+
+    def test(self, headers: Mapping[str, str]) -> bool:
+        v = headers.get(self.name)
+        if v is None:
+            return False
+        if self.kind == "exact":
+            return v == self.value
+        if self.kind == "prefix":
+            return v.startswith(self.value)
+        if self.kind == "regex":
+            return self.pattern is not None and self.pattern.fullmatch(v) is not None
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.name} present" if self.kind == "present" else \
+            f"{self.name} {self.kind} {self.value!r}"
+
+
+@dataclass(slots=True, frozen=True)
+class RouteRule:
+    """One rule of an LLMRoute: it takes a request when any of its `matches` does (each a
+    set of header conditions, all of which must hold) or, with no matches, every request;
+    it sends it to `pools` by weight. `external` are its providerHost backends (the mesh
+    serves them, llmtraffic does not)."""
+
+    name: str
+    matches: tuple[tuple[HeaderMatch, ...], ...]
+    pools: tuple[tuple[str, int], ...]
+    external: tuple[str, ...] = ()
+
+    def takes(self, headers: Mapping[str, str]) -> bool:
+        return not self.matches or any(all(h.test(headers) for h in m) for m in self.matches)
+
+    def describe(self) -> str:
+        """Its condition as text: `every request`, or the matches joined by `or`."""
+        if not self.matches:
+            return "every request"
+        return " or ".join(" and ".join(map(str, m)) for m in self.matches)
+
+
+@dataclass(slots=True, frozen=True)
 class Route:
-    """An LLMRoute: requests for `host` go to `pools` (by weight). `skipped` says which of its
-    backends or rules llmtraffic leaves to the mesh (external providers, match conditions)."""
+    """An LLMRoute: requests for `host` go to the pools of its first rule that takes them
+    (by weight). `pools` lists every in-cluster backend of its rules; `skipped` says which
+    backends or rules llmtraffic leaves to the mesh (external providers, match conditions
+    on source labels or gateways)."""
 
     name: str
     namespace: str
@@ -108,6 +164,11 @@ class Route:
     gateways: tuple[str, ...]
     pools: tuple[tuple[str, int], ...]
     skipped: tuple[Skipped, ...] = ()
+    rules: tuple[RouteRule, ...] = ()
+
+    def rule_for(self, headers: Mapping[str, str]) -> RouteRule | None:
+        """The first rule that takes a request with these headers; None when none does."""
+        return next((r for r in self.rules if r.takes(headers)), None)
 
 
 @dataclass(slots=True, frozen=True)
@@ -139,16 +200,24 @@ class Resources:
     catch_all: dict[str, Model] = field(default_factory=dict, repr=False)
 
     def pool_for_host(self, host: str | None) -> Pool | None:
-        """The pool serving `host` (port ignored). With no LLMRoutes at all, the only pool
-        serves every host; None when nothing matches."""
+        """A pool serving `host` (port ignored): its route's first in-cluster backend. With
+        no LLMRoutes at all, the only pool serves every host; None when nothing matches."""
         if not self.routes:
-            return next(iter(self.pools.values())) if len(self.pools) == 1 else None
-        name = (host or "").rsplit(":", 1)[0].lower() if not (host or "").startswith("[") \
-            else (host or "").lower()
-        route = self.routes.get(name) or self.routes.get("*")
+            return self.only_pool()
+        route = self.route_for_host(host)
         if route is None:
             return None
         return self.pools.get(route.pools[0][0])
+
+    def only_pool(self) -> Pool | None:
+        """The pool that serves every host when there is no LLMRoute: the only one."""
+        return next(iter(self.pools.values())) if len(self.pools) == 1 else None
+
+    def route_for_host(self, host: str | None) -> Route | None:
+        """The LLMRoute of `host` (port ignored, case folded), else the `*` route."""
+        name = (host or "").rsplit(":", 1)[0].lower() if not (host or "").startswith("[") \
+            else (host or "").lower()
+        return self.routes.get(name) or self.routes.get("*")
 
     def model(self, pool: str, model_name: str) -> Model | None:
         return self.models.get((pool, model_name))

@@ -10,17 +10,20 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import orjson
 
 from llmtraffic.balancer.bodyshape import MAX_DEPTH, OFF_LOOP_BYTES, BodyLimits, refusal
 from llmtraffic.balancer.config import Model, Pool, Resources
+from llmtraffic.balancer.policy.filters import usable
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Policy, Shed
+from llmtraffic.balancer.resources import Route, weighted_choice
 from llmtraffic.balancer.tokenratio import TokenRatios
 from llmtraffic.contracts.store import MetricsStore, PodState, Snapshot
 
 if TYPE_CHECKING:
+    from llmtraffic.balancer.admission import Admission
     from llmtraffic.balancer.breaker import CircuitBreaker
 
 MAX_MODEL_CHARS = 256
@@ -63,6 +66,7 @@ class ApiError(Exception):
         self.retry_after = retry_after
         self.pool: str | None = None  # where known: for logs and the shed counter
         self.model: str | None = None
+        self.reason: str | None = None  # the shed counter's reason, when not by status
 
     def body(self) -> bytes:
         return orjson.dumps({"error": {"message": self.message,
@@ -74,6 +78,19 @@ class ApiError(Exception):
         if self.retry_after is not None:
             h["Retry-After"] = str(max(1, round(self.retry_after)))
         return h
+
+
+class Saturated(Exception):
+    """The request must wait in the admission queue: its pool has no room (or others of
+    the pool wait already). `RequestLifecycle.admit` queues it and decides again."""
+
+    def __init__(self, pool: str, priority: int) -> None:
+        super().__init__(f"pool {pool!r} saturated (priority {priority})")
+        self.pool = pool
+        self.priority = priority
+
+
+NO_HEADERS: Mapping[str, str] = {}
 
 
 @dataclass(slots=True)
@@ -283,18 +300,46 @@ class Router:
         self.breaker = breaker  # pods it blocks reach the policy marked unhealthy
         #: characters per prompt token by target model, learned from the pods' usage
         self.tokens = TokenRatios()
+        #: when set, a request whose pool has no room raises Saturated (it is queued)
+        self.admission: Admission | None = None
         self._rng = random.Random(seed)
+        self._pool_rng = random.Random(None if seed is None else seed + 1)  # route weights
         # (pool, target) -> whether a pod there serves `target` as its base model; valid
         # while membership and the pods' reported model names stay as they were
         self._base: dict[tuple[str, str], bool] = {}
         self._base_version = (-1, -1)
 
-    def pool_for(self, host: str | None) -> Pool:
-        pool = self.resources.pool_for_host(host)
-        if pool is None:
-            hosts = ", ".join(sorted(self.resources.routes)) or "(none)"
+    def pool_for(self, host: str | None, headers: Mapping[str, str] = NO_HEADERS) -> Pool:
+        """The pool for a request to `host` with `headers`: the first rule of the host's
+        LLMRoute that takes it, then one of that rule's pools by weight. 404 when no route
+        serves the host, no rule takes the request, or its rule has no in-cluster pool."""
+        res = self.resources
+        if not res.routes:
+            pool = res.only_pool()
+            if pool is None:
+                raise ApiError(404, f"no LLMRoute serves host {host!r}; routed hosts: (none)")
+            return pool
+        route = res.route_for_host(host)
+        if route is None:
+            hosts = ", ".join(sorted(res.routes))
             raise ApiError(404, f"no LLMRoute serves host {host!r}; routed hosts: {hosts}")
-        return pool
+        return self._rule_pool(route, headers)
+
+    def _rule_pool(self, route: Route, headers: Mapping[str, str]) -> Pool:
+        rule = route.rule_for(headers)
+        if rule is None:
+            rules = "; ".join(f"{r.name}: {r.describe()}" for r in route.rules) or "(none)"
+            raise ApiError(404, f"no rule of LLMRoute {route.name!r} (host {route.host}) "
+                           f"matches this request's headers; its rules: {rules}")
+        pools = tuple((p, w) for p, w in rule.pools if p in self.resources.pools)
+        if not pools:
+            where = ", ".join(f"providerHost {h}" for h in rule.external) or \
+                ", ".join(p for p, _ in rule.pools) + " (no such InferencePool)"
+            raise ApiError(404, f"LLMRoute {route.name!r} rule {rule.name!r} sends this "
+                           f"request to {where}, which llmtraffic does not serve: send it "
+                           "through the mesh")
+        name = pools[0][0] if len(pools) == 1 else weighted_choice(pools, self._pool_rng)
+        return self.resources.pools[name]
 
     def model_for(self, pool: Pool, name: str, objective: str | None = None) -> Model:
         """What a request for `name` becomes in `pool`: its InferenceModel or
@@ -312,30 +357,48 @@ class Router:
         return res.with_objective(model, objective) if objective else model
 
     def decide(self, host: str | None, body: dict[str, Any], chat: bool,
-               objective: str | None = None) -> Decision:
-        """Route one decoded body; `objective` is the request's OBJECTIVE_HEADER. Raises
-        ApiError (400/404/429/503)."""
+               objective: str | None = None, headers: Mapping[str, str] = NO_HEADERS,
+               admitted: bool = False) -> Decision:
+        """Route one decoded body; `objective` is the request's OBJECTIVE_HEADER, `headers`
+        what LLMRoute rules match on (names in lower case, or a case-insensitive map).
+        Raises ApiError (400/404/429/503), or Saturated when `admission` is set, the pool
+        has no room and the request was not `admitted` from the queue already."""
         name = _model_name(body)
         try:
-            return self._decide(host, body, chat, name, objective)
+            return self._decide(host, body, chat, name, objective, headers, admitted)
         except ApiError as e:
             e.model = e.model or name
             raise
 
-    def _decide(self, host: str | None, body: dict[str, Any], chat: bool,
-                name: str, objective: str | None) -> Decision:
-        pool = self.pool_for(host)  # first: a model the routing does not know is a 404,
-        model = self.model_for(pool, name, objective)  # whatever else is wrong (its label)
-        stream, wants_usage = _stream_flags(body)
-        text = prompt_text(body, chat)
-        _check_types(body)
-        target = model.pick_target(self._rng)
+    def members(self, pool: str) -> Snapshot:
+        """The pool's pods now, those the breaker blocks marked unhealthy."""
         snap = self.store.snapshot(self.clock())
-        pods = in_pool = snap.in_pool(pool.name)
+        pods = in_pool = snap.in_pool(pool)
         if self.breaker is not None:
             pods = self.breaker.mark(pods, snap.now)
         # the store's health version still describes the pods unless the breaker marked some
-        members = Snapshot(snap.now, pods, version=snap.version if pods is in_pool else None)
+        return Snapshot(snap.now, pods, version=snap.version if pods is in_pool else None)
+
+    def pool_has_room(self, pool: str) -> bool:
+        """Whether the admission queue may let a request of `pool` in now."""
+        adm = self.admission
+        return adm is None or adm.has_room(usable(self.members(pool).pods))
+
+    def _decide(self, host: str | None, body: dict[str, Any], chat: bool,
+                name: str, objective: str | None, headers: Mapping[str, str],
+                admitted: bool) -> Decision:
+        pool = self.pool_for(host, headers)  # first: a model the routing does not know is
+        model = self.model_for(pool, name, objective)  # a 404, whatever else is wrong
+        stream, wants_usage = _stream_flags(body)
+        text = prompt_text(body, chat)
+        _check_types(body)
+        members = self.members(pool.name)
+        adm = self.admission
+        if adm is not None and not admitted and \
+                adm.holds(pool.name, model.priority, usable(members.pods)):
+            raise Saturated(pool.name, model.priority)
+        target = model.pick_target(self._rng)
+        pods = members.pods
         request = LLMRequest(model=name, target_model=target,
                              adapter=None if self._is_base(pool.name, target, pods) else target,
                              prompt=text, prompt_tokens=self.tokens.estimate(target, len(text)),

@@ -19,6 +19,7 @@ from llmtraffic.contracts.store import MetricsStore
 from llmtraffic.contracts.tokens import UNKNOWN_MODEL, counted_model, counted_usage
 
 if TYPE_CHECKING:
+    from llmtraffic.balancer.admission import Admission
     from llmtraffic.balancer.breaker import CircuitBreaker
 
 
@@ -58,10 +59,12 @@ class BalancerStats:
             self._add(self.picks, (pool, pod, self.lb_policy))
             self.pick_seconds.observe(seconds)
 
-    def refused(self, pool: str, model: str, status: int) -> None:
+    def refused(self, pool: str, model: str, status: int, reason: str | None = None) -> None:
+        """A request the balancer answered itself: `reason` (queue_full, queue_timeout),
+        else shed for a 429 and no_endpoint for a 503."""
+        reason = reason or ("shed" if status == 429 else "no_endpoint")
         with self._lock:
-            self._add(self.shed, (pool, self._capped("model", model), "shed" if status == 429
-                                  else "no_endpoint"))
+            self._add(self.shed, (pool, self._capped("model", model), reason))
 
     def retried(self, pool: str) -> None:
         with self._lock:
@@ -143,3 +146,12 @@ class BalancerCollector(Collector):
             yield gauge_family(m.BALANCER_CIRCUIT_OPEN, (
                 ((p.pod.pool, p.pod.name), 1.0 if p.pod.address in open_now else 0.0)
                 for p in pods))
+
+
+def admission_families(a: Admission) -> Iterator[Metric]:
+    """The admission queue's length by (pool, priority) and its wait-time histogram."""
+    yield gauge_family(m.BALANCER_QUEUED, iter(a.lengths().items()))
+    waited = dict(a.waited)
+    yield histogram_family(m.BALANCER_QUEUE_WAIT,
+                           {k: list(h.counts) for k, h in waited.items()},
+                           {k: h.sum for k, h in waited.items()}, m.BALANCER_QUEUE_WAIT.labels)

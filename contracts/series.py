@@ -29,6 +29,9 @@ DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0
 #: Pick durations: the native llm policy picks in 5-50 µs, the Python one in 50-1000 µs.
 OVERHEAD_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
                     0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+#: Time in the balancer's admission queue: from a scrape interval to its 60 s default bound.
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
+                      120.0, 300.0)
 
 # ---- token series from access logs (the names ASM uses) ---------------------------------
 PROMPT_TOKENS = Series("asm_llm_proxy_prompt_tokens", "counter",
@@ -151,6 +154,13 @@ BALANCER_CHARS_PER_TOKEN = Series("llmtraffic_balancer_chars_per_token", "gauge"
 BALANCER_PICK_DURATION = Series("llmtraffic_balancer_pick_duration_seconds", "histogram",
                                 "Time spent in the routing policy.", ("lb_policy",),
                                 OVERHEAD_BUCKETS)
+BALANCER_QUEUED = Series("llmtraffic_balancer_queued_requests", "gauge",
+                         "Requests waiting in the balancer's admission queue (their pool "
+                         "saturated), by priority.", ("pool", "priority"))
+BALANCER_QUEUE_WAIT = Series("llmtraffic_balancer_queue_wait_seconds", "histogram",
+                             "Time requests waited in the admission queue, by how the wait "
+                             "ended (admitted, timed_out, left, displaced).",
+                             ("pool", "outcome"), QUEUE_WAIT_BUCKETS)
 DISCOVERY_API_UP = Series("llmtraffic_discovery_api_up", "gauge",
                           "1 while the balancer's Kubernetes list/watch calls reach the API "
                           "server; 0 while it routes on the last known state.")

@@ -413,7 +413,10 @@ spec: {poolRef: {name: p}}
     assert "'typo'" in msg and "inference.networking.x-k8s.io/v1alpha2" in msg
 
 
-def test_provider_hosts_and_match_rules_are_skipped_once_with_the_reason(tmp_path, caplog):
+def test_provider_hosts_and_mesh_only_match_rules_are_skipped_once_with_the_reason(
+        tmp_path, caplog):
+    """Header matches are evaluated (the rule is kept); sourceLabels and gateways only the
+    mesh can judge (the rule is left to it)."""
     caplog.set_level(logging.INFO, logger="llmtraffic.balancer.config")
     path = write(tmp_path, POOL_P + """
 apiVersion: istio.alibabacloud.com/v1beta1
@@ -424,6 +427,9 @@ spec:
   rules:
   - name: vip
     matches: [{headers: {user-type: {exact: subscriber}}}]
+    backendRefs: [{backendRef: {name: p}}]
+  - name: sidecar
+    matches: [{sourceLabels: {app: sleep}}, {gateways: [mesh]}]
     backendRefs: [{backendRef: {name: p}}]
   - backendRefs: [{providerHost: dashscope.aliyuncs.com}, {backendRef: {name: p}, weight: 2}]
 ---
@@ -443,11 +449,17 @@ kind: HTTPRoute
 metadata: {name: y}
 """)
     res = load_resources([path])
-    assert res.routes["llm.example"].pools == (("p", 2),)
+    route = res.routes["llm.example"]
+    assert [(r.name, r.describe(), r.pools, r.external) for r in route.rules] == [
+        ("vip", "user-type exact 'subscriber'", (("p", 1),), ()),
+        ("rules[2]", "every request", (("p", 2),), ("dashscope.aliyuncs.com",))]
+    assert route.pools == (("p", 1),)  # each pool once
     assert "dashscope.aliyuncs.com" not in res.routes  # nothing in-cluster to serve it
     said = caplog.messages
     assert sum("providerHost dashscope.aliyuncs.com" in m and "'r'" in m for m in said) == 1
-    assert sum("rule 'vip'" in m and "matches on headers" in m for m in said) == 1
+    assert not any("rule 'vip'" in m for m in said)
+    assert sum("rule 'sidecar'" in m and "matches on gateways, sourceLabels" in m
+               for m in said) == 1
     assert sum("'external-only': no in-cluster InferencePool" in m for m in said) == 1
     assert [m for m in said if "not read" in m] == [
         f"{path}: not read (kinds llmtraffic does not route by): ConfigMap x1, HTTPRoute x1"]

@@ -86,14 +86,14 @@ def configs(tmp_path_factory) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def picker(configs: list[str], addresses: list[str], log_path: Path,
-                 policy_config: PolicyConfig | None = None):
+                 policy_config: PolicyConfig | None = None, **options):
     pods = [Pod(name=f"vllm-{i}", address=a, labels={"app": POOL})
             for i, a in enumerate(addresses)]
     server = ExtProcServer(
         StaticDiscovery(configs, pods=pods),
         ExtProcOptions(listen="127.0.0.1:0", health_listen="127.0.0.1:0", seed=7,
                        access_log=str(log_path), scrape_interval=0.05,
-                       policy_config=policy_config))
+                       policy_config=policy_config, **options))
     await server.start()
     try:
         yield server
@@ -415,9 +415,9 @@ async def test_the_objective_header_reaches_the_router(fleet, configs, tmp_path,
         seen = []
         decide = server.core.router.decide
 
-        def spy(host, body, chat, objective=None):
+        def spy(host, body, chat, objective=None, *rest):
             seen.append(objective)
-            return decide(host, body, chat, objective)
+            return decide(host, body, chat, objective, *rest)
 
         server.core.router.decide = spy
         envoy = FakeEnvoy(server.port, http)
@@ -429,11 +429,13 @@ async def test_the_objective_header_reaches_the_router(fleet, configs, tmp_path,
 
 
 async def test_sheddable_on_saturated_pool_gets_429(fleet, configs, tmp_path, http):
-    """Thresholds 0: one running request on every pod saturates the pool."""
+    """Thresholds 0: one running request on every pod saturates the pool. No admission
+    queue (GIE without flow control): the Critical request is scheduled at once."""
     cfg = PolicyConfig(queue_threshold=0, kv_threshold=0, retry_after_s=3)
     hog = {"model": "tweet-summary", "prompt": "hold the pod", "max_tokens": 3000,
            "ignore_eos": True, "stream": True}
-    async with picker(configs, fleet.addresses, tmp_path / "access.log", cfg) as server:
+    async with picker(configs, fleet.addresses, tmp_path / "access.log", cfg,
+                      max_queued=0) as server:
         hogs = [await http.post(f"http://{a}/v1/completions", json=hog)
                 for a in fleet.addresses]
         try:

@@ -221,8 +221,9 @@ async def test_prefix_affinity_keeps_a_shared_prefix_on_one_pod(fleet, make_app)
 
 # ---- shedding ------------------------------------------------------------------------------
 async def test_only_sheddable_requests_are_shed_when_saturated(fleet, make_app):
+    """No admission queue (GIE without flow control): the rest is scheduled at once."""
     store = MetricsStore(stale_after=600)
-    app = await make_app(fleet.addresses, store=store, scrape_interval=3600)
+    app = await make_app(fleet.addresses, store=store, scrape_interval=3600, max_queued=0)
     # the start's scrape gave every pod's metrics; the loop's rounds are spread over the hour
     await wait_for(lambda: sum(app.scrape_counts.scrapes.values()) >= len(fleet.addresses),
                    "the start's scrape")
@@ -263,7 +264,7 @@ metadata: {{name: background}}
 spec: {{priority: -5, poolRef: {{name: {POOL}}}}}
 """)
     store = MetricsStore(stale_after=600)
-    app = await make_app(fleet.addresses, store=store, scrape_interval=3600,
+    app = await make_app(fleet.addresses, store=store, scrape_interval=3600, max_queued=0,
                          configs=SEED_FILES + [extra_models, str(objectives)])
     await wait_for(lambda: sum(app.scrape_counts.scrapes.values()) >= len(fleet.addresses),
                    "the start's scrape")  # the loop's rounds are spread over the hour
@@ -279,6 +280,42 @@ spec: {{priority: -5, poolRef: {{name: {POOL}}}}}
     assert r.choices[0].text  # no objective: priority 0, scheduled
     assert [(x["response_code"], x.get("criticality")) for x in records(app)] == [
         (429, None), (200, "Standard")]
+
+
+async def test_a_saturated_pool_queues_requests_until_a_pod_has_room(fleet, make_app):
+    """The admission queue through HTTP: a Standard request waits while every pod is over
+    the thresholds and is served once a scrape shows room; one that waits past
+    --queue-timeout gets 503 with Retry-After in OpenAI's error shape."""
+    store = MetricsStore(stale_after=600)
+    app = await make_app(fleet.addresses, store=store, scrape_interval=3600,
+                         queue_timeout=30)
+    await wait_for(lambda: sum(app.scrape_counts.scrapes.values()) >= len(fleet.addresses),
+                   "the start's scrape")  # the loop's rounds are spread over the hour
+
+    def report(**kw: float) -> None:
+        for a in fleet.addresses:
+            store.update(a, PodMetrics(models=(BASE,), **kw), time.monotonic())
+
+    report(waiting=50, kv_usage=0.95)
+    c = client(app)
+    waiting = asyncio.create_task(c.completions.create(model="llama2", prompt="wait",
+                                                       max_tokens=1))
+    admission = app.core.admission
+    assert admission is not None
+    await wait_for(lambda: len(admission.queue) == 1, "the request queued")
+    assert not waiting.done()
+    report(waiting=0, kv_usage=0.1)
+    admission.poke()  # what the next scrape's round would do
+    assert (await waiting).choices[0].text
+    admission.timeout = 0.05
+    report(waiting=50, kv_usage=0.95)
+    with pytest.raises(openai.InternalServerError) as e:
+        await c.completions.create(model="llama2", prompt="give up", max_tokens=1)
+    assert e.value.status_code == 503 and e.value.response.headers["Retry-After"] == "1"
+    assert "--queue-timeout" in e.value.message
+    assert [x["response_code"] for x in records(app)] == [200, 503]
+    assert await metric(app, "llmtraffic_balancer_shed_total", model="llama2",
+                        reason="queue_timeout") == 1
 
 
 # ---- round-robin and the weighted split ------------------------------------------------------

@@ -68,7 +68,8 @@ class VllmPage:
 
 LABEL_VALUES = {"model": "m", "target_model": "m", "response_code": "200",
                 "reason": "invalid_json", "kind": "rename", "file": "access.log",
-                "label": "model", "outcome": "ok", "resource": "pods", "receiver": "als"}
+                "label": "model", "outcome": "ok", "resource": "pods", "receiver": "als",
+                "priority": "0"}
 
 
 class LlmtrafficPage:
