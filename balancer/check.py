@@ -1,7 +1,8 @@
 """`llmtraffic balancer --check`: what the balancer will do with what it loaded — hosts to
-pools, pools to endpoints (address:port, ready or not), model names to weighted targets with
-criticality and priority, and what was skipped and why — as a table or JSON, and whether
-anything is wrong (exit 1), like `nginx -t`."""
+pools (each LLMRoute rule's match and weighted pools), pools to endpoints (address:port, ready
+or not), model names to weighted targets with criticality and priority, the admission queue,
+and what was skipped and why — as a table or JSON, and whether anything is wrong (exit 1),
+like `nginx -t`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import orjson
 
 from llmtraffic.balancer.config import ConfigError
 from llmtraffic.balancer.discovery import ClusterView, Discovery
-from llmtraffic.balancer.resources import Model, Pool, Resources, criticality_of
+from llmtraffic.balancer.options import BalancerOptions
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.resources import Model, Pool, Resources, RouteRule, criticality_of
 from llmtraffic.balancer.router import OBJECTIVE_HEADER
 
 WIDTH = 100  # the table fits a terminal this wide
@@ -61,7 +64,22 @@ class PoolReport:
 class HostRoute:
     host: str  # "*" when no LLMRoute exists and the only pool serves every host
     route: str  # the LLMRoute's name ("" without one)
-    pools: list[dict[str, Any]]  # {"pool", "weight"}
+    pools: list[dict[str, Any]]  # {"pool", "weight"}: every pool its rules send to
+    #: the route's rules in order: {"rule", "when", "pools": [{"pool", "weight", "share"}],
+    #: "external": [providerHost]}; a request no rule takes gets 404
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class QueueReport:
+    """The admission queue: `max_queued` 0 when there is none."""
+
+    policy: str
+    max_queued: int
+    timeout_s: float
+    queue_threshold: float
+    kv_threshold: float
+    retry_after_s: float
 
 
 @dataclass(slots=True)
@@ -70,6 +88,7 @@ class Report:
 
     hosts: list[HostRoute] = field(default_factory=list)
     pools: list[PoolReport] = field(default_factory=list)
+    queue: QueueReport | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"what", "why"}
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -84,10 +103,12 @@ class Report:
 
 
 # ---- building -------------------------------------------------------------------------------
-def build_report(view: ClusterView, errors: list[str] | tuple[str, ...] = ()) -> Report:
-    """The report of one view; `errors` come from discovery (invalid objects, no answer)."""
+def build_report(view: ClusterView, errors: list[str] | tuple[str, ...] = (),
+                 options: BalancerOptions | None = None) -> Report:
+    """The report of one view; `errors` come from discovery (invalid objects, no answer);
+    `options`, when given, the admission queue's settings."""
     res = view.resources
-    report = Report(errors=list(errors))
+    report = Report(errors=list(errors), queue=_queue(options) if options else None)
     report.skipped = [{"what": s.what, "why": s.why} for s in res.skipped]
     report.warnings = res.check()
     report.hosts = _hosts(res)
@@ -115,8 +136,23 @@ def _hosts(res: Resources) -> list[HostRoute]:
     if not res.routes:
         only = next(iter(res.pools)) if len(res.pools) == 1 else None
         return [HostRoute("*", "", [{"pool": only, "weight": 1}])] if only else []
-    return [HostRoute(host, r.name, [{"pool": p, "weight": w} for p, w in r.pools])
+    return [HostRoute(host, r.name, [{"pool": p, "weight": w} for p, w in r.pools],
+                      [_rule(x) for x in r.rules])
             for host, r in sorted(res.routes.items())]
+
+
+def _rule(r: RouteRule) -> dict[str, Any]:
+    total = sum(w for _, w in r.pools) or 1
+    return {"rule": r.name, "when": r.describe(), "external": list(r.external),
+            "pools": [{"pool": p, "weight": w, "share": round(100.0 * w / total, 1)}
+                      for p, w in r.pools]}
+
+
+def _queue(o: BalancerOptions) -> QueueReport:
+    cfg = o.policy_config or PolicyConfig()
+    size = o.max_queued if o.policy == "llm" else 0  # only the llm policy judges saturation
+    return QueueReport(o.policy, size, o.queue_timeout, cfg.queue_threshold, cfg.kv_threshold,
+                       cfg.retry_after_s)
 
 
 def _models(res: Resources, pool: Pool) -> list[ModelRoute]:
@@ -152,12 +188,11 @@ def _labels(selector: dict[str, str]) -> str:
 def render_table(report: Report, width: int = WIDTH) -> str:
     """A plain-text report no wider than `width` columns."""
     lines = [*_summary(report), ""]
-    lines += ["HOSTS"] + [f"  {h.host} -> " + ", ".join(
-        f"{p['pool']}" + (f" (weight {p['weight']})" if len(h.pools) > 1 else "")
-        for p in h.pools) + (f"   [LLMRoute {h.route}]" if h.route else "   [no LLMRoute: "
-                             "the only pool serves every host]") for h in report.hosts]
+    lines += ["HOSTS"] + [x for h in report.hosts for x in _host_lines(h)]
     if not report.hosts:
         lines.append("  (none)")
+    if report.queue is not None:
+        lines += ["", "ADMISSION QUEUE"] + [f"  {x}" for x in _queue_lines(report.queue)]
     for p in report.pools:
         lines += ["", f"POOL {p.name}  [{p.api_version}, namespace {p.namespace}]",
                   f"  selector {_labels(p.selector)}; target ports "
@@ -185,6 +220,45 @@ def render_table(report: Report, width: int = WIDTH) -> str:
                 x, width, initial_indent="  ", subsequent_indent="    ",
                 break_on_hyphens=False)]
     return "\n".join(_fit(line, width) for line in lines) + "\n"
+
+
+def _host_lines(h: HostRoute) -> list[str]:
+    """The host and its pools; then its route's rules, unless one rule sends every request
+    to one pool."""
+    out = [f"  {h.host} -> " + ", ".join(
+        f"{p['pool']}" + (f" (weight {p['weight']})" if len(h.pools) > 1 else "")
+        for p in h.pools) + (f"   [LLMRoute {h.route}]" if h.route else "   [no LLMRoute: "
+                             "the only pool serves every host]")]
+    if len(h.rules) > 1 or any(r["when"] != "every request" or len(r["pools"]) != 1
+                               or r["external"] for r in h.rules):
+        out += [x for r in h.rules for x in textwrap.wrap(
+            f"rule {r['rule']}: {r['when']} -> {_rule_to(r)}", WIDTH, initial_indent="    ",
+            subsequent_indent="      ", break_on_hyphens=False)]
+        out.append("    (first rule that matches; none: 404)")
+    return out
+
+
+def _rule_to(r: dict[str, Any]) -> str:
+    to = [f"{p['pool']} ({p['share']:g}%)" if len(r["pools"]) > 1 else p["pool"]
+          for p in r["pools"]]
+    if r["external"] and not to:
+        return ", ".join(f"providerHost {x}" for x in r["external"]) + \
+            " (the mesh's; 404 here)"
+    return ", ".join(to) + "".join(f"; providerHost {x}: the mesh's" for x in r["external"])
+
+
+def _queue_lines(q: QueueReport) -> list[str]:
+    if not q.max_queued:
+        why = "--max-queued 0" if q.policy == "llm" else \
+            f"policy {q.policy} does not judge saturation"
+        return [f"off ({why}): requests are scheduled at once; with the llm policy, "
+                "negative priority is shed (429) when the pool is saturated"]
+    return [f"no pod with queue <= {q.queue_threshold:g} and KV cache <= "
+            f"{q.kv_threshold:g}: priority >= 0 waits, negative gets 429",
+            f"at most {q.max_queued} waiting over all pools, {q.timeout_s:g} s each; highest "
+            "priority first, FIFO within one",
+            f"queue full: 429; waited {q.timeout_s:g} s: 503 (Retry-After "
+            f"{max(1, round(q.retry_after_s))})"]
 
 
 def _summary(r: Report) -> list[str]:
@@ -216,9 +290,11 @@ def _fit(text: str, width: int) -> str:
 
 
 # ---- the command ----------------------------------------------------------------------------
-def run_check(make_discovery: Callable[[], Discovery], output: str, out: TextIO) -> int:
+def run_check(make_discovery: Callable[[], Discovery], output: str, out: TextIO,
+              options: BalancerOptions | None = None) -> int:
     """Load through `make_discovery`, print the report as `output` ("table" or "json") and
-    return the exit status: 0 when nothing is wrong, 1 otherwise."""
+    return the exit status: 0 when nothing is wrong, 1 otherwise. `options`: the front
+    end's, for the admission queue's settings."""
     try:
         discovery = make_discovery()
         view = discovery.view()
@@ -226,6 +302,6 @@ def run_check(make_discovery: Callable[[], Discovery], output: str, out: TextIO)
         report = Report(errors=[str(e)])
     else:
         problems = getattr(discovery, "problems", None)
-        report = build_report(view, problems() if problems is not None else ())
+        report = build_report(view, problems() if problems is not None else (), options)
     out.write(report.to_json().decode() if output == "json" else render_table(report))
     return 0 if report.ok else 1

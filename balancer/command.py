@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
             from llmtraffic.balancer.check import run_check
 
             return run_check(lambda: make_discovery(cmd, pods_required=False), cmd.output,
-                             sys.stdout)
+                             sys.stdout, front_end_options(cmd, args))
         loop_name(cmd.loop)
         opts = front_end_options(cmd, args)
         discovery = make_discovery(cmd)

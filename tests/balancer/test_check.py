@@ -12,6 +12,7 @@ import pytest
 from llmtraffic.balancer.check import WIDTH, run_check
 from llmtraffic.balancer.config import ConfigError
 from llmtraffic.balancer.discovery import StaticDiscovery
+from llmtraffic.balancer.options import BalancerOptions
 from tests.balancer.conftest import POOL, SEED_FILES
 from tests.fixtures.fake_apiserver import (RELEASES, FakeApiServer, discovery_for, pod,
     use_kubeconfig)
@@ -55,7 +56,11 @@ def test_the_seed_as_json(pods_file: str) -> None:
     report = json.loads(text)
     assert status == 0 and report["ok"] is True and report["errors"] == []
     assert report["hosts"] == [{"host": "test.com", "route": "test-llm-route",
-                                "pools": [{"pool": POOL, "weight": 1}]}]
+                                "pools": [{"pool": POOL, "weight": 1}],
+                                "rules": [{"rule": "rules[0]", "when": "every request",
+                                           "external": [], "pools": [
+                                               {"pool": POOL, "weight": 1, "share": 100.0}]}]}]
+    assert report["queue"] is None  # no front end's options given
     (pool,) = report["pools"]
     assert [(e["address"], e["ready"]) for e in pool["endpoints"]] == [
         ("10.1.0.1:8000", True), ("10.1.0.2:8001", True)]
@@ -134,3 +139,51 @@ def test_the_command_with_files_and_with_kubernetes(capsys, pods_file, tmp_path,
         fake.go_away()
     (pool,) = json.loads(capsys.readouterr().out)["pools"]
     assert [e["address"] for e in pool["endpoints"]] == ["10.0.0.1:3000", "10.0.0.1:3002"]
+
+
+ROUTES = f"""
+apiVersion: istio.alibabacloud.com/v1beta1
+kind: LLMRoute
+metadata: {{name: split}}
+spec:
+  host: split.example
+  rules:
+  - name: vip
+    matches: [{{headers: {{user-type: {{exact: subscriber}}}}}}]
+    backendRefs: [{{providerHost: dashscope.aliyuncs.com}}]
+  - backendRefs:
+    - {{backendRef: {{name: {POOL}}}, weight: 3}}
+    - {{backendRef: {{name: other}}, weight: 1}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferencePool
+metadata: {{name: other}}
+spec: {{selector: {{app: other}}, targetPortNumber: 8000}}
+"""
+
+
+def test_route_rules_pool_weights_and_the_queue_are_shown(pods_file: str,
+                                                          tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(ROUTES)
+    files = SEED_FILES + [str(routes)]
+    out = io.StringIO()
+    status = run_check(lambda: StaticDiscovery(files, pods_file), "table", out,
+                       BalancerOptions(max_queued=7, queue_timeout=30))
+    text = out.getvalue()
+    assert status == 0 and max(len(line) for line in text.splitlines()) <= WIDTH
+    assert "rule vip: user-type exact 'subscriber' -> providerHost dashscope.aliyuncs.com" \
+        in text
+    assert f"rule rules[1]: every request -> {POOL} (75%), other (25%)" in text
+    assert "ADMISSION QUEUE" in text and "at most 7 waiting over all pools, 30 s each" in text
+    out = io.StringIO()
+    run_check(lambda: StaticDiscovery(files, pods_file), "json", out,
+              BalancerOptions(policy="round-robin"))
+    report = json.loads(out.getvalue())
+    assert report["queue"]["max_queued"] == 0  # round-robin does not judge saturation
+    (split,) = [h for h in report["hosts"] if h["host"] == "split.example"]
+    assert [(r["rule"], r["when"], r["external"]) for r in split["rules"]] == [
+        ("vip", "user-type exact 'subscriber'", ["dashscope.aliyuncs.com"]),
+        ("rules[1]", "every request", [])]
+    assert split["rules"][1]["pools"] == [{"pool": POOL, "weight": 3, "share": 75.0},
+                                          {"pool": "other", "weight": 1, "share": 25.0}]
