@@ -1,5 +1,6 @@
 """Fixtures for the balancer's proxy tests: the seed's resource files, extra InferenceModels,
-a factory of started `BalancerApp`s over simulator pods, and small helpers."""
+a factory of started `BalancerApp`s over simulator pods, one of fake pods, and small
+helpers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from llmtraffic.balancer.proxy import BalancerApp, ProxyOptions
 from llmtraffic.contracts.store import MetricsStore, Pod
 from llmtraffic.simulator.server import SimFleet
 from llmtraffic.simulator.workloads import SEED_ADAPTERS
+from tests.fixtures.fakepod import FakePod
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "deploy" / "seed"
 SEED_FILES = sorted(str(p) for p in SEED_DIR.glob("*.yaml"))
@@ -125,6 +127,21 @@ def extra_models(tmp_path: Path) -> str:
     path = tmp_path / "models.yaml"
     path.write_text(EXTRA_MODELS)
     return str(path)
+
+
+@pytest.fixture
+async def fakes():
+    """`await fakes(**FakePod options)`: started fake pods, stopped at the end."""
+    started: list[FakePod] = []
+
+    async def make(**kw) -> FakePod:
+        pod = await FakePod(BASE, **kw).start()
+        started.append(pod)
+        return pod
+
+    yield make
+    for pod in started:
+        await pod.stop()
 
 
 @pytest.fixture

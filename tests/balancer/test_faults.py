@@ -21,9 +21,8 @@ from llmtraffic.balancer.policy.registry import POLICY_NAMES
 from llmtraffic.balancer.proxy import BalancerApp
 from llmtraffic.contracts.store import Pod
 from llmtraffic.simulator.server import SimServer, run_fleet_in_thread
-from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, SEED_FILES, client,
-                                     next_scrape, records, stop_pod, total_inflight, wait_for)
-from tests.fixtures.fakepod import FakePod
+from tests.balancer.conftest import (LABELS, LORAS, POOL, SEED_FILES, client, next_scrape,
+                                     records, stop_pod, total_inflight, wait_for)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,21 +40,6 @@ def fleet4():
     """Four pods a test may kill and start again."""
     with run_fleet_in_thread(4, time_scale=20, lora_modules=LORAS, seed=61) as f:
         yield f
-
-
-@pytest.fixture
-async def fakes():
-    """`await fakes(**FakePod options)`: started fake pods, stopped at the end."""
-    started: list[FakePod] = []
-
-    async def make(**kw) -> FakePod:
-        pod = await FakePod(BASE, **kw).start()
-        started.append(pod)
-        return pod
-
-    yield make
-    for pod in started:
-        await pod.stop()
 
 
 def picks(app: BalancerApp, pod: str) -> float:

@@ -15,24 +15,8 @@ from llmtraffic.balancer.discovery import StaticDiscovery
 from llmtraffic.balancer.extproc import ExtProcOptions, ExtProcServer
 from tests.balancer.conftest import BASE, POOL, SEED_FILES, client, records, seed_pods, wait_for
 from tests.balancer.test_extproc import headers, log_lines
-from tests.fixtures.fakepod import FakePod
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def fakes():
-    """`await fakes(**FakePod options)`: started fake pods, stopped at the end."""
-    started: list[FakePod] = []
-
-    async def make(**kw) -> FakePod:
-        pod = await FakePod(BASE, **kw).start()
-        started.append(pod)
-        return pod
-
-    yield make
-    for pod in started:
-        await pod.stop()
 
 
 async def _stream_then_hang_up(port: int, after: bytes, **extra) -> list[bytes]:
