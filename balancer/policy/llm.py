@@ -1,4 +1,5 @@
-"""The LLM-aware policy: filters, then the configured weighted scorers (`PolicyConfig.scorers`:
+"""The LLM-aware policy: filters (usable pods; for a Sheddable request only pods with room,
+else it is shed), then the configured weighted scorers (`PolicyConfig.scorers`:
 queue, KV cache, LoRA affinity, prefix affinity), then the highest score wins (seeded random
 tie-break). Scored by the native core when it is built (`balancer.policy.native`), else
 scorer by scorer in Python: the reference, which the native core matches pick for pick."""
@@ -9,7 +10,7 @@ import random
 from typing import Collection
 
 from llmtraffic.balancer.policy import native as native_core
-from llmtraffic.balancer.policy.filters import saturated, usable
+from llmtraffic.balancer.policy.filters import usable, with_room
 from llmtraffic.balancer.policy.prefix import (TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
                                                index_tokens)
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
@@ -134,9 +135,10 @@ class LLMPolicy:
         pods = usable(snapshot.pods)
         if not pods:
             return no_endpoint(snapshot)
-        if request.criticality == "Sheddable" and saturated(pods, cfg.queue_threshold,
-                                                            cfg.kv_threshold):
-            return self._shed()
+        if request.criticality == "Sheddable":
+            pods = with_room(pods, cfg.queue_threshold, cfg.kv_threshold)
+            if not pods:
+                return self._shed()
         queues = [p.queue for p in pods]
         hashes, matched = self._matched(request)
         c = Candidates(request, pods, queues, min(queues), max(queues), matched, self._uncached)

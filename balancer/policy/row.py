@@ -4,6 +4,9 @@ documents the same columns (enum lt_column); a table refuses other names or anot
 
 from __future__ import annotations
 
+import math
+
+from llmtraffic.balancer.policy.lora import slots_free
 from llmtraffic.contracts.store import PodState
 
 #: The row's values, as doubles, in this order (1.0 = true, 0.0 = false):
@@ -13,8 +16,7 @@ COLUMNS = (
     "fresh",      # the metrics are present and fresh
     "ready",      # the pod is ready
     "usable",     # ready, and its last scrape or connect did not fail (filters.usable)
-    "max_lora",   # PodMetrics.max_lora: adapters it runs at once (<= 0: no limit; 0 without
-                  # metrics)
+    "lora_free",  # lora.slots_free: adapter slots free (+inf: no limit known)
 )
 
 PodRow = tuple[str, tuple[str, ...], tuple[str, ...], tuple[float, ...]]
@@ -27,7 +29,8 @@ def pod_row(state: PodState) -> PodRow:
     if m is None:
         return pod.address, (), (), (state.queue, state.kv_usage, 1.0 if state.fresh else 0.0,
                                      1.0 if ready else 0.0,
-                                     1.0 if ready and state.last_error is None else 0.0, 0.0)
+                                     1.0 if ready and state.last_error is None else 0.0,
+                                     math.inf)
     return pod.address, m.running_adapters, m.waiting_adapters, (
         state.queue, state.kv_usage, 1.0 if state.fresh else 0.0, 1.0 if ready else 0.0,
-        1.0 if ready and state.last_error is None else 0.0, m.max_lora)
+        1.0 if ready and state.last_error is None else 0.0, slots_free(state))

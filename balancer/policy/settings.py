@@ -12,20 +12,32 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from llmtraffic.balancer.policy.prefix import LRU_PER_POD
 from llmtraffic.balancer.policy.scorers import SCORERS
 
-#: The default scorers, in the order their terms are added, with their weights.
+#: Queued requests that span the queue scorer's 0..1 (see `PolicyConfig.queue_span`). Virtual
+#: time, seed-lora, 4 pods, load 0.9, tuning seeds 1-8, LoRA weight 4: 8 and 16 equal within
+#: noise (geometric-mean TTFT p90 2.87 vs 2.89 s); 8 lets a free adapter slot yield to the
+#: pod running the adapter from a 3-request queue difference on.
+QUEUE_SPAN = 8.0
+
+#: The default scorers, in the order their terms are added, with their weights. Their
+#: ranges are honest: each term's full range (weight x 1) is less than the others' together,
+#: so a long enough queue or a full KV cache beats any affinity (GIE picks the idle pod over
+#: one with 500 waiting and a free adapter slot; so does this).
 DEFAULT_SCORERS: dict[str, float] = {
-    # virtual time: 2-3 best on seed-lora; 1 lets LoRA affinity pile requests onto busy
-    # pods, p90 TTFT x7
+    # with the span, one queued request is worth 3/8 of a point
     "queue": 3.0,
     # virtual time, seed-lora: 2 beat 1 (geometric-mean p90 TTFT -18%) and 3-4
     "kv": 2.0,
-    # with it, a pod running the adapter beats one with a free slot by 2.4 points, less than
-    # a full queue-score spread (virtual time, seed-lora: 12 best; 4 -> p90 +37%; 14-20 herd
-    # the popular adapters, p90 +25-65%)
-    "lora": 12.0,
+    # a pod running the adapter beats one with a free slot by 0.8 points (about 2 queued
+    # requests: an adapter load costs tens of ms), and a free slot beats a pod with none by
+    # 3.2 (about 8: a request for an adapter with no slot waits for one to drain). Virtual
+    # time, seed-lora, 4 pods, load 0.9, tuning seeds 1-8 with the span at 16: 4 gave a
+    # geometric-mean p90 of 2.89 s, 2 3.06 s, 12 (the old weight, which let a free slot
+    # outweigh any queue) 3.22 s
+    "lora": 4.0,
     # must exceed the queue weight so that a pod holding the prefix and one more queued
     # request still wins (virtual time, shared-prefix: 3 -> hit rate 0.61 and p90 TTFT
-    # 0.32 s; 6 -> 0.93 and 0.08 s, as the oracle)
+    # 0.32 s; 6 -> 0.93 and 0.08 s, as the oracle); the prefix term is itself net of the
+    # prefill queued ahead, so a long queue still beats a cached prefix
     "prefix": 6.0,
 }
 
@@ -33,9 +45,10 @@ DEFAULT_SCORERS: dict[str, float] = {
 class PolicyConfig(BaseModel):
     """Weights and thresholds of the `llm` policy. GIE's defaults were the starting point;
     the weights were tuned in virtual time (`llmtraffic bench routing`, 4 pods, load 0.9,
-    llama2-7b-a10 profile): LoRA and KV weights on `seed-lora` (16 seeds), the prefix terms
-    on `shared-prefix` (seeds 1-4), then checked on `mixed`, at load 1.0, on 8 pods and
-    with 2 balancer replicas."""
+    llama2-7b-a10 profile) on tuning seeds only (1-16; the README's grid reports other
+    seeds): LoRA and KV weights and the queue span on `seed-lora`, the prefix terms on
+    `shared-prefix`, then checked on `mixed`, at load 1.0, on 8 pods and with 2 balancer
+    replicas."""
 
     scorers: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_SCORERS), description="the scorers that run, "
@@ -51,6 +64,12 @@ class PolicyConfig(BaseModel):
         "full cache hits: a 1,024-token prefix then outweighs at most 16 extra queued "
         "requests (virtual time, shared-prefix with 2 replicas: 0-64 equal, 128 p90 +8%, "
         "256 +50%, 512 x4)")
+    queue_span: float = Field(
+        QUEUE_SPAN, ge=0, description="queued requests that span the queue scorer's whole "
+        "0..1: a smaller spread between the candidates' shortest and longest queue scores "
+        "in proportion (a one-request difference weighs 1/queue_span of the queue term), a "
+        "larger one is spread over 0..1 as GIE's queue scorer does. 0 = GIE's scorer (any "
+        "spread spans 0..1, so one request outweighs everything the queue weight does)")
     queue_threshold: float = Field(5, ge=0, description="saturation: queue at or below "
                                    "this on some fresh pod means not saturated (GIE: 5)")
     kv_threshold: float = Field(0.8, ge=0, le=1, description="saturation: KV usage at or "

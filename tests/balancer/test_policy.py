@@ -70,7 +70,8 @@ def idx(pick: Pick | Shed) -> int:
 # ---- scorer formulas -----------------------------------------------------------------------
 def test_queue_score_formula():
     assert [queue_score(q, 0, 10) for q in (0, 5, 10)] == [1.0, 0.5, 0.0]
-    assert queue_score(3, 3, 3) == 1.0
+    assert queue_score(3, 3, 0) == 1.0
+    assert queue_score(3, 2, 16) == 15 / 16  # a spread under the span scores in proportion
 
 
 def test_kv_score_formula():

@@ -39,8 +39,7 @@ enum lt_column {
     LT_FRESH,      /* 1.0 when the metrics are present and fresh, else 0.0 */
     LT_READY,      /* 1.0 when the pod is ready */
     LT_USABLE,     /* 1.0 when ready and its last scrape or connect did not fail */
-    LT_MAX_LORA,   /* PodMetrics.max_lora: adapters run at once (<= 0: no limit; 0 without
-                    * metrics) */
+    LT_LORA_FREE,  /* lora.slots_free: adapter slots free (+inf: no limit known) */
     LT_ROW_WIDTH,
     /* Then what a native scorer derives from a row once, when the row is read (its `read`),
      * so that picks do not recompute it for every pod: */

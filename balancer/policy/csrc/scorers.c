@@ -3,20 +3,23 @@
  * `lt_scorers`, which names them. A new native scorer is one section and one entry. */
 #include "native.h"
 
-/* ---- queue (queue.py): (maxQ - q) / (maxQ - minQ) over the candidates, 1 when equal ---- */
+/* ---- queue (queue.py): 1 - (q - minQ) / max(maxQ - minQ, queue_span), 1 when that is 0 -- */
+
+enum { QUEUE_SPAN };
 
 static int queue_add(const lt_pick *p, double w, const double *params, double *score) {
-    (void)params;
     const double *queue = p->col[LT_QUEUE];  /* (locals: not reloaded for each row) */
     const Py_ssize_t *idx = p->idx, n = p->n_cand;
-    double lo = p->q_min, hi = p->q_max;
-    if (hi == lo) {  /* every candidate scores 1.0 */
+    double lo = p->q_min, spread = p->q_max - p->q_min;
+    if (!(spread > params[QUEUE_SPAN]))
+        spread = params[QUEUE_SPAN];
+    if (spread == 0) {  /* every candidate scores 1.0 */
         for (Py_ssize_t k = 0; k < n; k++)
             score[idx[k]] += w * 1.0;
         return 0;
     }
     for (Py_ssize_t k = 0; k < n; k++)
-        score[idx[k]] += w * ((hi - queue[idx[k]]) / (hi - lo));
+        score[idx[k]] += w * (1.0 - (queue[idx[k]] - lo) / spread);
     return 0;
 }
 
@@ -59,11 +62,10 @@ static int holds(const lt_row *r, Py_ssize_t from, Py_ssize_t to, PyObject *adap
     return 0;
 }
 
-/* lora.slot_score: a free adapter slot (or no limit, or no metrics). */
+/* lora.slot_score: a free adapter slot (lora.slots_free > 0; NaN is none). */
 static void lora_read(double *const *col, Py_ssize_t i, const lt_row *r) {
-    double max_lora = col[LT_MAX_LORA][i];
-    col[LT_LORA_SLOT][i] = max_lora <= 0 || (double)r->n_running < max_lora ? FREE_SLOT
-                                                                             : NONE;
+    (void)r;
+    col[LT_LORA_SLOT][i] = col[LT_LORA_FREE][i] > 0 ? FREE_SLOT : NONE;
 }
 
 /* lora.lora_score of row i for the request's adapter (not None); -1.0 on error. */
@@ -166,7 +168,7 @@ static int prefix_claims(const lt_pick *p, Py_ssize_t i, const double *params) {
 /* ---- the scorers by name --------------------------------------------------------------- */
 
 const lt_scorer lt_scorers[] = {
-    {"queue", NULL, queue_add, NULL, {NULL}},
+    {"queue", NULL, queue_add, NULL, {"queue_span", NULL}},
     {"kv", kv_read, kv_add, NULL, {NULL}},
     {"lora", lora_read, lora_add, lora_claims, {NULL}},
     {"prefix", NULL, prefix_add, prefix_claims,

@@ -12,7 +12,7 @@
 
 const char *const lt_columns[LT_ROW_WIDTH] = {
     [LT_QUEUE] = "queue", [LT_KV_USAGE] = "kv_usage", [LT_FRESH] = "fresh",
-    [LT_READY] = "ready", [LT_USABLE] = "usable", [LT_MAX_LORA] = "max_lora",
+    [LT_READY] = "ready", [LT_USABLE] = "usable", [LT_LORA_FREE] = "lora_free",
 };
 
 typedef struct {         /* one configured scorer */
@@ -244,6 +244,24 @@ static int queue_range(const PodTable *t, lt_pick *p) {
     return room;
 }
 
+/* A Sheddable request's candidates: only those with room (filters.with_room; some has,
+ * queue_range said), with their queue range taken again. */
+static void keep_room(PodTable *t, lt_pick *p) {
+    const double qt = t->queue_threshold, kt = t->kv_threshold;
+    const double *queue = t->col[LT_QUEUE], *fresh = t->col[LT_FRESH],
+                 *kv_usage = t->col[LT_KV_USAGE];
+    Py_ssize_t *idx = t->idx, count = 0;
+    for (Py_ssize_t k = 0; k < t->n_cand; k++) {
+        Py_ssize_t i = idx[k];
+        if (fresh[i] != 0.0 && queue[i] <= qt && kv_usage[i] <= kt)
+            idx[count++] = i;
+        else
+            t->cand[i] = 0;
+    }
+    t->n_cand = p->n_cand = count;
+    queue_range(t, p);
+}
+
 /* Each candidate's score: 0.0 (mark_where) plus weight x score of each configured scorer,
  * in order (a scorer at weight 0 adds nothing and is skipped). */
 static int score_candidates(PodTable *t, const lt_pick *p) {
@@ -376,6 +394,8 @@ static PyObject *do_pick(PodTable *t, PyObject *const *a) {
         return NULL;
     if (!queue_range(t, &p) && sheddable)
         return PyLong_FromLong(SHED);
+    if (sheddable)
+        keep_room(t, &p);
     if (score_candidates(t, &p) < 0)
         return NULL;
     Py_ssize_t top[MAX_K + 1], order[MAX_K];

@@ -1,4 +1,5 @@
-"""The queue scorer: (maxQ - q) / (maxQ - minQ) over the candidates, 1.0 when all equal."""
+"""The queue scorer: (maxQ - q) / max(maxQ - minQ, queue_span) over the candidates, 1.0 when
+that is 0 (GIE's queue scorer when queue_span is 0)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,28 @@ from llmtraffic.contracts.store import PodMetrics
 from tests.balancer.policy.candidates import candidates
 
 
+GIE = PolicyConfig(queue_span=0)
+
+
 def test_least_queue_scores_one_greatest_zero():
     c = candidates(PodMetrics(waiting=0), PodMetrics(waiting=5), PodMetrics(waiting=10))
-    assert QueueScorer(PolicyConfig()).score(c) == [1.0, 0.5, 0.0]
+    assert QueueScorer(GIE).score(c) == [1.0, 0.5, 0.0]
+
+
+def test_a_spread_under_the_span_scores_in_proportion():
+    """A one-request difference is 1/span of the term, not all of it; a spread wider than
+    the span still spans 0..1."""
+    c = candidates(PodMetrics(waiting=2), PodMetrics(waiting=3))
+    assert QueueScorer(PolicyConfig(queue_span=8)).score(c) == [1.0, 7 / 8]
+    assert QueueScorer(GIE).score(c) == [1.0, 0.0]
+    c = candidates(PodMetrics(waiting=0), PodMetrics(waiting=500))
+    assert QueueScorer(PolicyConfig(queue_span=8)).score(c) == [1.0, 0.0]
 
 
 def test_equal_queues_all_score_one():
     c = candidates(PodMetrics(waiting=3), PodMetrics(waiting=3))
     assert QueueScorer(PolicyConfig()).score(c) == [1.0, 1.0]
+    assert QueueScorer(GIE).score(c) == [1.0, 1.0]
 
 
 def test_stale_pods_are_scored_by_their_inflight_count():

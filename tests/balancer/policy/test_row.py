@@ -3,6 +3,8 @@ table is made: the columns, scorers, reasons and parameters by name, each checke
 
 from __future__ import annotations
 
+import math
+
 import random
 
 import pytest
@@ -28,11 +30,11 @@ def pods():
 
 def test_pod_row_is_the_columns_values():
     fresh, broken = pods()
-    assert pod_row(fresh) == (address(0), ("a",), ("b",), (3.0, 0.5, 1.0, 1.0, 1.0, 4))
-    assert pod_row(broken) == (address(1), (), (), (0.0, 0.0, 0.0, 1.0, 0.0, 0.0))
+    assert pod_row(fresh) == (address(0), ("a",), ("b",), (3.0, 0.5, 1.0, 1.0, 1.0, 2))
+    assert pod_row(broken) == (address(1), (), (), (0.0, 0.0, 0.0, 1.0, 0.0, math.inf))
     assert dict(zip(COLUMNS, pod_row(fresh)[3])) == {
         "queue": 3.0, "kv_usage": 0.5, "fresh": 1.0, "ready": 1.0, "usable": 1.0,
-        "max_lora": 4}
+        "lora_free": 2}
 
 
 def test_the_native_core_reads_the_same_columns():
@@ -44,7 +46,7 @@ def table_args(**change):
     args = dict(row=pod_row, columns=COLUMNS, scorers={"queue": 1.0, "prefix": 2.0},
                 reasons=("prefix",), params={"queue_threshold": 5, "kv_threshold": 0.8,
                                              "prefix_queue_tokens": 64,
-                                             "tokens_per_block": 32})
+                                             "tokens_per_block": 32, "queue_span": 16})
     return {**args, **change}
 
 
@@ -54,7 +56,7 @@ def table_args(**change):
     ({"scorers": {"fastest": 1.0}}, ValueError, "'fastest' has no native twin"),
     ({"scorers": (1.0,) * 8}, TypeError, "dict"),  # no positional weights
     ({"params": {"queue_threshold": 5, "kv_threshold": 0.8}}, ValueError,
-     "lacks prefix_queue_tokens, which prefix reads"),
+     "lacks queue_span, which queue reads"),
     ({"params": {**table_args()["params"], "lora_bonus": 1}}, ValueError,
      "unknown parameter 'lora_bonus'"),
     ({"reasons": ("queue",)}, ValueError, "reason 'queue' is not"),
