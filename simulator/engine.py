@@ -17,16 +17,17 @@ from llmtraffic.simulator.profile import Profile
 
 @dataclass(slots=True)
 class EngineConfig:
-    """vLLM-named engine knobs."""
+    """vLLM-named engine knobs (`from_profile` takes them from a `Profile`, where each
+    default says where it comes from)."""
 
     max_num_seqs: int
     max_num_batched_tokens: int
     num_gpu_blocks: int
     max_model_len: int
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    max_loras: int = 4
-    max_cpu_loras: int = 12
+    block_size: int = 16  # vLLM's default on CUDA (`--block-size`)
+    enable_prefix_caching: bool = True  # on by default in vLLM V1
+    max_loras: int = 4  # the seed's `--max-loras 4`
+    max_cpu_loras: int = 12  # the seed's `--max-cpu-loras 12`
 
     @classmethod
     def from_profile(cls, profile: Profile, *, gpu_memory_utilization: float | None = None,

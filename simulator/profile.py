@@ -66,16 +66,35 @@ class Profile:
     mfu: float  # achieved fraction of peak in prefill
     flops_per_token: float  # ≈ 2 × parameters
     step_overhead_s: float  # scheduler + kernel launch per iteration
-    gpu_memory_utilization: float = 0.9  # vLLM's default
-    block_size: int = 16
+    #: FLOPs of prefill attention per query-key pair: QK^T and attention x V, 2 FLOPs per
+    #: multiply-add each, over every layer: 4 x n_layers x d_model (PaLM, Chowdhery et al.
+    #: 2022, appendix B: 6N + 12·L·H·Q·T training FLOPs per token, a third of it forward).
+    #: A chunk of n tokens after c computed ones has n·c + n(n+1)/2 pairs.
+    attention_flops_per_pair: float = 0.0
+    gpu_memory_utilization: float = 0.9  # vLLM's default (`--gpu-memory-utilization`)
+    block_size: int = 16  # vLLM's default KV block on CUDA (`--block-size`)
     max_num_seqs: int = 256  # vLLM default
     max_num_batched_tokens: int = 2048  # vLLM V1 chunked-prefill budget (online serving)
-    max_model_len: int = 4096
-    max_loras: int = 4
-    max_cpu_loras: int = 12
-    lora_load_cold_s: float = 0.05  # disk → host → GPU for a rank-16 7B adapter (~40 MB)
-    lora_load_warm_s: float = 0.004  # host → GPU over PCIe (~40 MB at ~12 GB/s)
-    lora_step_overhead_s: float = 0.0008  # per distinct adapter in a batch (punica SGMV)
+    max_model_len: int = 4096  # Llama-2's context length
+    max_loras: int = 4  # the seed's `--max-loras 4` (deploy/seed/vllm-deployment.yaml)
+    max_cpu_loras: int = 12  # the seed's `--max-cpu-loras 12`
+    #: Disk -> host -> GPU for a rank-16 7B adapter (~40 MB): the host -> GPU copy below
+    #: plus reading and parsing the safetensors file (LoRAX measured 0.5-1 s when every
+    #: layer was copied from pageable memory: predibase/lorax#433).
+    lora_load_cold_s: float = 0.1
+    #: Host -> GPU (vLLM's CPU LoRA cache to a GPU slot). The bytes alone are ~3 ms over
+    #: PCIe (~40 MB at ~12 GB/s), but vLLM's activate_adapter copies each layer's A and B
+    #: (~450 small tensors for Llama-2-7B) from pageable, non-contiguous memory: published
+    #: figures are tens of ms (vllm-project/vllm#31317 measured the swap and cut it ~40% by
+    #: pinning; vllm-project/vllm#31941 overlaps it with prefill because it is a visible
+    #: part of TTFT; issue 16 of this project: "tens of milliseconds").
+    lora_load_warm_s: float = 0.03
+    #: Added to a step whose batch runs any adapter (the LoRA kernels over the batch):
+    #: Punica (Chen et al., MLSys 2024, abstract) "only adding 2ms latency per token" for
+    #: batches of distinct adapters on A100 with its SGMV kernels, which vLLM vendors
+    #: (vllm-project/vllm#1804). Punica's SGMV cost barely depends on how many distinct
+    #: adapters share the batch, so the simulator charges it once per step, not per adapter.
+    lora_step_overhead_s: float = 0.002
     # ---- measured on a real engine (profiles/*.json); the roofline's defaults otherwise
     step_fit: StepFit | None = None  # replaces the roofline when set
     kv_blocks: int | None = None  # KV blocks the real engine's page reported
@@ -118,18 +137,19 @@ class Profile:
         attention; `adapter_tokens` of all tokens through `adapters` LoRA adapters).
         Without pairs and decode context, a prefill is taken as one chunk from scratch and
         the rest of the context as read by decodes."""
+        if prefill_pairs is None:
+            prefill_pairs = prefill_tokens * (prefill_tokens + 1) // 2
         if self.step_fit is not None:
-            if prefill_pairs is None:
-                prefill_pairs = prefill_tokens * (prefill_tokens + 1) // 2
             if decode_context is None:
                 decode_context = max(0, context_tokens - prefill_tokens)
             return self.step_fit.seconds(prefill_tokens, prefill_pairs, decode_seqs,
                                          decode_context, adapters, adapter_tokens)
         memory = (self.weights_bytes + context_tokens * self.kv_bytes_per_token) / (
             self.mem_bandwidth * self.mem_efficiency)
-        compute = (prefill_tokens + decode_seqs) * self.flops_per_token / (
-            self.peak_flops * self.mfu)
-        return self.step_overhead_s + max(memory, compute) + adapters * self.lora_step_overhead_s
+        compute = ((prefill_tokens + decode_seqs) * self.flops_per_token
+                   + prefill_pairs * self.attention_flops_per_pair) / (self.peak_flops * self.mfu)
+        lora = self.lora_step_overhead_s if adapters else 0.0
+        return self.step_overhead_s + max(memory, compute) + lora
 
 
 # Llama-2-7B fp16 on one NVIDIA A10 (24 GB GDDR6, 600 GB/s, 125 TFLOPS dense fp16 tensor)
@@ -141,14 +161,29 @@ class Profile:
 #  * decode floor: 13.5 GB / (600 GB/s × 0.8 achieved) ≈ 28 ms + 2 ms overhead ≈ 30 ms
 #    per step, in the 25–35 ms ITL range reported for 7B models on A10 at low batch;
 #  * prefill: 2 × 6.74e9 ≈ 13.5 GFLOP per token (FACTS.md: ≈ 14) at 50% MFU of 125 TFLOPS
-#    → ≈ 0.22 ms per token, i.e. ≈ 0.22 s for a 1,000-token prompt.
+#    → ≈ 0.22 ms per token, i.e. ≈ 0.22 s for a 1,000-token prompt; plus attention,
+#    4 × 32 layers × 4096 = 0.52 MFLOP per query-key pair (PaLM's count, see
+#    `attention_flops_per_pair`): +8% for a 4,096-token prompt, +2% at 1,024;
+#  * 80% of peak bandwidth and 50% MFU are assumptions (no published A10 figure found),
+#    chosen so the decode floor lands in the ITL range above; 2 ms a step for vLLM's
+#    scheduler and launches likewise;
+#  * LoRA: `Profile`'s defaults (30 ms host -> GPU, 2 ms a step with adapters; sourced
+#    there);
+#  * tokenizer: 2.0 characters per token on the workloads' text, as a real tokenizer
+#    measured it: the model kit's byte-level BPE gives 2.00 on the workloads' words (its
+#    `tokenizer.json`, 20,000 words) and the real vLLM engine reported 2.006
+#    (profiles/vllm-cpu-tiny.json, `llmtraffic bench calibrate --engine vllm`). The
+#    balancer estimates 4 (contracts/prompt.py), so its estimate is not exact here, as it
+#    is not against a real engine (Llama-2's 32k vocabulary would give more characters per
+#    token than the kit's 4k; no measured figure for it on this text).
 LLAMA2_7B_A10 = Profile(
     name="llama2-7b-a10", model="meta-llama/Llama-2-7b-hf", gpu="NVIDIA A10 24GB",
     gpu_memory_bytes=24 * GB, weights_bytes=13.5 * GB, kv_bytes_per_token=32 * 4096 * 2 * 2,
     activation_reserve_bytes=1.0 * GB, mem_bandwidth=600 * GB, mem_efficiency=0.8,
     peak_flops=125e12, mfu=0.5, flops_per_token=13.5e9, step_overhead_s=0.002,
+    attention_flops_per_pair=4 * 32 * 4096,
     gpu_memory_utilization=0.8, max_num_seqs=256, max_num_batched_tokens=2048,
-    max_model_len=4096, max_loras=4, max_cpu_loras=12)
+    max_model_len=4096, max_loras=4, max_cpu_loras=12, chars_per_token=2.0)
 
 # Llama-3-8B bf16 on one H100 SXM (80 GB HBM3, 3.35 TB/s, 989 TFLOPS dense bf16).
 #  * weights: 8.03e9 params × 2 bytes = 16.1 GB;
@@ -156,15 +191,21 @@ LLAMA2_7B_A10 = Profile(
 #  * KV blocks: (80 GB × 0.9 − 16.1 GB − 3 GB reserve) / (16 × 128 KiB) ≈ 25,000 blocks;
 #  * decode floor: 16.1 GB / (3.35 TB/s × 0.75) ≈ 6.4 ms + 1.5 ms overhead ≈ 8 ms per step
 #    (public vLLM runs report 7–12 ms ITL at low batch);
-#  * prefill: 16 GFLOP per token at 45% MFU of 989 TFLOPS → ≈ 36 µs per token.
+#  * prefill: 16 GFLOP per token at 45% MFU of 989 TFLOPS → ≈ 36 µs per token; attention
+#    4 × 32 layers × 4096 (32 query heads × 128) per query-key pair, as Llama-2-7B's;
+#  * 75% of bandwidth, 45% MFU and 1.5 ms a step are assumptions like the A10's;
+#  * LoRA: 15 ms host -> GPU (the A10's 30 ms at H100's PCIe Gen5, twice Gen4's
+#    bandwidth), 1 ms a step with adapters (Punica's A100 2 ms scaled by the H100's 1.6x
+#    memory bandwidth, rounded down); tokenizer as the A10 profile's.
 LLAMA3_8B_H100 = Profile(
     name="llama3-8b-h100", model="meta-llama/Meta-Llama-3-8B-Instruct", gpu="NVIDIA H100 SXM",
     gpu_memory_bytes=80 * GB, weights_bytes=16.1 * GB, kv_bytes_per_token=32 * 1024 * 2 * 2,
     activation_reserve_bytes=3.0 * GB, mem_bandwidth=3350 * GB, mem_efficiency=0.75,
     peak_flops=989e12, mfu=0.45, flops_per_token=16.06e9, step_overhead_s=0.0015,
     gpu_memory_utilization=0.9, max_num_seqs=256, max_num_batched_tokens=8192,
-    max_model_len=8192, max_loras=4, max_cpu_loras=12,
-    lora_load_cold_s=0.03, lora_load_warm_s=0.002, lora_step_overhead_s=0.0003)
+    max_model_len=8192, max_loras=4, max_cpu_loras=12, attention_flops_per_pair=4 * 32 * 4096,
+    lora_load_cold_s=0.06, lora_load_warm_s=0.015, lora_step_overhead_s=0.001,
+    chars_per_token=2.0)
 
 
 

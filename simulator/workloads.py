@@ -7,6 +7,7 @@ same work."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ SEED_ADAPTERS = ("sql-lora", "sql-lora-1", "sql-lora-2", "sql-lora-3", "sql-lora
 # 161 tokens, mean output 338 tokens, both long-tailed. We use lognormals with those means.
 SHAREGPT_PROMPT_MEAN = 161
 SHAREGPT_OUTPUT_MEAN = 338
+#: Characters per token of the workloads' text under a real tokenizer: the model kit's
+#: byte-level BPE (simulator/modelkit/tokenizer.json) gives 2.00 on these words (20,000
+#: of them), and a real vLLM engine reported 2.006 (profiles/vllm-cpu-tiny.json,
+#: `llmtraffic bench calibrate --engine vllm`). Lengths below are in such tokens (the GPU
+#: profiles tokenize at this ratio), so the balancer's 4-character estimate
+#: (contracts/prompt.py) sees half of them, as it would against a real engine.
+TEXT_CHARS_PER_TOKEN = 2
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
           "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
           "zulu").split()
@@ -48,9 +56,10 @@ def _lognormal(rng: random.Random, mean: float, sigma: float, lo: int, hi: int) 
     return max(lo, min(hi, int(rng.lognormvariate(mu, sigma))))
 
 
-def filler_text(rng: random.Random, tokens: int) -> str:
-    """Random text of exactly `tokens * CHARS_PER_TOKEN` characters."""
-    n = tokens * CHARS_PER_TOKEN
+def filler_text(rng: random.Random, tokens: int, chars_per_token: int = CHARS_PER_TOKEN
+                ) -> str:
+    """Random text of exactly `tokens * chars_per_token` characters."""
+    n = tokens * chars_per_token
     words: list[str] = []
     size = 0
     while size < n:
@@ -83,8 +92,8 @@ def seed_lora(rate: float, duration: float, seed: int = 1, *,
             rng.choices(SEED_ADAPTERS, weights)[0]
         p = _lognormal(rng, SHAREGPT_PROMPT_MEAN, 1.0, 4, 1536)
         o = _lognormal(rng, SHAREGPT_OUTPUT_MEAN, 0.8, 4, 1024)
-        out.append(WorkloadRequest(i, t, model, filler_text(rng, p), max_tokens=o, output_len=o,
-                                   group=model))
+        out.append(WorkloadRequest(i, t, model, filler_text(rng, p, TEXT_CHARS_PER_TOKEN),
+                                   max_tokens=o, output_len=o, group=model))
     return out
 
 
@@ -96,14 +105,15 @@ def shared_prefix(rate: float, duration: float, seed: int = 1, *, groups: int = 
     Groups are equally popular; each pod's KV cache holds only part of all the prefixes,
     so where a request lands decides whether its prefix is a cache hit."""
     rng = random.Random(seed)
-    prefixes = [f"[system {g:02d}] " + filler_text(rng, system_prompt_tokens)
+    cpt = TEXT_CHARS_PER_TOKEN
+    prefixes = [f"[system {g:02d}] " + filler_text(rng, system_prompt_tokens, cpt)
                 for g in range(groups)]
     # keep prefixes a whole number of tokens so that prefix ids are a prefix of prompt ids
-    prefixes = [p[: len(p) // CHARS_PER_TOKEN * CHARS_PER_TOKEN] for p in prefixes]
+    prefixes = [p[: len(p) // cpt * cpt] for p in prefixes]
     out: list[WorkloadRequest] = []
     for i, t in enumerate(_arrivals(rate, duration, rng)):
         g = rng.randrange(groups)
-        prompt = prefixes[g] + filler_text(rng, question_tokens)
+        prompt = prefixes[g] + filler_text(rng, question_tokens, cpt)
         out.append(WorkloadRequest(i, t, BASE_MODEL, prompt, max_tokens=output_tokens,
                                    output_len=output_tokens, group=f"prefix-{g:02d}"))
     return out
@@ -121,6 +131,90 @@ def mixed(rate: float, duration: float, seed: int = 1) -> list[WorkloadRequest]:
         key=lambda r: r.arrival)
     return [WorkloadRequest(i, r.arrival, r.model, r.prompt, r.max_tokens, r.output_len,
                             r.criticality, r.group) for i, r in enumerate(merged)]
+
+
+def _bursty_arrivals(rate: float, lo: float, hi: float, rng: random.Random,
+                     burst: tuple[float, float], factor: float) -> Iterator[float]:
+    """Poisson arrivals from `lo` to `hi`, `rate` a second, `factor` times denser within
+    `burst` (start, end)."""
+    b0, b1 = burst
+    for a, b, r in ((lo, b0, rate), (b0, b1, rate * factor), (b1, hi, rate)):
+        t = a + rng.expovariate(r)  # memoryless: each piece starts afresh at its start
+        while t < b:
+            yield t
+            t += rng.expovariate(r)
+
+
+#: The multi-turn chat shape (`multi_turn`): token lengths, turns and pacing.
+CHAT = {"system": 200, "turns_mean": 4.0, "max_turns": 8, "user_mean": 80, "answer_mean": 200,
+        "max_context": 3072, "think_s": 10.0, "think_mean_s": 20.0}
+
+
+def _chat_turns(rng: random.Random) -> list[tuple[int, int]]:
+    """(user message, answer) token lengths of one conversation's turns: lognormal, turns
+    geometric (mean CHAT["turns_mean"]), stopping before the conversation would pass
+    CHAT["max_context"] tokens."""
+    out: list[tuple[int, int]] = []
+    size = CHAT["system"]
+    for _ in range(int(CHAT["max_turns"])):
+        u = _lognormal(rng, CHAT["user_mean"], 0.8, 4, 512)
+        o = _lognormal(rng, CHAT["answer_mean"], 0.8, 4, 1024)
+        if size + u + o + 8 > CHAT["max_context"]:  # 8: the turn's role markers
+            break
+        out.append((u, o))
+        size += u + o + 8
+        if rng.random() < 1.0 / CHAT["turns_mean"]:
+            break
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _mean_chat_turns() -> float:
+    """Turns per conversation, averaged over 4,000 conversations of a fixed seed (the
+    context cap makes it less than the geometric mean)."""
+    rng = random.Random(0)
+    return sum(len(_chat_turns(rng)) for _ in range(4000)) / 4000
+
+
+def multi_turn(rate: float, duration: float, seed: int = 1, *,
+               burst: tuple[float, float] = (0.4, 0.5), burst_factor: float = 3.0
+               ) -> list[WorkloadRequest]:
+    """Chat conversations on the base model: each turn resends the conversation so far (a
+    200-token system prompt, every earlier user message and answer) plus a new user
+    message, so a conversation's turns share a prefix that grows turn by turn. Lognormal
+    user messages (mean 80 tokens) and answers (mean 200); turns per conversation geometric
+    (mean 4, at most 8, fewer once the conversation would pass 3,072 tokens, inside
+    Llama-2's 4,096). A turn follows the previous one after 10 s plus an exponential think
+    time (mean 20 s), open loop (it does not wait for the answer). Conversations start as
+    Poisson arrivals, three times denser from 40% to 50% of the run (a burst), and already
+    before it starts (so requests average `rate` a second from the first second on, not
+    only once conversations are under way). The shape is a choice, not a published trace:
+    ShareGPT-like lengths spread over turns."""
+    rng = random.Random(seed)
+    cpt = TEXT_CHARS_PER_TOKEN
+    warmup = CHAT["max_turns"] * (CHAT["think_s"] + 3 * CHAT["think_mean_s"])
+    b0, b1 = burst[0] * duration, burst[1] * duration
+    base = rate / _mean_chat_turns() * duration / (duration + (burst_factor - 1) * (b1 - b0))
+    starts = _bursty_arrivals(base, -warmup, duration, rng, (b0, b1), burst_factor)
+    requests: list[WorkloadRequest] = []
+    for n, t in enumerate(starts):
+        turns = _chat_turns(rng)
+        times = []
+        for _ in turns:
+            times.append(t)
+            t += CHAT["think_s"] + rng.expovariate(1.0 / CHAT["think_mean_s"])
+        if times[-1] < 0:
+            continue  # over before the run starts
+        history = f"[chat {n:05d}] " + filler_text(rng, int(CHAT["system"]), cpt)
+        for (u, o), at in zip(turns, times):
+            prompt = f"{history}\nUser: {filler_text(rng, u, cpt)}\nAssistant: "
+            if 0 <= at < duration:
+                requests.append(WorkloadRequest(0, at, BASE_MODEL, prompt, max_tokens=o,
+                                                output_len=o, group=f"chat-{n:05d}"))
+            history = prompt + filler_text(rng, o, cpt)  # the answer, resent next turn
+    requests.sort(key=lambda r: r.arrival)
+    return [WorkloadRequest(i, r.arrival, r.model, r.prompt, r.max_tokens, r.output_len,
+                            r.criticality, r.group) for i, r in enumerate(requests)]
 
 
 #: The apps of `cpu_mix`, most popular first: each has its own system prompt and model.
@@ -155,6 +249,7 @@ WORKLOADS: dict[str, Callable[..., list[WorkloadRequest]]] = {
     "seed-lora": seed_lora,
     "shared-prefix": shared_prefix,
     "mixed": mixed,
+    "multi-turn": multi_turn,
     "cpu-mix": cpu_mix,
 }
 

@@ -64,7 +64,7 @@ def test_calibrate_simulated_pods_writes_a_profile_the_simulator_loads(tmp_path,
     data = json.loads(out.read_text())
     p = profile_from_json(data, out.name)
     assert p.name == "measured-a10" and p.step_fit is not None
-    assert (p.kv_blocks, p.block_size, p.chars_per_token) == (560, 16, 4.0)  # from the page
+    assert (p.kv_blocks, p.block_size, p.chars_per_token) == (560, 16, 2.0)  # from the page
     cal = p.calibration
     assert cal["command"] == "llmtraffic bench calibrate --engine sim --quick"
     assert cal["date"] and cal["steps"] and cal["observations"] and cal["contention"]

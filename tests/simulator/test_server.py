@@ -56,8 +56,8 @@ def test_completion_non_streaming_has_usage(client):
                                   "Francisco", max_tokens=12, extra_body={"ignore_eos": True})
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 12
-    assert r.usage.prompt_tokens == 11  # 44 characters / 4
-    assert r.usage.total_tokens == 23
+    assert r.usage.prompt_tokens == 22  # 44 characters / 2 (the profile's tokenizer)
+    assert r.usage.total_tokens == 34
     assert len(r.choices[0].text.split()) == 12
 
 
