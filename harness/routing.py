@@ -13,15 +13,30 @@ from typing import Callable, Sequence
 
 from llmtraffic.balancer.policy.registry import make_policy
 from llmtraffic.balancer.policy.request import Policy
-from llmtraffic.simulator.workloads import BASE_MODEL, make_workload
-from llmtraffic.simulator.cluster import Cluster, ClusterConfig, quantile
+from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.harness.capacity import completion_rate, fleet_capacity
+from llmtraffic.simulator.workloads import BASE_MODEL, WorkloadRequest, make_workload
+from llmtraffic.simulator.cluster import Cluster, ClusterConfig
 from llmtraffic.simulator.engine import Engine, EngineConfig, SimRequest
 from llmtraffic.simulator.profile import Profile, get_profile
 from llmtraffic.simulator import tokenizer
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("round-robin", "random", "least-request", "llm", "oracle")
+#: The oracle is a greedy per-request heuristic with clairvoyance (exact engine state, true
+#: output lengths), not a bound: `simulator.cluster.OraclePolicy`. "oracle" still names it.
+ORACLE = "greedy-oracle"
+POLICIES = ("round-robin", "random", "least-request", "llm", ORACLE)
+ALIASES = {"oracle": ORACLE}
+
+
+def policy_name(name: str) -> str:
+    """The policy's display name (`oracle` is `greedy-oracle`); errors list the choices."""
+    name = ALIASES.get(name, name)
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)} "
+                         f"(or oracle for {ORACLE})")
+    return name
 
 
 @dataclass(slots=True)
@@ -35,12 +50,14 @@ class RoutingRun:
     rate_rps: float
     policies: dict[str, dict]
     cpu_seconds: dict[str, float]
+    capacity_source: str = ""  # where capacity_rps is from (the stored file, ...)
 
     def as_dict(self) -> dict:
         return {"workload": self.workload, "load": self.load, "pods": self.pods,
                 "duration_s": self.duration, "seed": self.seed,
-                "capacity_rps": self.capacity_rps, "rate_rps": self.rate_rps,
-                "policies": self.policies, "cpu_seconds": self.cpu_seconds}
+                "capacity_rps": self.capacity_rps, "capacity_source": self.capacity_source,
+                "rate_rps": self.rate_rps, "policies": self.policies,
+                "cpu_seconds": self.cpu_seconds}
 
 
 def measure_capacity(workload: str, profile: str | Profile = "llama2-7b-a10", seed: int = 1,
@@ -66,43 +83,52 @@ def measure_capacity(workload: str, profile: str | Profile = "llama2-7b-a10", se
         finished.extend(now for o in res.outputs if o.finished)
         if res.duration <= 0 and not res.outputs:
             break
-    finished.sort()
-    lo, hi = quantile(finished, 0.1), quantile(finished, 0.9)
-    n = int(0.8 * len(finished))
-    return n / (hi - lo) if hi > lo else math.nan
+    return completion_rate(finished)
 
 
-def policy_factory(name: str, seed: int) -> Callable[[int], Policy] | str:
-    if name == "oracle":
+def policy_factory(name: str, seed: int, config: PolicyConfig | None = None
+                   ) -> Callable[[int], Policy] | str:
+    """What `Cluster` takes for policy `name` (`config` is the llm policy's)."""
+    if policy_name(name) == ORACLE:
         return "oracle"
-    return lambda replica: make_policy(name, seed=seed * 100 + replica)
+    return lambda replica: make_policy(name, config if name == "llm" else None,
+                                       seed=seed * 100 + replica)
+
+
+def run_policy(name: str, reqs: Sequence[WorkloadRequest], duration: float, cfg: ClusterConfig,
+               policy_config: PolicyConfig | None = None) -> tuple[dict, float]:
+    """One policy over `reqs` on a fresh fleet: its report (as a dict) and CPU seconds."""
+    t0 = time.process_time()
+    report = Cluster(cfg, policy_factory(name, cfg.seed, policy_config)).run(reqs, duration)
+    cpu = time.process_time() - t0
+    log.info("%s: ttft p90 %.3fs, throughput %.0f tok/s (%.1fs CPU)", name,
+             report.ttft_p90_s, report.throughput_tok_s, cpu)
+    return report.as_dict(), cpu
 
 
 def run_routing(workload: str, pods: int = 4, load: float = 0.9,
-                policies: Sequence[str] = ("round-robin", "least-request", "llm", "oracle"),
+                policies: Sequence[str] = ("round-robin", "least-request", "llm", ORACLE),
                 duration: float = 600.0, seed: int = 1, scrape_interval: float = 0.1,
                 replicas: int = 1, profile: str = "llama2-7b-a10",
-                capacity_rps: float | None = None) -> RoutingRun:
-    """Every policy on the same seeded arrivals at `load` × the fleet's capacity."""
-    for p in policies:
-        if p not in POLICIES:
-            raise ValueError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}")
+                capacity_rps: float | None = None,
+                policy_config: PolicyConfig | None = None) -> RoutingRun:
+    """Every policy on the same seeded arrivals at `load` × the fleet's capacity (the stored
+    one for the fleet and workload, `harness/capacity.json`, unless `capacity_rps` is given)."""
+    names = [policy_name(p) for p in policies]
+    source = "given"
     if capacity_rps is None:
-        capacity_rps = pods * measure_capacity(workload, profile, seed)
+        cap = fleet_capacity(workload, pods, profile)
+        capacity_rps, source = cap.rps, cap.source
     rate = load * capacity_rps
     reqs = make_workload(workload, rate, duration, seed)
     results: dict[str, dict] = {}
     cpu: dict[str, float] = {}
-    for name in policies:
-        t0 = time.process_time()
+    for name in names:
         cfg = ClusterConfig(pods=pods, profile=profile, scrape_interval=scrape_interval,
                             replicas=replicas, seed=seed)
-        report = Cluster(cfg, policy_factory(name, seed)).run(reqs, duration)
-        cpu[name] = time.process_time() - t0
-        results[name] = report.as_dict()
-        log.info("%s: ttft p90 %.3fs, throughput %.0f tok/s (%.1fs CPU)", name,
-                 report.ttft_p90_s, report.throughput_tok_s, cpu[name])
-    return RoutingRun(workload, load, pods, duration, seed, capacity_rps, rate, results, cpu)
+        results[name], cpu[name] = run_policy(name, reqs, duration, cfg, policy_config)
+    return RoutingRun(workload, load, pods, duration, seed, capacity_rps, rate, results, cpu,
+                      source)
 
 
 def seed_summary(runs: Sequence[RoutingRun]) -> dict[str, dict[str, dict]]:
@@ -119,13 +145,17 @@ def seed_summary(runs: Sequence[RoutingRun]) -> dict[str, dict[str, dict]]:
             p90 = [r.policies[name]["ttft_p90_s"] for r in group]
             row = {"seeds": [r.seed for r in group], "ttft_p90_s_gmean": _gmean(p90),
                    "ttft_p99_s_gmean": _gmean([r.policies[name]["ttft_p99_s"]
-                                               for r in group])}
-            for ref in ("oracle", "round-robin"):
+                                               for r in group]),
+                   "ttft_p90_s_per_seed": p90,
+                   "shed_per_seed": [r.policies[name].get("shed", 0) for r in group],
+                   "unfinished_per_seed": [r.policies[name].get("failed", 0) for r in group]}
+            for ref in (ORACLE, "round-robin"):
                 if ref in group[0].policies and ref != name:
                     ratios = [r.policies[name]["ttft_p90_s"] / r.policies[ref]["ttft_p90_s"]
                               for r in group]
-                    row[f"p90_vs_{ref}_gmean"] = _gmean(ratios)
-                    if ref == "oracle":
+                    key = "oracle" if ref == ORACLE else ref  # the JSON's key since before
+                    row[f"p90_vs_{key}_gmean"] = _gmean(ratios)
+                    if ref == ORACLE:
                         row["p90_vs_oracle_worst"] = max(ratios)
                         row["p90_vs_oracle_per_seed"] = ratios
             table[name] = row
@@ -144,16 +174,20 @@ def format_seed_summary(summary: dict[str, dict[str, dict]]) -> str:
     lines = []
     for workload, table in summary.items():
         seeds = ",".join(map(str, next(iter(table.values()))["seeds"]))
-        lines.append(f"workload={workload} over seeds {seeds} (geometric means)")
+        lines.append(f"workload={workload} over seeds {seeds} (geometric means; shed and "
+                     "unfinished: totals over the seeds, left out of the percentiles)")
         lines.append(f"{'policy':<16}{'ttft_p90_s':>12}{'ttft_p99_s':>12}"
-                     f"{'p90/oracle':>12}{'worst':>8}{'p90/rr':>9}")
+                     f"{'p90/oracle':>12}{'worst':>8}{'p90/rr':>9}{'shed':>7}{'unfin':>7}")
         for name, row in table.items():
             def cell(key: str, width: int) -> str:
                 v = row.get(key)
                 return f"{v:>{width}.2f}" if v is not None else f"{'-':>{width}}"
             lines.append(f"{name:<16}{row['ttft_p90_s_gmean']:>12.3f}"
                          f"{row['ttft_p99_s_gmean']:>12.3f}{cell('p90_vs_oracle_gmean', 12)}"
-                         f"{cell('p90_vs_oracle_worst', 8)}{cell('p90_vs_round-robin_gmean', 9)}")
+                         f"{cell('p90_vs_oracle_worst', 8)}{cell('p90_vs_round-robin_gmean', 9)}"
+                         f"{sum(row['shed_per_seed']):>7}{sum(row['unfinished_per_seed']):>7}")
+            lines.append(f"{'':<16}p90 per seed: " + " ".join(
+                f"{v:.3f}" for v in row["ttft_p90_s_per_seed"]))
     return "\n".join(lines)
 
 
