@@ -79,7 +79,10 @@ class PodState:
     sent_since_scrape: int  # requests sent since `metrics` were taken
     fresh: bool  # metrics present and younger than the store's stale_after
     #: Waiting requests, counting what was sent since the last scrape (in-flight
-    #: accounting); with stale or missing metrics the in-flight count alone.
+    #: accounting), and at least the requests this balancer has in flight there beyond
+    #: what the page says is running (a pod is judged by what it does: one whose page says
+    #: it is idle while it holds our requests is queueing them); with stale or missing
+    #: metrics the in-flight count alone.
     queue: float = field(init=False, repr=False, compare=False)
     #: KV-cache usage 0..1 from fresh metrics, else 0.
     kv_usage: float = field(init=False, repr=False, compare=False)
@@ -91,7 +94,9 @@ class PodState:
         m = self.metrics
         if self.fresh and m is not None and 0.0 <= m.waiting < math.inf \
                 and 0.0 <= m.kv_usage < math.inf:
-            self.queue = m.waiting + self.sent_since_scrape
+            queued = m.waiting + self.sent_since_scrape
+            held = self.inflight - (m.running if 0.0 <= m.running < math.inf else 0.0)
+            self.queue = queued if queued >= held else held
             self.kv_usage = m.kv_usage
         else:
             self.queue = float(self.inflight)
