@@ -72,14 +72,17 @@ class BalancerOptions(BaseModel):
         "(keep it below the pod's terminationGracePeriodSeconds, 60 in deploy/); then a "
         "stream ends with an error event, another request gets 503, each logged 503 DT")
     max_queued: Annotated[int, Flag(metavar="N")] = Field(
-        1000, ge=0, description="llm policy: a request that finds its pool saturated (no "
+        0, ge=0, description="llm policy: a request that finds its pool saturated (no "
         "pod with queue <= queue_threshold and KV cache <= kv_threshold) waits in the "
         "balancer, up to this many over all pools, and is let in highest priority first "
         "(InferenceObjective; first come first served within one) as a pod gets room. A "
         "full queue gives a higher priority the place of its lowest-priority, newest "
         "waiter, else answers 429 with Retry-After. Each waiter holds its body here (GIE "
-        "bounds each priority at 5,000). 0 = no queue: priority >= 0 is scheduled at once, "
-        "negative priority is shed")
+        "bounds each priority at 5,000; e.g. 1000). 0 (the default, as GIE without its "
+        "experimental flow-control layer) = no queue: when saturated, priority >= 0 is "
+        "scheduled at once and negative priority is shed. The queue holds work a pod could "
+        "batch whenever every pod's KV cache is over kv_threshold, so enable it for "
+        "priorities, not for throughput")
     queue_timeout: Annotated[float, Flag(metavar="SECONDS")] = Field(
         60.0, gt=0, description="a request waits in the admission queue at most this long, "
         "then gets 503 with Retry-After (GIE flow control's default request TTL)")

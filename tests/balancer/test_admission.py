@@ -84,7 +84,8 @@ def core(tmp_path: Path, **options) -> BalancerCore:
     path = tmp_path / "objectives.yaml"
     path.write_text(OBJECTIVES)
     c = BalancerCore(StaticDiscovery(SEED_FILES + [str(path)], pods=seed_pods([A, B])),
-                     BalancerOptions(seed=1, scrape_interval=3600, **options))
+                     BalancerOptions(**{"seed": 1, "scrape_interval": 3600, "max_queued": 1000,
+                                        **options}))
     c.log = lambda rec: None  # type: ignore[method-assign]
     return c
 

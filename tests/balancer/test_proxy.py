@@ -288,7 +288,7 @@ async def test_a_saturated_pool_queues_requests_until_a_pod_has_room(fleet, make
     --queue-timeout gets 503 with Retry-After in OpenAI's error shape."""
     store = MetricsStore(stale_after=600)
     app = await make_app(fleet.addresses, store=store, scrape_interval=3600,
-                         queue_timeout=30)
+                         queue_timeout=30, max_queued=1000)
     await wait_for(lambda: sum(app.scrape_counts.scrapes.values()) >= len(fleet.addresses),
                    "the start's scrape")  # the loop's rounds are spread over the hour
 
