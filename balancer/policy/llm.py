@@ -11,13 +11,14 @@ from typing import Collection
 
 from llmtraffic.balancer.policy import native as native_core
 from llmtraffic.balancer.policy.filters import usable, with_room
-from llmtraffic.balancer.policy.prefix import (TOKENS_PER_BLOCK, PrefixIndex, block_hashes,
-                                               index_tokens)
+from llmtraffic.balancer.policy.prefix import (BLOCK_CHARS, TOKENS_PER_BLOCK, PrefixIndex,
+                                               block_hashes, index_tokens)
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
 from llmtraffic.balancer.policy.row import COLUMNS, pod_row
 from llmtraffic.balancer.policy.scorer import Candidates, Scorer
 from llmtraffic.balancer.policy.scorers import SCORERS
 from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN
 from llmtraffic.contracts.store import PodState, Snapshot
 
 #: Weight of the newest request in a pod's moving average of uncached prompt tokens.
@@ -65,18 +66,21 @@ class LLMPolicy:
                  matched_blocks: int) -> None:
         """After a pick: the prefix index learns what `top` was sent, and its moving
         average of uncached prompt tokens takes this request's."""
-        self.prefix.add(top.address, hashes, self.index_limit(top))
+        self.prefix.add(top.address, hashes, self.index_limit(top, chars_per_token(request)))
         u = max(0, index_tokens(request.prompt) - matched_blocks * TOKENS_PER_BLOCK)
         old = self._uncached.get(top.address)
         self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)
 
-    def index_limit(self, state: PodState) -> int:
-        """Prefix-index entries kept for this pod (see `prefix_capacity_factor`)."""
+    def index_limit(self, state: PodState, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+        """Prefix-index entries kept for this pod (see `prefix_capacity_factor`): the index
+        blocks (BLOCK_CHARS characters, BLOCK_CHARS / chars_per_token of the model's tokens
+        each) that its KV cache holds, times the factor."""
         cfg, m = self.config, state.metrics
         if m is None or cfg.prefix_capacity_factor <= 0 or m.num_gpu_blocks <= 0 \
                 or m.block_size <= 0:
             return cfg.prefix_lru_per_pod
-        blocks = cfg.prefix_capacity_factor * m.num_gpu_blocks * m.block_size / TOKENS_PER_BLOCK
+        block_tokens = BLOCK_CHARS / chars_per_token
+        blocks = cfg.prefix_capacity_factor * m.num_gpu_blocks * m.block_size / block_tokens
         return max(1, min(cfg.prefix_lru_per_pod, int(blocks)))
 
     def forget(self, addresses: Collection[str]) -> None:
@@ -167,6 +171,16 @@ class LLMPolicy:
         return Shed(429, "pool saturated: no pod with queue <= "
                     f"{cfg.queue_threshold:g} and KV cache <= {cfg.kv_threshold:g}",
                     cfg.retry_after_s)
+
+
+def chars_per_token(request: LLMRequest) -> float:
+    """The characters per token behind the request's `prompt_tokens` estimate (the balancer
+    learns it per model from `usage`, balancer/tokenratio.py), clamped to 0.5-8; the
+    default 4 for a prompt shorter than one index block or without an estimate."""
+    n, chars = request.prompt_tokens, len(request.prompt)
+    if n <= 0 or chars < BLOCK_CHARS:
+        return CHARS_PER_TOKEN
+    return min(8.0, max(0.5, chars / n))
 
 
 def _ranked(scores: list[float], k: int, rng: random.Random) -> list[int]:

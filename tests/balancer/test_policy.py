@@ -117,6 +117,15 @@ def test_prefix_index_is_sized_from_each_pods_kv_cache():
     for i in range(40):  # distinct 5-block prompts to every pod the policy picks
         policy.pick(req(prompt=f"{i:04d}" * (BLOCK_CHARS // 4) * 5), snap)
     assert 0 < policy.prefix.entries("10.0.0.0:8000") <= 16
+    # a tokenizer twice as dense (2 characters a token, learned from usage and carried in
+    # the request's estimate) fits half the index blocks in the same cache
+    assert policy.index_limit(snap.pods[0], chars_per_token=2.0) == 8
+    dense = LLMPolicy(PolicyConfig(queue_weight=0, kv_weight=0), seed=1)
+    for i in range(40):
+        prompt = f"{i:04d}" * (BLOCK_CHARS // 4) * 5
+        dense.pick(LLMRequest(model="base", target_model="base", adapter=None, prompt=prompt,
+                              prompt_tokens=len(prompt) // 2, pool="pool"), snap)
+    assert 0 < dense.prefix.entries("10.0.0.0:8000") <= 8
     # a limit that shrinks (the pod restarted smaller) sheds the oldest entries at once
     index = prefix_index(100)
     index.add("a", hashes_of("m", "z" * BLOCK_CHARS * 50))
