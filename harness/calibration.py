@@ -398,6 +398,9 @@ def build_profile(m: Measurements, *, name: str, device: str, max_num_seqs: int,
         kv_bytes_per_token=0, activation_reserve_bytes=0.0, mem_bandwidth=0.0,
         mem_efficiency=0.0, peak_flops=0.0, mfu=0.0, flops_per_token=0.0,
         step_overhead_s=0.0)
+    # Every constant below is measured above, except: the CPU batch budget (vLLM's default,
+    # CPU_MAX_NUM_BATCHED_TOKENS) and lora_load_warm_s = 0 (on CPU an adapter's "GPU" slot
+    # is host memory: activating it copies nothing; the first load, from disk, is measured)
     return replace(
         template, name=name, gpu=device, step_fit=fit, step_overhead_s=fit.base_s,
         kv_bytes_per_token=kv_cache_bytes // max(1, blocks * m.block_size),

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -186,8 +187,9 @@ def format_seed_summary(summary: dict[str, dict[str, dict]]) -> str:
                          f"{row['ttft_p99_s_gmean']:>12.3f}{cell('p90_vs_oracle_gmean', 12)}"
                          f"{cell('p90_vs_oracle_worst', 8)}{cell('p90_vs_round-robin_gmean', 9)}"
                          f"{sum(row['shed_per_seed']):>7}{sum(row['unfinished_per_seed']):>7}")
-            lines.append(f"{'':<16}p90 per seed: " + " ".join(
-                f"{v:.3f}" for v in row["ttft_p90_s_per_seed"]))
+            lines += textwrap.wrap("p90 per seed: " + " ".join(
+                f"{v:.3f}" for v in row["ttft_p90_s_per_seed"]), 100,
+                initial_indent=" " * 16, subsequent_indent=" " * 30)
     return "\n".join(lines)
 
 
