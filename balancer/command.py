@@ -17,6 +17,7 @@ from llmtraffic.balancer.eventloop import EventLoopError, loop_name
 from llmtraffic.balancer.eventloop import run as run_loop
 from llmtraffic.balancer.options import BalancerCommand, ExtProcOptions, ProxyOptions
 from llmtraffic.balancer.policy.settings import PolicyConfig
+from llmtraffic.balancer.workers import WorkerSeat, default_workers, serve_workers
 from llmtraffic.contracts.flags import OptionError, add_flags, from_flags
 from llmtraffic.contracts.serving import stop_event
 
@@ -90,6 +91,10 @@ def _run(args: argparse.Namespace) -> int:
         discovery = make_discovery(cmd)
         if isinstance(opts, ExtProcOptions):
             serve_extproc = _extproc()
+            if (cmd.workers or 1) > 1:
+                raise ConfigError(f"--workers {cmd.workers}: the ext_proc picker runs in one "
+                                  "process; --workers applies to --mode proxy")
+        workers = 1 if isinstance(opts, ExtProcOptions) else cmd.workers or default_workers()
     except (ConfigError, ImportError, EventLoopError, OptionError) as e:
         print(f"llmtraffic balancer: {e}", file=sys.stderr)
         return 2
@@ -98,7 +103,29 @@ def _run(args: argparse.Namespace) -> int:
                         "asyncio" if cmd.loop == "auto" else cmd.loop)
     from llmtraffic.balancer.proxy import BalancerApp
 
+    if workers > 1:
+        return _serve_workers(cmd, opts, workers)
     return run_loop(_serve_proxy(BalancerApp(discovery, opts)), cmd.loop)
+
+
+def _serve_workers(cmd: BalancerCommand, opts: ProxyOptions, workers: int) -> int:
+    """`workers` forked proxies on one port (balancer.workers); the banner once all listen."""
+    from llmtraffic.contracts.serving import parse_listen
+
+    host, port = parse_listen(opts.listen)
+
+    def run_worker(seat: WorkerSeat, ready) -> int:
+        from llmtraffic.balancer.proxy import BalancerApp
+
+        try:
+            app = BalancerApp(make_discovery(cmd), opts, seat=seat)
+        except Exception as e:  # reported by the parent, which stops the others
+            ready.send(("error", f"worker {seat.index}: {type(e).__name__}: {e}"))
+            return 2
+        return run_loop(_serve_proxy(app, ready), cmd.loop)
+
+    return serve_workers(workers, host, port, run_worker, lambda port, serves: (
+        f"llmtraffic balancer: http://{host}:{port} {serves} workers={workers}"))
 
 
 def _extproc():
@@ -111,18 +138,27 @@ def _extproc():
     return serve_extproc
 
 
-async def _serve_proxy(app) -> int:
+async def _serve_proxy(app, ready=None) -> int:
+    """Serve until SIGINT/SIGTERM; a worker (`ready`: its pipe to the parent) reports its
+    start there and the parent prints the banner."""
     stop = stop_event(app.core.reopen_logs)
     try:
         await app.start()
     except OSError as e:
-        print(f"llmtraffic balancer: cannot listen on {app.options.listen}: {e}",
-              file=sys.stderr)
+        why = f"cannot listen on {app.options.listen}: {e}"
+        if ready is not None:
+            ready.send(("error", why))
+        else:
+            print(f"llmtraffic balancer: {why}", file=sys.stderr)
         await app.stop()
         return 2
-    print(f"llmtraffic balancer: http://{app.options.listen.rsplit(':', 1)[0]}:{app.port} "
-          f"policy={app.policy.name} pods={len(app.store.pods())} "
-          f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]}", flush=True)
+    serves = (f"policy={app.policy.name} pods={len(app.store.pods())} "
+              f"loop={type(asyncio.get_running_loop()).__module__.split('.')[0]}")
+    if ready is not None:
+        ready.send(("ok", serves))
+    else:
+        print(f"llmtraffic balancer: http://{app.options.listen.rsplit(':', 1)[0]}:{app.port} "
+              f"{serves}", flush=True)
     await stop.wait()
     await app.stop()
     return 0

@@ -35,10 +35,11 @@ OUTLIER_PERSISTS = 1.0
 
 class BalancerCore:
     """`start()` scrapes once and then keeps scraping and following discovery;
-    `stop()` ends that; `close()` closes the access log (after the front end drained)."""
+    `stop()` ends that; `close()` closes the access log (after the front end drained).
+    `shared_log`: other processes (the proxy's workers) append to the same access log."""
 
     def __init__(self, discovery: Discovery, options: BalancerOptions | None = None,
-                 store: MetricsStore | None = None) -> None:
+                 store: MetricsStore | None = None, shared_log: bool = False) -> None:
         o = options or BalancerOptions()
         self.discovery = discovery
         self.store = store or MetricsStore()
@@ -69,7 +70,8 @@ class BalancerCore:
             self.registry.register(discovery.collector())
         self.access_log_path = o.access_log
         self.access_log = AccessLogWriter(o.access_log, o.access_log_max_bytes,
-                                          o.access_log_keep) if o.access_log else None
+                                          o.access_log_keep, shared_log) \
+            if o.access_log else None
         self.scraper = Scraper(self.store, interval=o.scrape_interval,
                                timeout=o.scrape_timeout, stats=self.scrape_counts,
                                max_bytes=o.scrape_max_bytes, budget=o.scrape_budget)

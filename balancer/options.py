@@ -160,6 +160,14 @@ class BalancerCommand(BaseModel):
     metrics_token_env: Annotated[str, Flag(metavar="VAR")] = Field(
         "LLMTRAFFIC_METRICS_TOKEN", description="if set, /metrics needs `Authorization: "
         "Bearer <its value>`")
+    workers: Annotated[int | None, Flag(
+        metavar="N", shown_default="the cores this process may run on")] = Field(
+        None, ge=1, description="proxy: serve from N worker processes on one port "
+        "(SO_REUSEPORT), each with its own store, scrapes, policy state, admission queue and "
+        "in-flight counts (as N replicas would); /metrics on any of them reports all N "
+        "merged, the access log gets every worker's whole lines, SIGTERM drains them all. "
+        "1 serves in this process. The ext_proc picker runs one process (Envoy keeps few "
+        "long-lived streams to it, which one port cannot spread)")
     loop: Literal[LOOPS] = Field(  # type: ignore[valid-type]
         "auto", description="event loop: uvloop (about a quarter less CPU and added latency "
         "per request), asyncio, or auto = uvloop when installed for the proxy and asyncio "

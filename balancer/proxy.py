@@ -27,6 +27,7 @@ from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
 from llmtraffic.balancer.usage import SseTap, apply_usage
+from llmtraffic.balancer.workers import WorkerSeat
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
 
@@ -79,10 +80,11 @@ class BalancerApp:
     """The proxy process in-process: `await app.start()`, `app.port`, `await app.stop()`."""
 
     def __init__(self, discovery: Discovery, options: ProxyOptions,
-                 store: MetricsStore | None = None) -> None:
+                 store: MetricsStore | None = None, seat: WorkerSeat | None = None) -> None:
         self.options = options
+        self.seat = seat  # one of several workers on the port (balancer.workers), or None
         self.discovery = discovery
-        self.core = BalancerCore(discovery, options, store)
+        self.core = BalancerCore(discovery, options, store, shared_log=seat is not None)
         core = self.core
         self.store, self.policy, self.router = core.store, core.policy, core.router
         self.stats, self.scrape_counts, self.counters = core.stats, core.scrape_counts, \
@@ -100,6 +102,7 @@ class BalancerApp:
         self._ejections: dict[str, asyncio.Future[None]] = {}
         self.core.breaker.listeners.append(self._ejected)
         self.port = 0
+        self.peers = None  # PeerMetrics: this worker's series to the others, and theirs
 
     # ---- lifecycle -----------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -131,8 +134,17 @@ class BalancerApp:
         self.guard = ConnectionGuard(self._runner.server,
                                      self.options.max_connections or default_limit(),
                                      self.options.head_timeout)
-        self._listener = await asyncio.get_running_loop().create_server(
-            self.guard.factory, host, port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        if self.seat is None:
+            self._listener = await loop.create_server(self.guard.factory, host, port,
+                                                      reuse_address=True)
+        else:
+            from llmtraffic.balancer.peermetrics import PeerMetrics
+
+            self.peers = PeerMetrics(self.seat, self.registry)
+            await self.peers.start()
+            self._listener = await loop.create_server(self.guard.factory,
+                                                      sock=self.seat.listen_socket())
         self.port = self._listener.sockets[0].getsockname()[1]
         await self.core.start()
         log.info("balancer listening on %s:%d (policy %s)", host, self.port, self.policy.name)
@@ -149,6 +161,9 @@ class BalancerApp:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.peers is not None:
+            await self.peers.stop()
+            self.peers = None
         self.core.close()
 
     async def _drain(self) -> None:
@@ -175,6 +190,8 @@ class BalancerApp:
 
     # ---- small endpoints -----------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
+        if self.seat is not None:  # which of the workers answered
+            return web.json_response({"status": "ok", "worker": self.seat.index})
         return web.json_response({"status": "ok"})
 
     async def _ready(self, request: web.Request) -> web.Response:
@@ -184,8 +201,17 @@ class BalancerApp:
     async def _metrics(self, request: web.Request) -> web.Response:
         if not _bearer_ok(request, self.options.metrics_token):
             return _error(ApiError(401, "/metrics needs `Authorization: Bearer <token>`"))
-        return web.Response(body=generate_latest(self.registry),
-                            content_type="text/plain", charset="utf-8")
+        if self.peers is None:
+            page = generate_latest(self.registry)
+        else:
+            from llmtraffic.balancer.peermetrics import PeerUnavailable
+
+            try:
+                page = await self.peers.exposition()
+            except PeerUnavailable as e:  # a partial sum would read as a counter reset
+                return _error(ApiError(503, f"/metrics: a worker did not hand over its "
+                                       f"series ({e}); retry"))
+        return web.Response(body=page, content_type="text/plain", charset="utf-8")
 
     async def _models(self, request: web.Request) -> web.Response:
         if not _bearer_ok(request, self.options.api_key):

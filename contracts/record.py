@@ -98,10 +98,16 @@ class AccessLogWriter:
 
     With `max_bytes`, a file that reached it is renamed to `path.1` (`path.1` to `path.2`,
     ..., `path.<keep>` deleted) and a new one started: rename-and-create, which the exporter
-    follows, finishing the renamed file first."""
+    follows, finishing the renamed file first.
 
-    def __init__(self, path: str | None, max_bytes: int = 0, keep: int = 3) -> None:
+    Each line is one unbuffered write to a file opened for appending, so several processes
+    (`shared`: the balancer's workers) append whole lines to one file; they then measure the
+    file itself, rotate under a lock on its directory, and follow a rotation another did."""
+
+    def __init__(self, path: str | None, max_bytes: int = 0, keep: int = 3,
+                 shared: bool = False) -> None:
         self.path = None if path in (None, "-") else path
+        self.shared = shared and self.path is not None and max_bytes > 0
         if max_bytes < 0 or keep < 1:
             raise ValueError(f"access log {path}: max_bytes must be >= 0 (0: never rotate) "
                              f"and keep >= 1 (got {max_bytes}, {keep})")
@@ -120,13 +126,45 @@ class AccessLogWriter:
     def write(self, record: LLMRecord) -> None:
         line = record_to_json(record) + b"\n"
         with self._lock:
+            if self.shared:
+                self._follow()
             self._file.write(line)
             if self.path is None:
                 self._file.flush()
                 return
             self._size += len(line)
+            if self.shared:
+                self._size = os.fstat(self._file.fileno()).st_size  # every writer's lines
             if self.max_bytes and self._size >= self.max_bytes:
+                self._rotate_shared() if self.shared else self._rotate()
+
+    def _follow(self) -> None:
+        """Another process rotated the file (path is a new file, or none yet): append to
+        the new one."""
+        assert self.path is not None
+        try:
+            moved = os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self._file.close()
+            self._file = self._open()
+            self._size = self._file.tell()
+
+    def _rotate_shared(self) -> None:
+        """Rotate once among several writers: under an exclusive lock on the directory,
+        whoever still finds the full file at `path` rotates; the others follow."""
+        import fcntl
+
+        assert self.path is not None
+        fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._follow()
+            if os.fstat(self._file.fileno()).st_size >= self.max_bytes:
                 self._rotate()
+        finally:
+            os.close(fd)  # and the lock with it
 
     def _rotate(self) -> None:
         """path -> path.1 -> ... -> path.<keep> (the oldest dropped); a new path."""

@@ -42,6 +42,38 @@ def test_never_rotates_by_default_and_refuses_nonsense(tmp_path) -> None:
     assert BalancerOptions(access_log_max_bytes=1 << 20, access_log_keep=5).access_log_keep == 5
 
 
+def _append(path: str, max_bytes: int, first: int) -> None:
+    w = AccessLogWriter(path, max_bytes=max_bytes, keep=1000, shared=True)
+    for i in range(first, first + 300):
+        w.write(_rec(i))
+    w.close()
+
+
+def test_shared_writers_append_whole_lines_and_rotate_once_each_time(tmp_path) -> None:
+    """Three processes (the balancer's workers) on one file rotating by size: every line
+    whole, none lost or doubled, each rotation done by one of them."""
+    import multiprocessing
+
+    import orjson
+
+    path = tmp_path / "access.log"
+    line = len(record_to_json(_rec(1000))) + 1  # every line written is this long
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append, args=(str(path), 50 * line, 1000 * (k + 1)))
+             for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    ids = [orjson.loads(x)["request_id"] for f in tmp_path.iterdir()
+           for x in f.read_bytes().splitlines()]
+    assert sorted(ids) == sorted(f"r{k * 1000 + i}" for k in (1, 2, 3) for i in range(300))
+    rotated = [f for f in tmp_path.iterdir() if f.name != "access.log"]
+    assert len(rotated) >= 2  # each one full: rotated by one writer, not once by each
+    assert all(f.read_bytes().count(b"\n") >= 50 for f in rotated)
+
+
 async def test_exporter_follows_size_rotation_exactly(tmp_path) -> None:
     path = tmp_path / "access.log"
     path.touch()
