@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmtraffic.balancer.proxy import BalancerApp
 from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
 from llmtraffic.harness.prometheus import free_port
+from llmtraffic.simulator import tokenizer
+from llmtraffic.simulator.profile import DEFAULT_PROFILE, get_profile
 from llmtraffic.simulator.server import run_fleet_in_thread
 from tests.balancer.conftest import (BASE, LABELS, LORAS, POOL, SEED_FILES, client, next_scrape,
                                      records, stop_pod, total_inflight, wait_for)
@@ -26,6 +28,9 @@ pytestmark = pytest.mark.e2e
 
 SEED_BODY = (b'{"model": "tweet-summary", "prompt": "Write as if you were a critic: San '
              b'Francisco", "max_tokens": 100, "temperature": 0}')
+#: the seed prompt's 44 characters at the simulated engine's tokenizer's ratio
+SEED_PROMPT_TOKENS = tokenizer.count("Write as if you were a critic: San Francisco",
+                                     get_profile(DEFAULT_PROFILE).chars_per_token)
 LONG = {"ignore_eos": True}  # the simulator then generates exactly max_tokens
 
 
@@ -103,14 +108,15 @@ async def test_seed_step4_curl_request(fleet, make_app):
     assert out["object"] == "text_completion" and out["model"] == "tweet-summary"
     assert out["choices"][0]["text"].strip()
     usage = out["usage"]
-    assert usage["prompt_tokens"] == 11  # 44 characters, the simulator's 4 per token
+    # 44 characters at the simulated engine's tokenizer's ratio (the default profile's)
+    assert usage["prompt_tokens"] == SEED_PROMPT_TOKENS
     assert 1 <= usage["completion_tokens"] <= 100
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
     r = await client(app).completions.create(
         model="tweet-summary", prompt="Write as if you were a critic: San Francisco",
         max_tokens=100, temperature=0)
-    assert r.model == "tweet-summary" and r.choices[0].text and r.usage.prompt_tokens == 11
+    assert r.model == "tweet-summary" and r.choices[0].text and r.usage.prompt_tokens == SEED_PROMPT_TOKENS
 
     first, second = records(app)
     assert first["authority"] == "test.com" and first["response_code"] == 200
