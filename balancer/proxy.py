@@ -26,7 +26,7 @@ from llmtraffic.balancer.lifecycle import DRAIN_CUT, RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
-from llmtraffic.balancer.usage import SseTap, apply_usage
+from llmtraffic.balancer.usage import LineBuffer, SseTap, apply_usage
 from llmtraffic.balancer.workers import WorkerSeat
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
@@ -499,39 +499,48 @@ class BalancerApp:
                            resp: web.StreamResponse, tap: SseTap, rec: LLMRecord
                            ) -> tuple[str | None, int]:
         """The pod's SSE lines to the client, within the stream's caps: (why it failed or
-        CLIENT_LEFT or None, bytes sent)."""
+        CLIENT_LEFT or None, bytes sent). What arrived together goes on in one write (an
+        event and its blank line, or several events), never a write per line; the tap
+        parses only the lines that may carry the first text or the usage."""
         sent = 0
         max_events = d.stream_events(self.options.max_stream_tokens)
         max_bytes = self.options.max_response_bytes
         failure: str | None = None
-        it = up.content.__aiter__()
-        while True:
+        split = LineBuffer()
+        ended = False
+        while not ended and failure is None:
             try:
-                line = await it.__anext__()
-            except StopAsyncIteration:
-                if not tap.done:
-                    failure = "the pod closed the stream before [DONE]"
-                elif not tap.choices:
-                    failure = "the pod's stream carried no choices"
-                break
+                data = await up.content.readany()
             except STREAM_FAILURES as e:
                 failure = f"{type(e).__name__}: {e}"
                 break
-            if not tap.keep(line):
-                continue
-            if tap.chunks > max_events or sent + len(line) > max_bytes:
-                failure = (f"the stream went past {max_events} events or {max_bytes} bytes "
-                           "(max_tokens x n + 64, --max-response-bytes)")
-                break
-            try:
-                await resp.write(line)
-            except ConnectionResetError:
-                if not tap.complete:  # after the whole answer, a hang-up is no DC
-                    rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
-                rec.bytes_sent = sent
-                return CLIENT_LEFT, sent
-            sent += len(line)
-            rec.bytes_sent = sent  # so far: a relay the client cancels logs it too
+            ended = not data
+            out: list[bytes] = []
+            size = 0
+            for line in split.flush() if ended else split.feed(data):
+                if not tap.keep(line):
+                    continue
+                if tap.chunks > max_events or sent + size + len(line) > max_bytes:
+                    failure = (f"the stream went past {max_events} events or {max_bytes} "
+                               "bytes (max_tokens x n + 64, --max-response-bytes)")
+                    break
+                out.append(line)
+                size += len(line)
+            if out:
+                try:
+                    await resp.write(out[0] if len(out) == 1 else b"".join(out))
+                except ConnectionResetError:
+                    if not tap.complete:  # after the whole answer, a hang-up is no DC
+                        rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
+                    rec.bytes_sent = sent
+                    return CLIENT_LEFT, sent
+                sent += size
+                rec.bytes_sent = sent  # so far: a relay the client cancels logs it too
+        if ended and failure is None:
+            if not tap.done:
+                failure = "the pod closed the stream before [DONE]"
+            elif not tap.choices:
+                failure = "the pod's stream carried no choices"
         return failure, sent
 
 
