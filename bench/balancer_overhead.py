@@ -1,15 +1,18 @@
 """What the balancer costs: pick latency of `Router.decide` and bare `policy.pick` at 10, 100
-and 1000 pods, then the live proxy's added latency and requests/s against going direct and
-against `vllm-router --policy round_robin`, side by side on the same simulated pods.
+and 1000 pods, then the live proxy's req/s, CPU per request and added latency against going
+direct and against vllm-router (round_robin and cache_aware), side by side on the same
+simulated pods, non-streaming and streamed, at concurrency 1 and the --concurrency levels.
 
     python -m bench.balancer_overhead [--sizes 10,100,1000] [--picks 3000]
-        [--policies llm,llm-python,round-robin] [--pods 4]
-        [--requests 600] [--concurrency 32] [--duration 8] [--rounds 3] [--skip-live]
+        [--policies llm,llm-python,round-robin] [--pods 4] [--requests 600]
+        [--concurrency 16,64] [--duration 8] [--rounds 2] [--workers 1] [--skip-live]
 
 Each program runs in its own process: the simulated pods (one child), each router (one at
-a time, so an idle one never loads the pods) and the load client (this process). A bare
-aiohttp round-robin proxy runs too, as the floor under any Python proxy. Figures are
-printed, never asserted.
+a time, so an idle one never loads the pods) and the load client (this process); llmtraffic
+runs with its default --workers (the cores available), and its CPU is that of all its
+processes. A bare aiohttp round-robin proxy runs too, as the floor under any Python proxy.
+The machine's load average is printed before and after. Figures are printed, never
+asserted.
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ SEED_DIR = Path(__file__).resolve().parent.parent / "deploy" / "seed"
 SEED_FILES = ("inferencepool.yaml", "inferencemodel.yaml", "llmroute.yaml")
 ADAPTER_SHARE = 0.7  # pick-latency workload: share of requests for a LoRA adapter
 PICK_GOAL_P50_US, PICK_GOAL_P99_US = 50.0, 200.0
-ADDED_P50_GOAL_MS, RPS_GOAL_RATIO = 1.0, 0.60
+#: Issue 21's goals for llmtraffic llm: added p50 at concurrency 1, req/s over vllm-router
+#: round_robin's at each higher concurrency, CPU per request under load.
+ADDED_P50_GOAL_MS, RPS_GOAL_RATIO = 0.5, 1.0
+CPU_GOAL_MS = {"plain": 0.2, "stream": 0.4}
 
 # ---- workload ------------------------------------------------------------------------------
 
@@ -424,27 +430,36 @@ class Setup:
     scrape_interval: float | None = None  # llmtraffic --scrape-interval (None: its default)
 
 
-def start_balancer(procs: Processes, setup: Setup, policy: str) -> Target:
+def start_balancer(procs: Processes, setup: Setup, policy: str,
+                   workers: int | None = None) -> Target:
+    """`llmtraffic balancer` with `--workers` (None: its default, the cores available)."""
     argv = [sys.executable, "-m", "llmtraffic", "balancer", "--config", *setup.configs,
             "--pods-file", str(setup.pods_file), "--listen", "127.0.0.1:0", "--policy",
             policy, "--seed", "0"]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     if setup.scrape_interval is not None:
         argv += ["--scrape-interval", str(setup.scrape_interval)]
-    proc, log = procs.spawn(f"llmtraffic-{policy}", argv)
+    name = f"llmtraffic {policy}" + ("" if workers is None else f" w{workers}")
+    proc, log = procs.spawn(name.replace(" ", "-"), argv)
     line = _wait_for_line(proc, log, "llmtraffic balancer: http://", 60)
     url = line.split("llmtraffic balancer: ", 1)[1].split()[0]
-    return Target(f"llmtraffic {policy}", [url], proc, log)
+    return Target(name, [url], proc, log)
 
 
-def start_vllm_router(procs: Processes, setup: Setup) -> Target:
-    """`vllm-router --policy round_robin` on the same pods; ready once it answers (it
-    health-checks every worker first)."""
+#: vllm-router's policies measured, by the short name the tables show.
+VLLM_ROUTER_POLICIES = {"rr": "round_robin", "cache_aware": "cache_aware"}
+
+
+def start_vllm_router(procs: Processes, setup: Setup, policy: str = "rr") -> Target:
+    """`vllm-router --policy round_robin|cache_aware` on the same pods; ready once it
+    answers (it health-checks every worker first)."""
     assert setup.vllm_router
     port = _free_port()
-    argv = [setup.vllm_router, "--worker-urls", *setup.pod_urls, "--policy", "round_robin",
-            "--host", "127.0.0.1", "--port", str(port)]
-    proc, log = procs.spawn("vllm-router", argv)
-    return Target("vllm-router rr", [f"http://127.0.0.1:{port}"], proc, log)
+    argv = [setup.vllm_router, "--worker-urls", *setup.pod_urls, "--policy",
+            VLLM_ROUTER_POLICIES[policy], "--host", "127.0.0.1", "--port", str(port)]
+    proc, log = procs.spawn(f"vllm-router-{policy}", argv)
+    return Target(f"vllm-router {policy}", [f"http://127.0.0.1:{port}"], proc, log)
 
 
 FLOOR = "bare aiohttp proxy"  # reference: the least any aiohttp proxy costs
@@ -453,7 +468,7 @@ FLOOR = "bare aiohttp proxy"  # reference: the least any aiohttp proxy costs
 async def _serve_bare_proxy(port: int, pods: list[str]) -> None:
     """A round-robin reverse proxy with nothing else (no parsing, routing, logging or
     metrics): the floor under any Python aiohttp proxy, llmtraffic's included (on the same
-    event loop as `llmtraffic balancer`'s default)."""
+    event loop as `llmtraffic balancer`'s default). Streams are relayed as they arrive."""
     import itertools
 
     import aiohttp
@@ -463,12 +478,20 @@ async def _serve_bare_proxy(port: int, pods: list[str]) -> None:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                     auto_decompress=False)
 
-    async def forward(request: web.Request) -> web.Response:
+    async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         async with session.post(f"http://{next(ring)}{request.path}", data=body,
                                 headers={"Content-Type": "application/json"}) as up:
-            return web.Response(status=up.status, body=await up.read(),
-                                content_type=up.content_type)
+            if up.content_type != "text/event-stream":
+                return web.Response(status=up.status, body=await up.read(),
+                                    content_type=up.content_type)
+            resp = web.StreamResponse(status=up.status,
+                                      headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            async for data in up.content.iter_any():
+                await resp.write(data)
+            await resp.write_eof()
+            return resp
 
     app = web.Application()
     app.router.add_post("/v1/completions", forward)
@@ -489,50 +512,80 @@ def start_floor(procs: Processes, setup: Setup) -> Target:
 
 
 def _start(procs: Processes, setup: Setup, name: str) -> Target:
+    """A target by its table name: FLOOR, "vllm-router rr|cache_aware", or
+    "llmtraffic POLICY" (default workers) / "llmtraffic POLICY wN"."""
     if name == FLOOR:
         return start_floor(procs, setup)
-    if name.startswith("vllm-router"):
-        return start_vllm_router(procs, setup)
-    return start_balancer(procs, setup, name.split()[1])
+    kind, policy, *rest = name.split()
+    if kind == "vllm-router":
+        return start_vllm_router(procs, setup, policy)
+    return start_balancer(procs, setup, policy, int(rest[0][1:]) if rest else None)
 
 
 @dataclass
 class LoadCounts:
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    usage_tokens: int = 0
+    usage_tokens: int = 0  # completion tokens of the non-streamed answers
+    events: int = 0  # data events (before [DONE]) of the streamed answers
+    latencies: list[float] = field(default_factory=list)  # ms, of the successful requests
 
     def error(self, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
 
 
-async def _request(session, url: str, body: bytes, counts: LoadCounts) -> bool:
+async def _request(session, url: str, body: bytes, counts: LoadCounts,
+                   stream: bool = False) -> bool:
+    """One completion, read whole (a stream up to `[DONE]`); its latency into `counts`."""
     import aiohttp
     import orjson
 
+    t0 = time.perf_counter()
     try:
         async with session.post(f"{url}/v1/completions", data=body,
                                 headers={"Host": HOST,
                                          "Content-Type": "application/json"}) as r:
-            data = await r.read()
+            if not stream or r.status != 200:
+                data = await r.read()
             if r.status != 200:
                 counts.error(f"http {r.status}")
                 return False
+            if stream:
+                events, done = 0, False
+                async for line in r.content:
+                    if line.startswith(b"data: [DONE]"):
+                        done = True
+                    elif line.startswith(b"data:"):
+                        events += 1
+                if not done:
+                    counts.error("stream without [DONE]")
+                    return False
+                counts.events += events
+            else:
+                counts.usage_tokens += orjson.loads(data)["usage"]["completion_tokens"]
             counts.ok += 1
-            counts.usage_tokens += orjson.loads(data)["usage"]["completion_tokens"]
+            counts.latencies.append((time.perf_counter() - t0) * 1000)
             return True
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         counts.error(type(e).__name__)
         return False
 
 
-def _payloads(seed: int, n: int, max_tokens: int) -> list[bytes]:
-    """Non-streaming completions for the base model with the pick-latency prompts."""
+#: The two request shapes measured: a short answer, and a stream of STREAM_TOKENS events.
+MODES = ("plain", "stream")
+STREAM_TOKENS = 20
+
+
+def _payloads(seed: int, n: int, max_tokens: int, stream: bool = False) -> list[bytes]:
+    """Completions for the base model with the pick-latency prompts: `max_tokens` each, or
+    STREAM_TOKENS streamed (one event per token, as the simulated pods send them)."""
     import orjson
 
     prompts = Prompts(random.Random(seed))
     return [orjson.dumps({"model": BASE_MODEL, "prompt": prompts.next(),
-                          "max_tokens": max_tokens, "ignore_eos": True}) for _ in range(n)]
+                          "max_tokens": STREAM_TOKENS if stream else max_tokens,
+                          "ignore_eos": True, **({"stream": True} if stream else {})})
+            for _ in range(n)]
 
 
 async def wait_ready(target: Target, payload: bytes, timeout: float = 60) -> None:
@@ -556,43 +609,63 @@ async def wait_ready(target: Target, payload: bytes, timeout: float = 60) -> Non
 
 @dataclass
 class Latencies:
-    """Sequential request latencies (ms) through a router and, paired, direct."""
+    """Sequential request latencies (ms) through a router and, paired, direct; the
+    router's CPU seconds over its routed requests."""
 
     routed: list[float] = field(default_factory=list)
     direct: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    router_cpu_s: float = 0.0
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its children (the balancer's workers), all their threads."""
+    total = _cpu_seconds(pid)
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _tree_cpu_seconds(int(child))
+    except OSError:
+        pass
+    return total
 
 
 async def paired_latency(target: Target, direct: Target, requests: int, warmup: int,
-                         payloads: list[bytes], into: Latencies) -> None:
+                         payloads: list[bytes], into: Latencies, stream: bool = False
+                         ) -> None:
     """One request at a time, alternating direct and through `target` (who goes first
     alternates too), so drift in the machine's load falls on both alike."""
     import aiohttp
 
     counts = {"routed": LoadCounts(), "direct": LoadCounts()}
-    clock = time.perf_counter
+    pid = target.proc.pid if target.proc else None
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
                                      timeout=aiohttp.ClientTimeout(total=30)) as s_routed, \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
                                   timeout=aiohttp.ClientTimeout(total=30)) as s_direct:
         legs = [("routed", s_routed, target), ("direct", s_direct, direct)]
         for i in range(warmup + requests):
+            if i == warmup and pid is not None:
+                cpu0 = _tree_cpu_seconds(pid)
             body = payloads[i % len(payloads)]
             for kind, session, t in (legs if i % 2 else legs[::-1]):
-                t0 = clock()
-                ok = await _request(session, t.urls[i % len(t.urls)], body, counts[kind])
-                took = (clock() - t0) * 1000
-                if i >= warmup and ok:
-                    getattr(into, kind).append(took)
+                c = counts[kind]
+                if await _request(session, t.urls[i % len(t.urls)], body, c, stream) \
+                        and i >= warmup:
+                    getattr(into, kind).append(c.latencies[-1])
+        if pid is not None:
+            into.router_cpu_s += _tree_cpu_seconds(pid) - cpu0
     for c in counts.values():
         for k, v in c.errors.items():
             into.errors[k] = into.errors.get(k, 0) + v
 
 
 async def throughput(target: Target, concurrency: int, duration: float,
-                     payloads: list[bytes], pids: dict[str, int]) -> dict[str, Any]:
+                     payloads: list[bytes], pids: dict[str, int],
+                     stream: bool = False) -> dict[str, Any]:
     """Closed loop: `concurrency` workers send back to back for `duration` s (the last
-    requests finish after it; the wall time includes them). CPU% per process in `pids`."""
+    requests finish after it; the wall time includes them). CPU% per process in `pids`
+    (a router's with its children, e.g. the balancer's workers)."""
     import aiohttp
 
     counts = LoadCounts()
@@ -606,45 +679,63 @@ async def throughput(target: Target, concurrency: int, duration: float,
             while time.monotonic() < deadline:
                 started += 1
                 await _request(session, target.urls[i % len(target.urls)],
-                               payloads[i % len(payloads)], counts)
+                               payloads[i % len(payloads)], counts, stream)
                 i += concurrency
 
-        cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        cpu0 = {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.monotonic()
         deadline = t0 + duration
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         wall = time.monotonic() - t0
-        cpu = {name: (_cpu_seconds(pid) - cpu0[name]) / wall * 100
+        cpu = {name: (_tree_cpu_seconds(pid) - cpu0[name]) / wall * 100
                for name, pid in pids.items()}
-    return {"target": target.name, "requests": counts.ok, "started": started,
-            "errors": counts.errors, "usage_tokens": counts.usage_tokens, "wall_s": wall,
-            "rps": counts.ok / wall, "cpu_pct": cpu}
+    lat = sorted(counts.latencies)
+    return {"target": target.name, "concurrency": concurrency, "stream": stream,
+            "requests": counts.ok, "started": started, "errors": counts.errors,
+            "usage_tokens": counts.usage_tokens, "events": counts.events, "wall_s": wall,
+            "rps": counts.ok / wall, "cpu_pct": cpu,
+            "p50_ms": _p(lat, 0.5), "p99_ms": _p(lat, 0.99)}
 
 
 async def _router_turn(target: Target, direct: Target, requests: int, warmup: int,
-                       concurrency: int, duration: float, payloads: list[bytes],
-                       pids: dict[str, int], lat: Latencies) -> dict[str, Any]:
-    await wait_ready(target, payloads[0])
-    await paired_latency(target, direct, requests, warmup, payloads, lat)
-    return await throughput(target, concurrency, duration, payloads,
-                            {**pids, "router": target.proc.pid} if target.proc else pids)
+                       concurrencies: tuple[int, ...], duration: float,
+                       payloads: dict[str, list[bytes]], pids: dict[str, int],
+                       lat: dict[str, Latencies]) -> dict[str, list[dict[str, Any]]]:
+    """Both modes through one started router: paired latency (concurrency 1), then
+    closed-loop throughput at each concurrency."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    router = {**pids, "router": target.proc.pid} if target.proc else pids
+    for mode in MODES:
+        stream = mode == "stream"
+        await wait_ready(target, payloads["plain"][0])
+        await paired_latency(target, direct, requests, warmup, payloads[mode], lat[mode],
+                             stream)
+        out[mode] = [await throughput(target, c, duration, payloads[mode], router, stream)
+                     for c in concurrencies]
+    return out
 
 
 def live_overhead(pods: int = 4, requests: int = 600, warmup: int = 50,
-                  concurrency: int = 32, duration: float = 8.0, rounds: int = 3,
-                  max_tokens: int = 2, time_scale: float = 1000.0, seed: int = 0,
-                  policies: tuple[str, ...] = ("round-robin", "llm"),
+                  concurrencies: tuple[int, ...] = (16, 64), duration: float = 8.0,
+                  rounds: int = 2, max_tokens: int = 2, time_scale: float = 1000.0,
+                  seed: int = 0, policies: tuple[str, ...] = ("round-robin", "llm"),
                   vllm_router: str | None = None,
-                  scrape_interval: float | None = None, floor: bool = True) -> dict[str, Any]:
+                  scrape_interval: float | None = None, floor: bool = True,
+                  workers: tuple[int, ...] = ()) -> dict[str, Any]:
     """Pods in a child process; each round, direct req/s, then each router in turn (order
-    rotating by round) started in its own process, measured, stopped, so an idle router
-    never loads the pods while another is measured. Sequential latency is paired with
-    direct requests per router; `requests` is split over the rounds."""
+    rotating by round) started in its own process, measured in both modes (plain and
+    streamed), stopped, so an idle router never loads the pods while another is measured.
+    Sequential latency (concurrency 1) is paired with direct requests per router;
+    `requests` is split over the rounds. llmtraffic runs with its default --workers (the
+    cores available) and, for each N in `workers`, with --workers N too."""
     exe = vllm_router or shutil.which("vllm-router")
-    names = (["vllm-router rr"] if exe else []) + [f"llmtraffic {p}" for p in policies] \
+    names = ([f"vllm-router {p}" for p in VLLM_ROUTER_POLICIES] if exe else []) \
+        + [f"llmtraffic {p}" for p in policies] \
+        + [f"llmtraffic {p} w{n}" for p in policies for n in workers] \
         + ([FLOOR] if floor else [])
-    lat = {n: Latencies() for n in names}
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in ["direct", *names]}
+    lat = {n: {mode: Latencies() for mode in MODES} for n in names}
+    runs: dict[str, dict[str, list[list[dict[str, Any]]]]] = {
+        n: {mode: [] for mode in MODES} for n in ["direct", *names]}
     per_round = max(1, math.ceil(requests / max(1, rounds)))
     with tempfile.TemporaryDirectory(prefix="balancer-overhead-") as tmpdir:
         tmp = Path(tmpdir)
@@ -658,28 +749,33 @@ def live_overhead(pods: int = 4, requests: int = 600, warmup: int = 50,
                 {"name": f"sim-{i}", "address": u.removeprefix("http://"),
                  "labels": dict(POOL_LABELS)} for i, u in enumerate(pod_urls)]}))
             setup = Setup(pod_urls, config_files(tmp), pods_file, exe, scrape_interval)
-            payloads = _payloads(seed, 512, max_tokens)
+            payloads = {mode: _payloads(seed, 512, max_tokens, mode == "stream")
+                        for mode in MODES}
             direct = Target("direct", pod_urls)
             pids = {"pods": pods_pid, "client": os.getpid()}
-            asyncio.run(wait_ready(direct, payloads[0]))
+            asyncio.run(wait_ready(direct, payloads["plain"][0]))
             for r in range(rounds):
-                runs["direct"].append(asyncio.run(
-                    throughput(direct, concurrency, duration, payloads, pids)))
+                for mode in MODES:
+                    runs["direct"][mode].append([asyncio.run(throughput(
+                        direct, c, duration, payloads[mode], pids, mode == "stream"))
+                        for c in concurrencies])
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     target = _start(procs, setup, name)
                     try:
-                        runs[name].append(asyncio.run(_router_turn(
-                            target, direct, per_round, warmup, concurrency, duration,
-                            payloads, pids, lat[name])))
+                        turn = asyncio.run(_router_turn(
+                            target, direct, per_round, warmup, concurrencies, duration,
+                            payloads, pids, lat[name]))
                     finally:
                         assert target.proc is not None
                         procs.stop(target.proc)
+                    for mode in MODES:
+                        runs[name][mode].append(turn[mode])
         finally:
             procs.close()
-    return {"pods": pods, "concurrency": concurrency, "duration_s": duration,
-            "rounds": rounds, "max_tokens": max_tokens, "time_scale": time_scale,
-            "scrape_interval": scrape_interval, "targets": ["direct", *names],
-            "latency": lat, "throughput": runs}
+    return {"pods": pods, "concurrencies": concurrencies, "duration_s": duration,
+            "rounds": rounds, "max_tokens": max_tokens, "stream_tokens": STREAM_TOKENS,
+            "time_scale": time_scale, "scrape_interval": scrape_interval,
+            "targets": ["direct", *names], "latency": lat, "throughput": runs}
 
 
 def _seed_loras() -> dict[str, str]:
@@ -690,34 +786,58 @@ def _p(xs: list[float], q: float) -> float:
     return percentile(sorted(xs), q) if xs else math.nan
 
 
-def summarize(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per target: latency p50/p90 and added over its paired direct requests, mean req/s
-    over rounds, mean CPU% of the router, the pods and the client while it was loaded."""
-    out = {}
-    all_direct = [x for lt in result["latency"].values() for x in lt.direct]
-    for name in result["targets"]:
-        runs = result["throughput"][name]
-        errors: dict[str, int] = {}
-        for r in runs:
-            for k, v in r["errors"].items():
-                errors[k] = errors.get(k, 0) + v
-        cpu = {k: statistics.fmean(r["cpu_pct"][k] for r in runs) for k in runs[0]["cpu_pct"]}
-        row = {"rps": statistics.fmean(r["rps"] for r in runs),
-               "rps_runs": [r["rps"] for r in runs], "requests": sum(r["requests"] for r in runs),
-               "router_cpu_pct": cpu.get("router", math.nan), "pods_cpu_pct": cpu["pods"],
-               "client_cpu_pct": cpu["client"]}
-        if name == "direct":
-            samples, base = all_direct, all_direct
-        else:
-            lt = result["latency"][name]
-            samples, base = lt.routed, lt.direct
-            for k, v in lt.errors.items():
-                errors[k] = errors.get(k, 0) + v
-        row.update({"latency_requests": len(samples), "p50_ms": _p(samples, 0.5),
-                    "p90_ms": _p(samples, 0.9), "p99_ms": _p(samples, 0.99),
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def summarize(result: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(target, mode, concurrency) -> req/s (mean over rounds), router CPU ms per request,
+    latency p50/p99 and added p50/p99 over going direct: at concurrency 1 from the
+    paired sequential requests, above it from the closed loop at that concurrency."""
+    out: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for mode in MODES:
+        base_direct = [x for lt in result["latency"].values() for x in lt[mode].direct]
+        for name in result["targets"]:
+            rounds = result["throughput"][name][mode]
+            if name == "direct":
+                samples, base, cpu_ms = base_direct, base_direct, math.nan
+            else:
+                lt = result["latency"][name][mode]
+                samples, base = lt.routed, lt.direct
+                cpu_ms = lt.router_cpu_s * 1000 / len(samples) if samples else math.nan
+            errors: dict[str, int] = {}
+            if name != "direct":
+                errors.update(result["latency"][name][mode].errors)
+            row1 = {"rps": 1000 / _mean(samples) if samples else math.nan,
+                    "rps_runs": [], "cpu_ms": cpu_ms, "p50_ms": _p(samples, 0.5),
+                    "p99_ms": _p(samples, 0.99),
                     "added_p50_ms": _p(samples, 0.5) - _p(base, 0.5),
-                    "added_p90_ms": _p(samples, 0.9) - _p(base, 0.9), "errors": errors})
-        out[name] = row
+                    "added_p99_ms": _p(samples, 0.99) - _p(base, 0.99), "errors": errors,
+                    "requests": len(samples), "events": math.nan}
+            out[(name, mode, 1)] = row1
+            for k, c in enumerate(result["concurrencies"]):
+                runs = [rnd[k] for rnd in rounds]
+                d_runs = [rnd[k] for rnd in result["throughput"]["direct"][mode]]
+                errs: dict[str, int] = {}
+                for r in runs:
+                    for e, v in r["errors"].items():
+                        errs[e] = errs.get(e, 0) + v
+                rps = _mean([r["rps"] for r in runs])
+                router = _mean([r["cpu_pct"].get("router", math.nan) for r in runs])
+                p50, p99 = _mean([r["p50_ms"] for r in runs]), _mean([r["p99_ms"] for r in runs])
+                requests = sum(r["requests"] for r in runs)
+                out[(name, mode, c)] = {
+                    "rps": rps, "rps_runs": [r["rps"] for r in runs],
+                    "cpu_ms": router * 10 / rps if rps else math.nan,
+                    "p50_ms": p50, "p99_ms": p99,
+                    "added_p50_ms": p50 - _mean([r["p50_ms"] for r in d_runs]),
+                    "added_p99_ms": p99 - _mean([r["p99_ms"] for r in d_runs]),
+                    "errors": errs, "requests": requests,
+                    "events": sum(r["events"] for r in runs) / requests if requests
+                    else math.nan,
+                    "pods_cpu_pct": _mean([r["cpu_pct"]["pods"] for r in runs]),
+                    "client_cpu_pct": _mean([r["cpu_pct"]["client"] for r in runs])}
     return out
 
 
@@ -725,52 +845,69 @@ def _span(xs: list[float]) -> str:
     return f"{min(xs):.0f}-{max(xs):.0f}" if len(xs) > 1 else ""
 
 
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
+
+
 def report_live(result: dict[str, Any]) -> str:
     s = summarize(result)
     scrape = result["scrape_interval"]
-    lines = [f"{result['pods']} simulated pods (time scale {result['time_scale']:g}, "
-             f"max_tokens {result['max_tokens']}, non-streaming, ~1-2 KB prompts); "
-             f"llmtraffic scrape interval "
-             f"{'default' if scrape is None else f'{scrape:g} s'}",
-             f"latency: {s['direct']['latency_requests']} sequential requests, each router's "
-             f"paired with as many direct ones (+ = router minus its paired direct); req/s: "
-             f"concurrency {result['concurrency']} for {result['duration_s']:g} s, mean of "
-             f"{result['rounds']} round(s); CPU% = of one core, while loaded",
-             f"{'target':<23} {'p50 ms':>7} {'p90 ms':>7} {'+p50 ms':>8} {'+p90 ms':>8} "
-             f"{'req/s':>6} {'(rounds)':>10} {'router':>7} {'pods':>6} {'client':>7} "
-             f"{'router CPU/req':>14}  errors"]
-    for name, r in s.items():
-        own = "-" if math.isnan(r["router_cpu_pct"]) else f"{r['router_cpu_pct']:.0f}%"
-        per_req = "-" if math.isnan(r["router_cpu_pct"]) or not r["rps"] else \
-            f"{r['router_cpu_pct'] * 10 / r['rps']:.3f} ms"
-        lines.append(f"{name:<23} {r['p50_ms']:>7.3f} {r['p90_ms']:>7.3f} "
-                     f"{r['added_p50_ms']:>8.3f} {r['added_p90_ms']:>8.3f} {r['rps']:>6.0f} "
-                     f"{_span(r['rps_runs']):>10} {own:>7} {r['pods_cpu_pct']:>5.0f}% {r['client_cpu_pct']:>6.0f}% "
-                     f"{per_req:>14}  {r['errors'] or 'none'}")
-    peer = s.get("vllm-router rr")
-    floor = s.get(FLOOR)
-    for name, r in s.items():
-        if not name.startswith("llmtraffic"):
-            continue
-        if floor is not None and r["rps"] and floor["rps"]:
-            own, base = (r["router_cpu_pct"] * 10 / r["rps"],
-                         floor["router_cpu_pct"] * 10 / floor["rps"])
-            lines.append(f"{name}: {own:.3f} ms CPU/request = {base:.3f} ms for any aiohttp "
-                         f"proxy ({FLOOR}) + {own - base:.3f} ms of its own; added p50 "
-                         f"{r['added_p50_ms']:.3f} ms vs the floor's "
-                         f"{floor['added_p50_ms']:.3f} ms")
-        added = r["added_p50_ms"]
-        lines.append(f"goal {name}: added p50 ≤ {ADDED_P50_GOAL_MS:g} ms: "
-                     f"{_met(added <= ADDED_P50_GOAL_MS)} ({added:.3f} ms)")
-        if peer is not None and peer["rps"] > 0:
-            ratio = r["rps"] / peer["rps"]
-            lines.append(f"goal {name}: ≥ {RPS_GOAL_RATIO:.0%} of vllm-router req/s: "
-                         f"{_met(ratio >= RPS_GOAL_RATIO)} ({ratio:.0%}: {r['rps']:.0f} vs "
-                         f"{peer['rps']:.0f})")
-        else:
-            lines.append(f"goal {name}: ≥ {RPS_GOAL_RATIO:.0%} of vllm-router req/s: "
-                         "not measured (vllm-router not found on PATH)")
+    concs = (1, *result["concurrencies"])
+    lines = [f"{result['pods']} simulated pods (time scale {result['time_scale']:g}); plain = "
+             f"max_tokens {result['max_tokens']} non-streaming, stream = "
+             f"{result['stream_tokens']} tokens streamed; ~1-2 KB prompts; llmtraffic scrape "
+             f"interval {'default' if scrape is None else f'{scrape:g} s'}, --workers "
+             "default unless named wN",
+             "concurrency 1: sequential requests, each paired with a direct one (+ = router "
+             "minus direct); above: closed loop for "
+             f"{result['duration_s']:g} s, mean of {result['rounds']} round(s), + = minus "
+             "direct at that concurrency; CPU/req = the router's processes' CPU per request",
+             f"{'mode':<6} {'conc':>4} {'target':<26} {'req/s':>7} {'(rounds)':>11} "
+             f"{'CPU/req ms':>10} {'p50 ms':>7} {'p99 ms':>7} {'+p50 ms':>8} {'+p99 ms':>8}"
+             f"  errors"]
+    for mode in MODES:
+        for c in concs:
+            for name in result["targets"]:
+                r = s[(name, mode, c)]
+                lines.append(
+                    f"{mode:<6} {c:>4} {name:<26} {r['rps']:>7.0f} {_span(r['rps_runs']):>11} "
+                    f"{_ms(r['cpu_ms']):>10} {_ms(r['p50_ms']):>7} {_ms(r['p99_ms']):>7} "
+                    f"{_ms(r['added_p50_ms']) if name != 'direct' else '':>8} "
+                    f"{_ms(r['added_p99_ms']) if name != 'direct' else '':>8}"
+                    f"  {r['errors'] or 'none'}")
+    lines += goals(s, result)
     return "\n".join(lines)
+
+
+def goals(s: dict[tuple[str, str, int], dict[str, Any]], result: dict[str, Any]
+          ) -> list[str]:
+    """The issue's goals, met or missed, for llmtraffic llm (default workers)."""
+    out = []
+    llm = "llmtraffic llm"
+    if llm not in result["targets"]:
+        return out
+    for mode in MODES:
+        added = s[(llm, mode, 1)]["added_p50_ms"]
+        out.append(f"goal {llm} {mode}: added p50 ≤ {ADDED_P50_GOAL_MS:g} ms at concurrency "
+                   f"1: {_met(added <= ADDED_P50_GOAL_MS)} ({added:.3f} ms)")
+        for c in result["concurrencies"]:
+            peer = s.get(("vllm-router rr", mode, c))
+            r = s[(llm, mode, c)]
+            if peer is None or not peer["rps"]:
+                out.append(f"goal {llm} {mode}: req/s ≥ {RPS_GOAL_RATIO:g}x vllm-router rr "
+                           f"at concurrency {c}: not measured (no vllm-router on PATH)")
+                continue
+            ratio = r["rps"] / peer["rps"]
+            out.append(f"goal {llm} {mode}: req/s ≥ {RPS_GOAL_RATIO:g}x vllm-router rr at "
+                       f"concurrency {c}: {_met(ratio >= RPS_GOAL_RATIO)} ({ratio:.2f}x: "
+                       f"{r['rps']:.0f} vs {peer['rps']:.0f})")
+        cpu = min((s[(llm, mode, c)]["cpu_ms"] for c in result["concurrencies"]),
+                  default=math.nan)
+        goal = CPU_GOAL_MS[mode]
+        out.append(f"goal {llm} {mode}: CPU ≤ {goal:g} ms per request under load: "
+                   f"{_met(cpu <= goal)} ({cpu:.3f} ms, the least over concurrencies "
+                   f"{', '.join(map(str, result['concurrencies']))})")
+    return out
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -795,10 +932,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=600,
                     help="live: sequential requests per router (each paired with a direct "
                     "one)")
-    ap.add_argument("--concurrency", type=int, default=32, help="live: closed-loop workers")
+    ap.add_argument("--concurrency", type=_ints, default=(16, 64),
+                    help="live: closed-loop workers, one run each (default: 16,64); "
+                    "concurrency 1 is always measured, paired with direct requests")
     ap.add_argument("--duration", type=float, default=8.0,
                     help="live: seconds of load per target per round")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--workers", type=_ints, default=(),
+                    help="live: llmtraffic also with --workers N for each N given (e.g. 1); "
+                    "it always runs with its default, the cores available")
+    ap.add_argument("--rounds", type=int, default=2,
                     help="live: throughput rounds (target order rotates each round)")
     ap.add_argument("--max-tokens", type=int, default=2)
     ap.add_argument("--time-scale", type=float, default=1000.0,
@@ -843,10 +985,12 @@ def _run(args: argparse.Namespace) -> int:
         print(_load(), flush=True)
     if not args.skip_live:
         print("\n# live proxy overhead", flush=True)
+        print(_load(), flush=True)
         r = live_overhead(args.pods, args.requests, 50, args.concurrency, args.duration,
                           args.rounds, args.max_tokens, args.time_scale, args.seed,
                           vllm_router=args.vllm_router,
-                          scrape_interval=args.scrape_interval, floor=not args.no_floor)
+                          scrape_interval=args.scrape_interval, floor=not args.no_floor,
+                          workers=args.workers)
         print(report_live(r))
         print(_load())
     return 0

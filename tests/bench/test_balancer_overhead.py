@@ -53,29 +53,35 @@ def test_pick_latency_rows_are_sane():
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 @pytest.mark.skipif(shutil.which("vllm-router") is None, reason="vllm-router not installed")
 def test_live_overhead_tiny_run_counts_every_request():
-    r = live_overhead(pods=1, requests=10, warmup=2, concurrency=4, duration=1.0, rounds=1)
-    routers = ["vllm-router rr", "llmtraffic round-robin", "llmtraffic llm",
-               "bare aiohttp proxy"]
+    r = live_overhead(pods=1, requests=10, warmup=2, concurrencies=(4,), duration=0.5,
+                      rounds=1)
+    routers = ["vllm-router rr", "vllm-router cache_aware", "llmtraffic round-robin",
+               "llmtraffic llm", "bare aiohttp proxy"]
     assert r["targets"] == ["direct", *routers]
     for name in routers:
-        lat = r["latency"][name]
-        assert lat.errors == {} and len(lat.routed) == len(lat.direct) == 10, name
+        for mode in ("plain", "stream"):
+            lat = r["latency"][name][mode]
+            assert lat.errors == {} and len(lat.routed) == len(lat.direct) == 10, name
     for name in r["targets"]:
-        (run,) = r["throughput"][name]
-        assert run["errors"] == {}, (name, run)
-        assert run["requests"] == run["started"] > 0
-        assert run["usage_tokens"] == run["requests"] * r["max_tokens"]  # ignore_eos
-        assert run["cpu_pct"]["pods"] > 0
-        assert ("router" in run["cpu_pct"]) == (name != "direct")
+        for mode in ("plain", "stream"):
+            ((run,),) = r["throughput"][name][mode]
+            assert run["errors"] == {}, (name, run)
+            assert run["requests"] == run["started"] > 0
+            if mode == "plain":
+                assert run["usage_tokens"] == run["requests"] * r["max_tokens"]  # ignore_eos
+            else:  # one event per token, whoever relays them
+                assert run["events"] >= run["requests"] * r["stream_tokens"]
+            assert run["cpu_pct"]["pods"] > 0
+            assert ("router" in run["cpu_pct"]) == (name != "direct")
     s = summarize(r)
-    assert s["direct"]["latency_requests"] == 40
-    for name, row in s.items():
-        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"], name
-        assert row["rps"] > 0 and row["errors"] == {}, name
-    assert s["vllm-router rr"]["router_cpu_pct"] > 0
+    for (name, mode, conc), row in s.items():
+        assert 0 < row["p50_ms"] <= row["p99_ms"], (name, mode, conc)
+        assert row["rps"] > 0 and row["errors"] == {}, (name, mode, conc)
+    assert s[("vllm-router rr", "plain", 4)]["cpu_ms"] > 0
+    assert s[("llmtraffic llm", "stream", 4)]["cpu_ms"] > 0  # its workers' CPU counted
     text = report_live(r)
-    assert "goal llmtraffic llm: added p50 ≤ 1 ms:" in text
-    assert "of vllm-router req/s:" in text
+    assert "goal llmtraffic llm plain: added p50 ≤ 0.5 ms at concurrency 1:" in text
+    assert "goal llmtraffic llm stream: req/s ≥ 1x vllm-router rr at concurrency 4:" in text
