@@ -125,7 +125,7 @@ def _serve_workers(cmd: BalancerCommand, opts: ProxyOptions, workers: int) -> in
         return run_loop(_serve_proxy(app, ready), cmd.loop)
 
     return serve_workers(workers, host, port, run_worker, lambda port, serves: (
-        f"llmtraffic balancer: http://{host}:{port} {serves} workers={workers}"))
+        f"llmtraffic balancer: http://{host}:{port} workers={workers} {serves}"))
 
 
 def _extproc():

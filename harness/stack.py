@@ -212,7 +212,8 @@ def start_balancer(stack: Stack, name: str, fleet: Fleet, policy: str,
     port = free_port()
     argv = [*LLMTRAFFIC, "balancer", "--config", str(config), "--pods-file", str(pods),
             "--listen", f"127.0.0.1:{port}", "--policy", policy,
-            "--scrape-interval", str(scrape_interval), "--seed", "1"]
+            "--scrape-interval", str(scrape_interval), "--seed", "1",
+            "--workers", "1"]  # one process per policy compared, as before --workers
     if access_log is not None:
         argv += ["--access-log", str(access_log)]
     url = f"http://127.0.0.1:{port}"
