@@ -12,33 +12,37 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from llmtraffic.balancer.policy.prefix import LRU_PER_POD
 from llmtraffic.balancer.policy.scorers import SCORERS
 
-#: Queued requests that span the queue scorer's 0..1 (see `PolicyConfig.queue_span`). Virtual
-#: time, seed-lora, 4 pods, load 0.9, tuning seeds 1-8, LoRA weight 4: 8 and 16 equal within
-#: noise (geometric-mean TTFT p90 2.87 vs 2.89 s); 8 lets a free adapter slot yield to the
-#: pod running the adapter from a 3-request queue difference on.
-QUEUE_SPAN = 8.0
+#: Queued requests that span the queue scorer's 0..1 (see `PolicyConfig.queue_span`): with
+#: the queue weight 6, one queued request is worth 6/32 = 0.19 points, and a spread of 32 or
+#: more the whole 6.
+QUEUE_SPAN = 32.0
 
 #: The default scorers, in the order their terms are added, with their weights. Their
 #: ranges are honest: each term's full range (weight x 1) is less than the others' together,
-#: so a long enough queue or a full KV cache beats any affinity (GIE picks the idle pod over
-#: one with 500 waiting and a free adapter slot; so does this).
+#: and a long queue (the queue term's whole 6) with a full KV cache outweighs a free adapter
+#: slot (0.8 x 8 = 6.4), so an idle pod whose slots are full beats one with 500 waiting, a
+#: 95% full cache and a free slot, as GIE picks (tests/balancer/policy/test_gie_cases.py).
+#: Tuned in virtual time (`llmtraffic bench routing`, llama2-7b-a10 profile with its sourced
+#: LoRA costs) on tuning seeds 11, 13, 14 over the cells the old weights lost most in
+#: (seed-lora 2 pods at load 0.9 and 1.0, 4 pods at 0.9; shared-prefix 2 pods at 1.0 and 4
+#: at 0.9; mixed 2 pods at 0.9), geometric-mean TTFT p90 (failures counted) over
+#: greedy-oracle's: these weights 0.72 / 1.23 / 1.14 / 1.07 / 0.98 / 1.69, against 2.07 /
+#: 1.96 / 1.03 / 1.79 / - / 1.71 with queue 3 (span 8), LoRA 4, prefix 6. The README's grid
+#: reports other seeds.
 DEFAULT_SCORERS: dict[str, float] = {
-    # with the span, one queued request is worth 3/8 of a point
-    "queue": 3.0,
-    # virtual time, seed-lora: 2 beat 1 (geometric-mean p90 TTFT -18%) and 3-4
+    "queue": 6.0,
+    # virtual time, seed-lora (old queue scorer): 2 beat 1 (geometric-mean p90 TTFT -18%)
+    # and 3-4
     "kv": 2.0,
-    # a pod running the adapter beats one with a free slot by 0.8 points (about 2 queued
-    # requests: an adapter load costs tens of ms), and a free slot beats a pod with none by
-    # 3.2 (about 8: a request for an adapter with no slot waits for one to drain). Virtual
-    # time, seed-lora, 4 pods, load 0.9, tuning seeds 1-8 with the span at 16: 4 gave a
-    # geometric-mean p90 of 2.89 s, 2 3.06 s, 12 (the old weight, which let a free slot
-    # outweigh any queue) 3.22 s
-    "lora": 4.0,
-    # must exceed the queue weight so that a pod holding the prefix and one more queued
-    # request still wins (virtual time, shared-prefix: 3 -> hit rate 0.61 and p90 TTFT
-    # 0.32 s; 6 -> 0.93 and 0.08 s, as the oracle); the prefix term is itself net of the
-    # prefill queued ahead, so a long queue still beats a cached prefix
-    "prefix": 6.0,
+    # a pod running the adapter beats one with a free slot by 1.6 points (about 8 queued
+    # requests: the request skips an adapter load, 30-100 ms, and the batch a distinct
+    # adapter's step cost), and a free slot beats a pod with none by 6.4 (about 34: a
+    # request for an adapter with no slot waits for one to drain); 4 lost 1.5-2.9x on 2 pods
+    "lora": 8.0,
+    # the prefix term is net of the prefill queued ahead (prefix_queue_tokens), so a long
+    # queue still beats a cached prefix; 8 beat 6 on shared-prefix, 2 pods, load 1.0 (1.07
+    # vs 1.37x greedy-oracle's p90) and equalled it elsewhere
+    "prefix": 8.0,
 }
 
 

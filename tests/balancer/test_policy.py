@@ -334,7 +334,13 @@ def test_lora_affinity_holds_against_a_short_queue_not_a_long_one():
                    PodMetrics(running_adapters=free.running_adapters, max_lora=4),
                    PodMetrics(running_adapters=free.running_adapters, max_lora=4, waiting=4))
     assert idx(policy.pick(req("sql-lora"), s.snapshot(NOW))) == 0
+    # the adapter's running pod holds it against a few more queued (an adapter load costs
+    # about as much as 8 queued requests by the default weights), not against a dozen
     s = store_with(PodMetrics(running_adapters=running.running_adapters, max_lora=4,
                               waiting=4),
+                   PodMetrics(running_adapters=free.running_adapters, max_lora=4))
+    assert idx(policy.pick(req("sql-lora"), s.snapshot(NOW))) == 0
+    s = store_with(PodMetrics(running_adapters=running.running_adapters, max_lora=4,
+                              waiting=12),
                    PodMetrics(running_adapters=free.running_adapters, max_lora=4))
     assert idx(policy.pick(req("sql-lora"), s.snapshot(NOW))) == 1

@@ -24,15 +24,15 @@ from tests.balancer.test_policy import core  # noqa: F401  (every test on both c
 
 def test_the_defaults_in_their_order():
     assert list(PolicyConfig().scorers.items()) == list(DEFAULT_SCORERS.items()) == [
-        ("queue", 3.0), ("kv", 2.0), ("lora", 4.0), ("prefix", 6.0)]
+        ("queue", 6.0), ("kv", 2.0), ("lora", 8.0), ("prefix", 8.0)]
     policy = LLMPolicy()
     assert [(type(s), w) for s, w in policy.scorers] == [
-        (QueueScorer, 3.0), (KVCacheScorer, 2.0), (LoRAScorer, 4.0), (PrefixScorer, 6.0)]
+        (QueueScorer, 6.0), (KVCacheScorer, 2.0), (LoRAScorer, 8.0), (PrefixScorer, 8.0)]
 
 
 def test_name_weight_spellings_set_one_weight():
     cfg = PolicyConfig.model_validate({"queue_weight": 1, "prefix_weight": 0})
-    assert cfg.scorers == {"queue": 1.0, "kv": 2.0, "lora": 4.0, "prefix": 0.0}
+    assert cfg.scorers == {"queue": 1.0, "kv": 2.0, "lora": 8.0, "prefix": 0.0}
     assert (cfg.queue_weight, cfg.prefix_weight) == (1.0, 0.0)
     cfg = PolicyConfig.model_validate({"scorers": {"prefix": 2, "queue": 1}, "kv_weight": 4})
     assert list(cfg.scorers.items()) == [("prefix", 2.0), ("queue", 1.0), ("kv", 4.0)]
