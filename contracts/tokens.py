@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from operator import attrgetter
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from prometheus_client.core import Metric
 
@@ -23,6 +23,8 @@ _CACHEABLE = (str, int, type(None))  # label values whose equality means the sam
 UNKNOWN_MODEL = "unknown"
 #: Tokens one request may report per usage field; more is a broken or lying pod.
 MAX_REQUEST_TOKENS = 100_000_000
+#: What the counters keep per dimension values (see TokenCounters._keys).
+_Entry = tuple[tuple[str, ...], dict, list, list]
 
 
 def counted_model(rec: LLMRecord) -> str | None:
@@ -62,10 +64,11 @@ class TokenCounters:
         self._cap = LabelCap(self.dimensions, max_values_per_label)
         self.usage_rejected = 0  # records whose usage was beyond MAX_REQUEST_TOKENS
         self._model_at = self.dimensions.index("model")
-        # dimension values (the model alone, or a tuple) -> (label key, code -> requests key,
-        # [its TTFT Hist, its duration Hist] once used); a field's values keep one type (the
-        # parser's converters see to it), so equal values mean equal labels
-        self._keys: dict[object, tuple[tuple[str, ...], dict, list]] = {}
+        # dimension values (the model alone, or a tuple) -> (label key, code -> [requests key,
+        # requests in this batch], [its TTFT Hist, its duration Hist] once used, [prompt and
+        # completion tokens in this batch or None, label key]); a field's values keep one type
+        # (the parser's converters see to it), so equal values mean equal labels
+        self._keys: dict[object, _Entry] = {}
         self._model_only = self.dimensions == ("model",)
         self._values = attrgetter(*self.dimensions) if len(self.dimensions) > 1 else None
 
@@ -74,13 +77,14 @@ class TokenCounters:
         """Dimension -> values folded into `other`."""
         return self._cap.overflow
 
-    def _entry(self, raw: object, values: tuple) -> tuple[tuple[str, ...], dict, list]:
-        """(label key, response_code -> requests key) for a record's dimension values;
+    def _entry(self, raw: object, values: tuple) -> _Entry:
+        """(label key, response_code -> requests cell, histograms, token sums) for a record's
+        dimension values;
         remembered only when no value was folded into `other` (each such record counts
         toward the overflow) and every value is a str, int or None (equal means same
         label)."""
         key = tuple(self._cap(d, v) for d, v in zip(self.dimensions, values))
-        entry: tuple[tuple[str, ...], dict, list] = (key, {}, [None, None])
+        entry: _Entry = (key, {}, [None, None], [None, None, key])
         if (len(self._keys) < self.max_values * 4
                 and all(type(v) in _CACHEABLE for v in values)
                 and all(clean_label(v) in self._cap.seen[d]  # folded values never are
@@ -90,47 +94,94 @@ class TokenCounters:
 
     def observe(self, rec: LLMRecord) -> bool:
         """Count one record; False (and nothing counted) when it carries no model."""
-        model = rec.model  # counted_model(rec), inlined: this runs for every line
-        if not model:
-            return False
-        if rec.response_code == 404:
-            model = UNKNOWN_MODEL
-        if self._model_only:
-            entry = self._keys.get(model)
-            if entry is None:
-                entry = self._entry(model, (model,))
-        else:
-            raw = self._values(rec)
-            if model is not rec.model:
-                raw = raw[:self._model_at] + (model,) + raw[self._model_at + 1:]
-            entry = self._keys.get(raw)
-            if entry is None:
-                entry = self._entry(raw, raw)
-        key, codes, hists = entry
-        p, c = rec.prompt_tokens, rec.completion_tokens  # counted_usage(rec), inlined
-        if (p is not None and not 0 <= p <= MAX_REQUEST_TOKENS) or \
-                (c is not None and not 0 <= c <= MAX_REQUEST_TOKENS):
-            self.usage_rejected += 1
-            p = c = None
-        if p is not None:
-            prompt = self.prompt
-            prompt[key] = prompt.get(key, 0.0) + p
-        if c is not None:
-            completion = self.completion
-            completion[key] = completion.get(key, 0.0) + c
-        code = rec.response_code
-        rk = codes.get(code)
-        if rk is None:
-            rk = codes[code] = (key[0], "" if code is None else str(code))
-        requests = self.requests
-        requests[rk] = requests.get(rk, 0.0) + 1
-        for i, x in ((0, rec.ttft_ms), (1, rec.duration_ms)):
-            if x is not None:
-                h = hists[i] or self._hist(hists, i, key[0])
-                x /= 1000
-                h.counts[bisect_left(h.buckets, x)] += 1  # Hist.observe, inlined
-                h.sum += x
-        return True
+        self.observe_many((rec,))
+        return bool(rec.model)
+
+    def observe_many(self, recs: Sequence[LLMRecord]) -> list[int]:
+        """Count each record that carries a model (the others are not counted); returns
+        the positions in `recs` of the counted records with no token field at all (prompt,
+        completion and total None). One loop for a whole batch, this runs for every line:
+        tokens and requests add up in their entry's cells and reach the counters once per
+        batch (`_flush`)."""
+        bare: list[int] = []
+        sums: list[list] = []  # token cells used in this batch
+        cells: list[list] = []  # requests cells used in this batch
+        keys, entry_of, hist = self._keys, self._entry, self._hist
+        model_only, values, at = self._model_only, self._values, self._model_at
+        rejected = 0
+        i = -1
+        try:
+            for rec in recs:
+                i += 1
+                model = rec.model  # counted_model(rec), inlined
+                if not model:
+                    continue
+                code = rec.response_code
+                if code == 404:
+                    model = UNKNOWN_MODEL
+                if model_only:
+                    entry = keys.get(model)
+                    if entry is None:
+                        entry = entry_of(model, (model,))
+                else:
+                    raw = values(rec)
+                    if model is not rec.model:
+                        raw = raw[:at] + (model,) + raw[at + 1:]
+                    entry = keys.get(raw)
+                    if entry is None:
+                        entry = entry_of(raw, raw)
+                key, codes, hists, acc = entry
+                p, c = rec.prompt_tokens, rec.completion_tokens  # counted_usage, inlined
+                if p is None and c is None:
+                    if rec.total_tokens is None:
+                        bare.append(i)
+                elif (p is not None and not 0 <= p <= MAX_REQUEST_TOKENS) or \
+                        (c is not None and not 0 <= c <= MAX_REQUEST_TOKENS):
+                    rejected += 1
+                else:
+                    if acc[0] is None and acc[1] is None:
+                        sums.append(acc)
+                    if p is not None:
+                        acc[0] = p if acc[0] is None else acc[0] + p
+                    if c is not None:
+                        acc[1] = c if acc[1] is None else acc[1] + c
+                cell = codes.get(code)
+                if cell is None:
+                    cell = codes[code] = [(key[0], "" if code is None else str(code)), 0]
+                if not cell[1]:
+                    cells.append(cell)
+                cell[1] += 1
+                x = rec.ttft_ms
+                if x is not None:
+                    h = hists[0] or hist(hists, 0, key[0])
+                    x /= 1000
+                    h.counts[bisect_left(h.buckets, x)] += 1  # Hist.observe, inlined
+                    h.sum += x
+                x = rec.duration_ms
+                if x is not None:
+                    h = hists[1] or hist(hists, 1, key[0])
+                    x /= 1000
+                    h.counts[bisect_left(h.buckets, x)] += 1
+                    h.sum += x
+        finally:
+            self._flush(sums, cells)
+            self.usage_rejected += rejected
+        return bare
+
+    def _flush(self, sums: list[list], cells: list[list]) -> None:
+        """A batch's token sums and requests into the counters; the cells start over."""
+        prompt, completion, requests = self.prompt, self.completion, self.requests
+        for acc in sums:
+            p, c, key = acc
+            if p is not None:
+                prompt[key] = prompt.get(key, 0.0) + p
+            if c is not None:
+                completion[key] = completion.get(key, 0.0) + c
+            acc[0] = acc[1] = None
+        for cell in cells:
+            rk, n = cell
+            requests[rk] = requests.get(rk, 0.0) + n
+            cell[1] = 0
 
     def _hist(self, hists: list, i: int, model: str) -> Hist:
         """The TTFT (i=0) or duration (i=1) histogram of `model`, kept in its entry."""

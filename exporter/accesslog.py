@@ -238,7 +238,26 @@ class LineParser(Protocol):
 
     def parse(self, line: bytes) -> LLMRecord: ...
 
+    def parse_many(self, lines: list[bytes], failed: Callable[[str], None]
+                   ) -> tuple[list[LLMRecord], list[bytes]]: ...
+
     def fields(self, line: bytes) -> dict[str, Any]: ...
+
+
+def parse_each(parse: Callable[[bytes], LLMRecord], lines: list[bytes],
+               failed: Callable[[str], None]) -> tuple[list[LLMRecord], list[bytes]]:
+    """`lines` through `parse` one by one: the records and the lines they came from, in
+    order; each line that raises ParseError is given to `failed` (its reason) instead."""
+    recs: list[LLMRecord] = []
+    kept: list[bytes] = []
+    for line in lines:
+        try:
+            recs.append(parse(line))
+        except ParseError as e:
+            failed(e.reason)
+            continue
+        kept.append(line)
+    return recs, kept
 
 
 #: Distinct key sets ("shapes") a plan compiles a builder for; lines of other shapes take
@@ -440,6 +459,11 @@ class JsonLineParser:
     def parse(self, line: bytes) -> LLMRecord:
         return self.plan.record(self.fields(line))
 
+    def parse_many(self, lines: list[bytes], failed: Callable[[str], None]
+                   ) -> tuple[list[LLMRecord], list[bytes]]:
+        """Records of `lines` and the lines they came from (see `parse_each`)."""
+        return parse_each(self.parse, lines, failed)
+
     def fields(self, line: bytes) -> dict[str, Any]:
         """The line's keys and values before the mapping (ParseError if it is no object)."""
         if len(line) > self.max_line_bytes:
@@ -532,6 +556,11 @@ class TextLineParser:
 
     def parse(self, line: bytes) -> LLMRecord:
         return self.plan.record(self.fields(line))
+
+    def parse_many(self, lines: list[bytes], failed: Callable[[str], None]
+                   ) -> tuple[list[LLMRecord], list[bytes]]:
+        """Records of `lines` and the lines they came from (see `parse_each`)."""
+        return parse_each(self.parse, lines, failed)
 
     def fields(self, line: bytes) -> dict[str, Any]:
         """The line's values under their commands' keys, before the mapping."""

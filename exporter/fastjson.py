@@ -17,6 +17,9 @@ takes the reference path."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import compress, islice
+from textwrap import indent
 from typing import Annotated, Any, Callable, Literal
 
 import msgspec
@@ -25,7 +28,7 @@ import orjson
 from llmtraffic.contracts.record import (BOOL_FIELDS, FIELD_NAMES, FLOAT_FIELDS, INT_FIELDS,
                                         MAX_INT, LLMRecord)
 from llmtraffic.exporter.accesslog import (DEFAULT_MAX_LINE_BYTES, FieldMapping,
-                                           JsonLineParser)
+                                           JsonLineParser, ParseError, parse_each)
 
 #: Layouts a parser makes decoders for; lines of other layouts take the reference path.
 MAX_LAYOUTS = 64
@@ -43,6 +46,17 @@ _OTHER = str | bool | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | 
 
 #: ((field, key, strings or "-" seen), ...), mapped keys seen empty, other keys
 Layout = tuple[tuple[tuple[str, str, bool], ...], frozenset[str], frozenset[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fast:
+    """A layout's decoder: `parse` one line (or hand it to the reference path), `decode`
+    only (msgspec), and `fix(records, start)` finishing records[start:] as `parse` does
+    (None: nothing to finish), returning the positions it could not finish."""
+
+    parse: Callable[[bytes], LLMRecord]
+    decode: Callable[[bytes], LLMRecord]
+    fix: Callable[[list, int], list[int]] | None
 
 
 def _field_type(field: str, loose: bool) -> Any:
@@ -67,8 +81,9 @@ class FastJsonParser(JsonLineParser):
         self._rank = {k: (f, r) for f, keys in self.mapping.keys.items()
                       for r, k in enumerate(keys)}
         # None: a layout msgspec cannot decode (a key with a quote or a control character)
-        self._layouts: dict[Layout, Callable[[bytes], LLMRecord] | None] = {}
+        self._layouts: dict[Layout, _Fast | None] = {}
         self._layout: Layout | None = None
+        self._fast: _Fast | None = None  # the current layout's
         self._slow = super().parse
         # numbers written as strings, as `_to_int` / `_to_float` read them, remembered
         self._ints: dict[str, int | None] = {"-": None}
@@ -111,9 +126,52 @@ class FastJsonParser(JsonLineParser):
                     self._layouts[layout] = self._compile(layout)
                 fast = self._layouts.get(layout)
                 if fast is not None:
-                    self._layout = layout
-                    self.parse = fast  # type: ignore[method-assign]
+                    self._layout, self._fast = layout, fast
+                    self.parse = fast.parse  # type: ignore[method-assign]
         return rec
+
+    # ---- a batch -------------------------------------------------------------------------
+    def parse_many(self, lines: list[bytes], failed: Callable[[str], None]
+                   ) -> tuple[list[LLMRecord], list[bytes]]:
+        """What `parse` makes of each line, in order, with the records and the lines they
+        came from (a line that raises ParseError is given to `failed`). The current layout
+        decodes every line up to the first it does not take in one C loop, then finishes
+        those records in one Python loop; that line takes the reference path (which may
+        teach a new layout), and the rest goes on from it."""
+        if max(map(len, lines), default=0) > self.max_line_bytes:
+            return parse_each(self.parse, lines, failed)  # a line over the limit: per line
+        recs: list[LLMRecord | None] = []
+        errors = False
+        i, n = 0, len(lines)
+        while i < n:
+            fast = self._fast
+            if fast is not None:
+                try:
+                    recs.extend(map(fast.decode, islice(lines, i, None) if i else lines))
+                    stop = n
+                except Exception:  # recs holds the records decoded before the line
+                    stop = len(recs)
+                if fast.fix is not None and stop > i:
+                    for k in fast.fix(recs, i):
+                        recs[k] = rec = self._one(lines[k], failed)
+                        errors = errors or rec is None
+                if stop == n:
+                    break
+                i = stop
+            recs.append(rec := self._one(lines[i], failed))
+            errors = errors or rec is None
+            i += 1
+        if not errors:
+            return recs, lines  # type: ignore[return-value]
+        return [r for r in recs if r is not None], list(compress(lines, [r is not None for r in recs]))
+
+    def _one(self, line: bytes, failed: Callable[[str], None]) -> LLMRecord | None:
+        """One line the current layout did not take, through the reference path."""
+        try:
+            return self._learn(line, True)
+        except ParseError as e:
+            failed(e.reason)
+            return None
 
     def _layout_of(self, obj: dict[str, Any]) -> Layout | None:
         """The line's layout merged with the current one (fields this line lacks keep the
@@ -182,24 +240,31 @@ class FastJsonParser(JsonLineParser):
             decode = msgspec.json.Decoder(struct).decode
         except (ValueError, TypeError):  # a key msgspec cannot name: the reference path
             return None
-        code = ["def parse(line, decode=decode, learn=learn, len=len, str=str, int=int, "
-                "float=float, ints=ints, floats=floats, MISS=MISS, MAX_LEN=MAX_LEN):\n",
-                "    if len(line) > MAX_LEN:\n",
-                "        return learn(line, False)\n",
-                "    try:\n        r = decode(line)\n"]
+        fixes = ""  # the statements that finish a decoded record `r`
         for f, _, loose in chosen:
             if not loose:
                 continue
             if f in INT_FIELDS or f in FLOAT_FIELDS:
-                known = "ints" if f in INT_FIELDS else "floats"
-                code.append(f"        v = r.{f}\n        if v.__class__ is str:\n"
-                            f"            n = {known}.get(v, MISS)\n"
-                            f"            r.{f} = n if n is not MISS else {known[:-1]}(v)\n")
+                get, conv = ("iget", "int") if f in INT_FIELDS else ("fget", "float")
+                fixes += (f"v = r.{f}\nif v.__class__ is str:\n    n = {get}(v, MISS)\n"
+                          f"    r.{f} = n if n is not MISS else {conv}(v)\n")
             else:
-                code.append(f"        if r.{f} == '-':\n            r.{f} = None\n")
-        code.append("    except Exception:\n        return learn(line, True)\n    return r\n")
-        env: dict[str, Any] = {"decode": decode, "ints": self._ints, "floats": self._floats,
-                               "int": self._int, "float": self._float, "MISS": _MISS,
-                               "learn": self._learn, "MAX_LEN": self.max_line_bytes}
+                fixes += f"if r.{f} == '-':\n    r.{f} = None\n"
+        head = ("iget=iget, fget=fget, int=int, float=float, MISS=MISS, learn=learn, "
+                "len=len, islice=islice, MAX_LEN=MAX_LEN):\n")
+        code = ["def parse(line, decode=decode, " + head,
+                "    if len(line) > MAX_LEN:\n        return learn(line, False)\n",
+                "    try:\n        r = decode(line)\n", indent(fixes, " " * 8),
+                "    except Exception:\n        return learn(line, True)\n    return r\n"]
+        if fixes:  # the same statements over a batch; the records they fail are returned
+            code += ["def fix(recs, start, " + head, "    bad = []\n    k = start\n",
+                     "    for r in islice(recs, start, None):\n        try:\n",
+                     indent(fixes, " " * 12),
+                     "        except Exception:\n            bad.append(k)\n",
+                     "        k += 1\n    return bad\n"]
+        env: dict[str, Any] = {"decode": decode, "iget": self._ints.get,
+                               "fget": self._floats.get, "int": self._int,
+                               "float": self._float, "MISS": _MISS, "learn": self._learn,
+                               "islice": islice, "MAX_LEN": self.max_line_bytes}
         exec(compile("".join(code), f"<fastjson layout {len(self._layouts)}>", "exec"), env)
-        return env["parse"]
+        return _Fast(env["parse"], decode, env.get("fix"))

@@ -24,6 +24,8 @@ import os
 import stat
 import time
 from dataclasses import dataclass
+from io import BytesIO
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -32,12 +34,23 @@ from llmtraffic.exporter.collector import ExporterStats
 
 log = logging.getLogger(__name__)
 
+_CHOP = itemgetter(slice(None, -1))  # a line without its newline
 FINGERPRINT_BYTES = 256
 MAX_READ_BYTES = 8 << 20  # per read(): bounds the lines held in memory at once
 #: A longer line is dropped (to its newline) and counted as the parse error `too_long`.
 MAX_LINE_BYTES = 1 << 20
 #: Seconds between two warnings that a file is replaced faster than it is polled.
 FAST_ROTATION_WARN_EVERY = 60.0
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """`data.split(b"\\n")`, with the newlines found by memchr (BytesIO's readlines) rather
+    than byte by byte: a third of the cost on access-log lines."""
+    parts = BytesIO(data).readlines()
+    last = parts.pop() if parts and not parts[-1].endswith(b"\n") else b""
+    parts = list(map(_CHOP, parts))
+    parts.append(last)
+    return parts
 
 
 def _fingerprint(fh, length: int) -> str:
@@ -308,7 +321,7 @@ class Tailer:
                 eof = True
                 break
             total += len(data)
-            parts = data.split(b"\n")
+            parts = split_lines(data)
             if f.skipping:  # the rest of a line over max_line_bytes
                 if len(parts) == 1:
                     continue
@@ -320,7 +333,8 @@ class Tailer:
                 cr = cr or b"\r" in f.partial
                 parts[0] = f.partial + parts[0]
             f.partial = parts.pop()
-            if longest > self.max_line:
+            if longest > self.max_line and (len(f.partial) > self.max_line or
+                                            max(map(len, parts), default=0) > self.max_line):
                 parts = self._cut_long(f, parts)
             if cr:
                 parts = [ln[:-1] if ln.endswith(b"\r") else ln for ln in parts]

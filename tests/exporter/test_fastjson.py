@@ -78,6 +78,22 @@ def test_records_and_errors_are_the_reference_parsers(objs, raws) -> None:
         assert outcome(LONG_LIVED, line) == want, line
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OBJECTS, min_size=1, max_size=8), st.lists(RAW, max_size=4))
+def test_a_batch_is_what_each_line_makes(objs, raws) -> None:
+    """parse_many: the reference's records in order, its errors given to `failed`, and the
+    lines the records came from (layouts learned and switched inside a batch)."""
+    lines = lines_of(objs, raws) * 2
+    want = [outcome(JsonLineParser(), line) for line in lines]
+    for parser in (FastJsonParser(), LONG_LIVED):
+        errors: list[str] = []
+        recs, kept = parser.parse_many(lines, errors.append)
+        assert [tuple(repr(getattr(r, f)) for f in FIELD_NAMES) for r in recs] == \
+            [w for w in want if w[0] != "error"]
+        assert errors == [w[1] for w in want if w[0] == "error"]
+        assert kept == [line for line, w in zip(lines, want) if w[0] != "error"]
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(OBJECTS, min_size=1, max_size=10), st.lists(RAW, max_size=3))
 def test_counts_through_the_pipeline_are_the_reference_parsers(objs, raws) -> None:
