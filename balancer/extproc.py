@@ -45,7 +45,6 @@ import logging
 import random
 import sys
 import time
-import uuid
 from typing import Any, AsyncIterator, Iterable
 
 import grpc
@@ -63,7 +62,7 @@ from llmtraffic.balancer.lifecycle import RequestLifecycle
 from llmtraffic.balancer.options import ExtProcOptions
 from llmtraffic.balancer.bodyshape import OFF_LOOP_BYTES, refusal
 from llmtraffic.balancer.router import OBJECTIVE_HEADER, ApiError, Decision, decode_body
-from llmtraffic.balancer.usage import LineBuffer, SseTap, usage_from_json
+from llmtraffic.balancer.usage import LineBuffer, SseTap, new_request_id, usage_from_json
 from llmtraffic.contracts.serving import stop_event
 from llmtraffic.contracts.store import MetricsStore
 
@@ -256,7 +255,7 @@ class Picker(pb_grpc.ExternalProcessorServicer):
         ex.headers = h
         rec.method, rec.path, rec.authority = h.get(":method"), h.get(":path"), ex.host
         rec.user_agent, rec.x_forwarded_for = h.get("user-agent"), h.get("x-forwarded-for")
-        rec.request_id = h.get("x-request-id") or str(uuid.uuid4())
+        rec.request_id = h.get("x-request-id") or new_request_id()
         rec.protocol = _attribute(req, "request.protocol")
         rec.downstream_remote_address = _attribute(req, "source.address")
         ex.chat = (rec.path or "").split("?", 1)[0].endswith("/chat/completions")

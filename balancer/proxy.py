@@ -8,7 +8,6 @@ import asyncio
 import hmac
 import logging
 import time
-import uuid
 import zlib
 
 import aiohttp
@@ -17,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
+from yarl import URL
 
 from llmtraffic.balancer.bodyshape import OFF_LOOP_BYTES, SMALL_BYTES, refusal
 from llmtraffic.balancer.connections import ConnectionGuard, default_limit
@@ -26,7 +26,7 @@ from llmtraffic.balancer.lifecycle import DRAIN_CUT, RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
-from llmtraffic.balancer.usage import LineBuffer, SseTap, apply_usage
+from llmtraffic.balancer.usage import LineBuffer, SseTap, apply_usage, new_request_id
 from llmtraffic.balancer.workers import WorkerSeat
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
@@ -42,6 +42,8 @@ STREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 CLIENT_LEFT = "the client left"  # a relay's outcome: nothing more to send
 SECRET_HEADERS = ("authorization", "cookie", "x-api-key", "proxy-authorization")
+#: Pod URLs kept parsed (pods x paths); past this many the cache starts over.
+URL_CACHE = 4096
 #: Seconds the rest of a refused upload is read and dropped, so its client can read the
 #: refusal (aiohttp's default is 10); then the connection closes.
 LINGER_S = 1.0
@@ -100,6 +102,7 @@ class BalancerApp:
         self.guard: ConnectionGuard | None = None
         #: address -> a future set when that pod is ejected (requests waiting there leave)
         self._ejections: dict[str, asyncio.Future[None]] = {}
+        self._urls: dict[tuple[str, str], URL] = {}  # (pod address, path) -> its URL
         self.core.breaker.listeners.append(self._ejected)
         self.port = 0
         self.peers = None  # PeerMetrics: this worker's series to the others, and theirs
@@ -123,7 +126,8 @@ class BalancerApp:
         from llmtraffic.contracts.serving import parse_listen
 
         host, port = parse_listen(self.options.listen)
-        self._session = aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(  # no cookie jar: a pod's Set-Cookie is
+            cookie_jar=aiohttp.DummyCookieJar(),  # its client's, never replayed to others
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None, connect=self.options.connect_timeout,
                                           sock_read=self.options.idle_timeout),
@@ -238,7 +242,7 @@ class BalancerApp:
             protocol=f"HTTP/{request.version.major}.{request.version.minor}",
             user_agent=request.headers.get("User-Agent"),
             x_forwarded_for=request.headers.get("X-Forwarded-For"),
-            request_id=request.headers.get("X-Request-Id") or str(uuid.uuid4()),
+            request_id=request.headers.get("X-Request-Id") or new_request_id(),
             authority=request.host, downstream_remote_address=request.remote)
         rec = life.rec
         self._inflight[life] = asyncio.current_task()  # type: ignore[assignment]
@@ -366,32 +370,53 @@ class BalancerApp:
                     stream: bool) -> aiohttp.ClientResponse:
         """POST to the pod and wait for its response head: a PodFault when its head is
         broken, when a stream's head takes over --stream-header-timeout, or when the pod
-        is ejected meanwhile (the request then goes elsewhere)."""
+        is ejected meanwhile (the request then goes elsewhere). The post runs in this task
+        (no task and no asyncio.wait per request): an ejection cancels the task while it
+        waits, and the cancellation is taken back here."""
         assert self._session is not None
-        post = asyncio.ensure_future(self._session.post(f"http://{addr}{path}", data=payload,
-                                                        headers=headers))
+        task = asyncio.current_task()
+        assert task is not None
         ejected = self._ejections.get(addr)
         if ejected is None:
             ejected = self._ejections[addr] = asyncio.get_running_loop().create_future()
+        waiting, cut = [True], []
+
+        def eject(_: asyncio.Future) -> None:
+            if waiting[0]:  # the head may have come first: then the request stays
+                cut.append(True)
+                task.cancel()
+
+        ejected.add_done_callback(eject)
         timeout = self.options.stream_header_timeout if stream else None
+        deadline = asyncio.timeout(timeout)
         try:
-            done, _ = await asyncio.wait((post, ejected), timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            async with deadline:
+                return await self._session.post(self._url(addr, path), data=payload,
+                                                headers=headers)
         except asyncio.CancelledError:
-            post.cancel()
-            raise
-        if post in done:
-            try:
-                return post.result()
-            except aiohttp.ClientResponseError as e:  # a head aiohttp cannot read
-                raise PodFault(f"sent a broken HTTP response head ({e.message})") from None
-        post.cancel()
-        post.add_done_callback(_close_late_response)
-        if ejected.done():
+            if not cut or task.uncancel() > 0:  # the client left (or the drain cut it)
+                raise
             raise PodFault("was ejected while the request waited for its answer: "
-                           + self.core.breaker.reasons.get(addr, "outlier"), "UO")
-        raise PodFault(f"sent no response head within {timeout:g} s "
-                       "(--stream-header-timeout)", "UT")
+                           + self.core.breaker.reasons.get(addr, "outlier"), "UO") from None
+        except TimeoutError:
+            if not deadline.expired():  # aiohttp's own (connect, idle): the caller's
+                raise
+            raise PodFault(f"sent no response head within {timeout:g} s "
+                           "(--stream-header-timeout)", "UT") from None
+        except aiohttp.ClientResponseError as e:  # a head aiohttp cannot read
+            raise PodFault(f"sent a broken HTTP response head ({e.message})") from None
+        finally:
+            waiting[0] = False
+            ejected.remove_done_callback(eject)
+
+    def _url(self, addr: str, path: str) -> URL:
+        """The pod's URL for `path`, parsed once (at most URL_CACHE kept)."""
+        url = self._urls.get((addr, path))
+        if url is None:
+            if len(self._urls) >= URL_CACHE:
+                self._urls.clear()
+            url = self._urls[addr, path] = URL(f"http://{addr}{path}")
+        return url
 
     def _ejected(self, address: str) -> None:
         """The breaker opened the circuit of `address`: requests waiting there go elsewhere."""
@@ -565,12 +590,6 @@ def _json(data: bytes) -> object:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-
-
-def _close_late_response(post: asyncio.Future) -> None:
-    """A response head that arrived after we stopped waiting for it is closed."""
-    if not post.cancelled() and post.exception() is None:
-        post.result().close()
 
 
 def _error(e: ApiError) -> web.Response:

@@ -4,6 +4,7 @@ picker: the routing fields of a decision, token usage from a JSON body or from S
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -24,6 +25,13 @@ def now_iso() -> str:
     if s != _second[0]:
         _second = (s, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)))
     return f"{_second[1]}.{int((t - s) * 1000):03d}Z"
+
+
+def new_request_id() -> str:
+    """A random request id in UUID4's form (as `str(uuid.uuid4())`, at a fifth of its
+    cost): for a request that came without X-Request-Id."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def describe(rec: LLMRecord, d: Decision) -> None:

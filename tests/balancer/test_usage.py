@@ -17,3 +17,15 @@ def test_now_iso_is_envoys_start_time_format_and_current():
         t = datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
         assert before - timedelta(milliseconds=1) <= t <= after
     assert stamps == sorted(stamps)
+
+
+def test_a_new_request_id_is_a_random_uuid4():
+    import uuid
+
+    from llmtraffic.balancer.usage import new_request_id
+
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in ids:
+        u = uuid.UUID(rid)
+        assert str(u) == rid and u.version == 4 and u.variant == uuid.RFC_4122
