@@ -113,6 +113,9 @@ def _serve_workers(cmd: BalancerCommand, opts: ProxyOptions, workers: int) -> in
     from llmtraffic.contracts.serving import parse_listen
 
     host, port = parse_listen(opts.listen)
+    # each worker scrapes every pod itself: the budget is shared, so together they start
+    # no more scrapes a second than one process would
+    opts = opts.model_copy(update={"scrape_budget": opts.scrape_budget / workers})
 
     def run_worker(seat: WorkerSeat, ready) -> int:
         from llmtraffic.balancer.proxy import BalancerApp
