@@ -1,6 +1,8 @@
-"""Builds the llm policy's optional native core (`llmtraffic.balancer.policy._native`, C sources in
-balancer/policy/csrc/). Everything else is in pyproject.toml. Without a C compiler the
-install still succeeds and the balancer runs its pure-Python reference policy."""
+"""Builds the optional C extensions: the llm policy's native core
+(`llmtraffic.balancer.policy._native`, C sources in balancer/policy/csrc/) and the exporter's
+record finisher (`llmtraffic.contracts._records`, contracts/csrc/). Everything else is in
+pyproject.toml. Without a C compiler the install still succeeds and the same Python code runs
+instead."""
 
 import sys
 
@@ -15,6 +17,11 @@ setup(ext_modules=[Extension(
     "llmtraffic.balancer.policy._native",
     sources=[f"balancer/policy/csrc/{s}" for s in SOURCES],
     depends=["balancer/policy/csrc/native.h"],
+    extra_compile_args=ARGS,
+    optional=True,
+), Extension(
+    "llmtraffic.contracts._records",
+    sources=["contracts/csrc/records.c"],
     extra_compile_args=ARGS,
     optional=True,
 )])

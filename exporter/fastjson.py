@@ -30,6 +30,11 @@ from llmtraffic.contracts.record import (BOOL_FIELDS, FIELD_NAMES, FLOAT_FIELDS,
 from llmtraffic.exporter.accesslog import (DEFAULT_MAX_LINE_BYTES, FieldMapping,
                                            JsonLineParser, ParseError, parse_each)
 
+try:
+    from llmtraffic.contracts._records import finish as native_finish
+except ImportError:  # not built (no C compiler at install time): the Python loop does it
+    native_finish = None
+
 #: Layouts a parser makes decoders for; lines of other layouts take the reference path.
 MAX_LAYOUTS = 64
 #: Other keys remembered per layout (each a field of its Struct).
@@ -41,6 +46,8 @@ _INF = float("inf")
 _INT = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 _FLOAT = Annotated[float, msgspec.Meta(ge=0.0, le=1.7976931348623157e308)]
 _STR2 = Annotated[str, msgspec.Meta(min_length=2)]  # "-" (and "", "x") are not taken
+#: Record fields holding strings (the others are numbers or booleans).
+_STR_FIELDS = frozenset(FIELD_NAMES) - INT_FIELDS - FLOAT_FIELDS - BOOL_FIELDS
 #: A key the mapping does not read: any scalar orjson reads the same way.
 _OTHER = str | bool | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | float | None
 
@@ -76,8 +83,10 @@ class FastJsonParser(JsonLineParser):
     the current layout's decoder, rebound as layouts are learned: look it up per line."""
 
     def __init__(self, mapping: FieldMapping | None = None,
-                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, native: bool = True) -> None:
         super().__init__(mapping, max_line_bytes)
+        # finishes a batch's records in C when built (contracts/csrc/records.c)
+        self._native = native_finish if native else None
         self._rank = {k: (f, r) for f, keys in self.mapping.keys.items()
                       for r, k in enumerate(keys)}
         # None: a layout msgspec cannot decode (a key with a quote or a control character)
@@ -256,7 +265,13 @@ class FastJsonParser(JsonLineParser):
                 "    if len(line) > MAX_LEN:\n        return learn(line, False)\n",
                 "    try:\n        r = decode(line)\n", indent(fixes, " " * 8),
                 "    except Exception:\n        return learn(line, True)\n    return r\n"]
-        if fixes:  # the same statements over a batch; the records they fail are returned
+        if fixes and self._native is not None:  # C first; the records it left, one by one
+            code += ["def one(r, " + head, indent(fixes, " " * 4),
+                     "def fix(recs, start, finish=finish, names=names, one=one):\n",
+                     "    bad = []\n    for k in finish(recs, start, *names):\n",
+                     "        try:\n            one(recs[k])\n",
+                     "        except Exception:\n            bad.append(k)\n    return bad\n"]
+        elif fixes:  # the same statements over a batch; the records they fail are returned
             code += ["def fix(recs, start, " + head, "    bad = []\n    k = start\n",
                      "    for r in islice(recs, start, None):\n        try:\n",
                      indent(fixes, " " * 12),
@@ -265,6 +280,9 @@ class FastJsonParser(JsonLineParser):
         env: dict[str, Any] = {"decode": decode, "iget": self._ints.get,
                                "fget": self._floats.get, "int": self._int,
                                "float": self._float, "MISS": _MISS, "learn": self._learn,
-                               "islice": islice, "MAX_LEN": self.max_line_bytes}
+                               "islice": islice, "MAX_LEN": self.max_line_bytes,
+                               "finish": self._native, "names": tuple(
+                                   tuple(f for f, _, loose in chosen if loose and f in kind)
+                                   for kind in (INT_FIELDS, FLOAT_FIELDS, _STR_FIELDS))}
         exec(compile("".join(code), f"<fastjson layout {len(self._layouts)}>", "exec"), env)
         return _Fast(env["parse"], decode, env.get("fix"))

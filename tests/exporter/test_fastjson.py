@@ -8,14 +8,15 @@ and nesting, in sequences that switch layouts (property-based, hypothesis)."""
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from llmtraffic.contracts.record import FIELD_NAMES
+from llmtraffic.contracts.record import FIELD_NAMES, LLMRecord
 from llmtraffic.contracts.tokens import TokenCounters
 from llmtraffic.exporter.accesslog import (PRESETS, FieldMapping, JsonLineParser, ParseError,
                                            make_parser)
 from llmtraffic.exporter.collector import ExporterStats
-from llmtraffic.exporter.fastjson import FastJsonParser
+from llmtraffic.exporter.fastjson import FastJsonParser, native_finish
 from llmtraffic.exporter.pipeline import Pipeline
 
 ALL_KEYS = sorted({k for keys in PRESETS["all"].values() for k in keys})
@@ -78,14 +79,18 @@ def test_records_and_errors_are_the_reference_parsers(objs, raws) -> None:
         assert outcome(LONG_LIVED, line) == want, line
 
 
+BUILT = [True] if native_finish is None else [True, False]  # C finisher, then Python only
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(OBJECTS, min_size=1, max_size=8), st.lists(RAW, max_size=4))
 def test_a_batch_is_what_each_line_makes(objs, raws) -> None:
     """parse_many: the reference's records in order, its errors given to `failed`, and the
-    lines the records came from (layouts learned and switched inside a batch)."""
+    lines the records came from (layouts learned and switched inside a batch), with the C
+    finisher (when built) and without it."""
     lines = lines_of(objs, raws) * 2
     want = [outcome(JsonLineParser(), line) for line in lines]
-    for parser in (FastJsonParser(), LONG_LIVED):
+    for parser in (*(FastJsonParser(native=n) for n in BUILT), LONG_LIVED):
         errors: list[str] = []
         recs, kept = parser.parse_many(lines, errors.append)
         assert [tuple(repr(getattr(r, f)) for f in FIELD_NAMES) for r in recs] == \
@@ -99,11 +104,31 @@ def test_a_batch_is_what_each_line_makes(objs, raws) -> None:
 def test_counts_through_the_pipeline_are_the_reference_parsers(objs, raws) -> None:
     lines = lines_of(objs, raws) * 3
     results = []
-    for parser in (JsonLineParser(), FastJsonParser()):
+    for parser in (JsonLineParser(), *(FastJsonParser(native=n) for n in BUILT)):
         counters, stats = TokenCounters(dimensions=("model", "response_code")), ExporterStats()
         Pipeline(parser, counters, stats).lines(lines)
         results.append((counters.state(), stats.parse_errors, stats.without_tokens))
-    assert results[0] == results[1]
+    assert all(r == results[0] for r in results)
+
+
+@pytest.mark.skipif(native_finish is None, reason="contracts._records not built")
+def test_the_c_finisher_takes_plain_digits_and_dashes_only() -> None:
+    """Digit strings up to 15 digits become numbers, "-" None; whatever int() or float()
+    might read differently (signs, spaces, other digits, longer) is left to Python."""
+    texts = ["0", "007", "9" * 15, "9" * 16, "-", "", "+1", "-0", " 1", "1_0", "\u0663",
+             "1.5", "1e3", "--"]
+    recs = [LLMRecord(prompt_tokens=t, duration_ms=t, response_flags=t) for t in texts]
+    recs.append(LLMRecord(prompt_tokens=5, duration_ms=2.5, response_flags="UF"))
+    left = native_finish(recs, 1, ("prompt_tokens",), ("duration_ms",), ("response_flags",))
+    assert [texts[k] for k in left] == texts[3:4] + texts[5:]
+    assert recs[0].prompt_tokens == "0"  # before start: untouched
+    taken = {texts[k]: recs[k] for k in range(1, len(texts)) if k not in left}
+    assert {t: (r.prompt_tokens, r.duration_ms, r.response_flags) for t, r in taken.items()} \
+        == {"007": (7, 7.0, "007"), "9" * 15: (10**15 - 1, 1e15 - 1, "9" * 15),
+            "-": (None, None, None)}
+    assert type(taken["007"].duration_ms) is float and type(taken["007"].prompt_tokens) is int
+    assert (recs[-1].prompt_tokens, recs[-1].duration_ms, recs[-1].response_flags) == \
+        (5, 2.5, "UF")
 
 
 def test_istio_lines_take_the_fast_path_and_stay_exact() -> None:
