@@ -457,7 +457,10 @@ def start_vllm_router(procs: Processes, setup: Setup, policy: str = "rr") -> Tar
     assert setup.vllm_router
     port = _free_port()
     argv = [setup.vllm_router, "--worker-urls", *setup.pod_urls, "--policy",
-            VLLM_ROUTER_POLICIES[policy], "--host", "127.0.0.1", "--port", str(port)]
+            VLLM_ROUTER_POLICIES[policy], "--host", "127.0.0.1", "--port", str(port),
+            # its metrics listener on a free port too: at its fixed default (29000) a second
+            # vllm-router on the machine cannot start
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(_free_port())]
     proc, log = procs.spawn(f"vllm-router-{policy}", argv)
     return Target(f"vllm-router {policy}", [f"http://127.0.0.1:{port}"], proc, log)
 
