@@ -96,6 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quick", action="store_true",
                    help="with --grid: one seed (the first reporting seed), 2 pods at load "
                    "0.9, 20 simulated s per workload (seconds; for tests)")
+    r.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="with --grid: append each finished run here (JSON lines) and reuse "
+                   "the runs it holds, so a grid that was stopped resumes where it was")
     r.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="with --grid: processes running the grid's runs (default: the CPU "
                    "count, %(default)s)")
@@ -212,7 +215,9 @@ def _grid(args: argparse.Namespace) -> int:
     try:
         result = grid.run_grid(seeds=seeds, profile=args.profile,
                                policy_config=args.policy_config, jobs=max(1, args.jobs),
-                               progress=progress, **opts)
+                               progress=progress,
+                               checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                               **opts)
     except ValueError as e:
         print(f"llmtraffic bench routing: {e}", file=sys.stderr)
         return 2

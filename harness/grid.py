@@ -4,11 +4,13 @@ ratios to the goals on every seed, each policy's failures, and which goals the c
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import textwrap
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 from llmtraffic.balancer.policy.settings import PolicyConfig
@@ -106,10 +108,13 @@ def run_grid(loads: Sequence[float] = LOADS, pods: Sequence[int] = PODS,
              workloads: Sequence[str] = WORKLOADS, seeds: Sequence[int] = REPORTING_SEEDS,
              duration: float | None = None, profile: str = "llama2-7b-a10",
              policy_config: PolicyConfig | None = None, jobs: int = 1,
-             progress: Callable[[int, int], None] | None = None) -> Grid:
+             progress: Callable[[int, int], None] | None = None,
+             checkpoint: Path | None = None) -> Grid:
     """Every policy of POLICIES on every cell and seed, `jobs` processes at a time; the
     offered rate of a cell is its load × the fleet's stored capacity (harness/capacity.py),
-    the same for every seed. `duration` is every run's (default: `grid_duration`)."""
+    the same for every seed. `duration` is every run's (default: `grid_duration`). Each
+    finished run is appended to `checkpoint` (JSON lines), and runs found there with the
+    same parameters are not run again: a grid that was stopped resumes."""
     overlap = set(seeds) & set(TUNING_SEEDS)
     if overlap:
         raise ValueError(f"reporting seeds {sorted(overlap)} are tuning seeds (1-16): the "
@@ -122,6 +127,13 @@ def run_grid(loads: Sequence[float] = LOADS, pods: Sequence[int] = PODS,
              for w in workloads for n in pods for load in loads for s in seeds
              for p in POLICIES]
     tasks.sort(key=Task.cost, reverse=True)
+    saved = _read_checkpoint(checkpoint)
+    for task in [t for t in tasks if _task_key(t) in saved]:
+        report, cpu = saved[_task_key(task)]
+        grid.results.setdefault(task.cell, {}).setdefault(task.seed, {})[task.policy] = report
+        grid.cpu_s += cpu
+    tasks = [t for t in tasks if _task_key(t) not in saved]
+    out = open(checkpoint, "a") if checkpoint else None
     t0 = time.monotonic()
     if jobs <= 1:
         outcomes = map(_run_task, tasks)
@@ -133,13 +145,43 @@ def run_grid(loads: Sequence[float] = LOADS, pods: Sequence[int] = PODS,
         for done, (task, report, cpu) in enumerate(outcomes, 1):
             grid.results.setdefault(task.cell, {}).setdefault(task.seed, {})[task.policy] = report
             grid.cpu_s += cpu
+            if out:
+                out.write(json.dumps({"key": _task_key(task), "report": report, "cpu": cpu})
+                          + "\n")
+                out.flush()
             if progress:
                 progress(done, len(tasks))
     finally:
         if pool is not None:
             pool.terminate()
+        if out:
+            out.close()
     grid.wall_s = time.monotonic() - t0
     return grid
+
+
+def _task_key(task: Task) -> str:
+    """What makes a run the same run (for the checkpoint)."""
+    config = task.policy_config.model_dump(mode="json") if task.policy_config else None
+    return json.dumps([task.cell.workload, task.cell.pods, task.cell.load, task.seed,
+                       task.policy, task.rate, task.duration, task.profile, config],
+                      sort_keys=True)
+
+
+def _read_checkpoint(path: Path | None) -> dict[str, tuple[dict, float]]:
+    """Finished runs saved in `path` (none when it does not exist)."""
+    if path is None or not path.exists():
+        return {}
+    saved = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            saved[row["key"]] = (row["report"], row["cpu"])
+        except (ValueError, KeyError, TypeError):
+            if n < len(path.read_text().splitlines()):  # a last line cut short is expected
+                raise ValueError(f"{path}:{n}: not a grid checkpoint line; delete the file "
+                                 "to start the grid afresh") from None
+    return saved
 
 
 # ---- the table ---------------------------------------------------------------------------

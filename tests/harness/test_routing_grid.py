@@ -61,3 +61,13 @@ def test_a_cell_meeting_every_goal_misses_none():
     assert cell_figures(by_seed).misses() == "L"
     by_seed[201]["llm"] = _report(0.9, 99.6)  # 1.00 as printed: not under round-robin's
     assert cell_figures(by_seed).misses() == ""
+
+
+def test_a_stopped_grid_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "grid.jsonl"
+    small = dict(pods=(2,), loads=(0.5,), workloads=("seed-lora",), seeds=(201,), duration=5)
+    first = run_grid(checkpoint=path, **small)
+    assert len(path.read_text().splitlines()) == len(grid.POLICIES)
+    monkeypatch.setattr(grid, "_run_task", lambda task: pytest.fail("ran again"))
+    again = run_grid(checkpoint=path, **small)
+    assert again.results == first.results
