@@ -65,8 +65,8 @@ class Task:
     policy_config: PolicyConfig | None = None
 
     def cost(self) -> float:
-        """Rough relative CPU cost, to start the longest first."""
-        return self.rate * self.duration * (4.0 if self.policy == ORACLE else 1.0)
+        """Rough relative CPU cost (the oracle's grows with the pods it races)."""
+        return self.rate * self.duration * (self.cell.pods if self.policy == ORACLE else 1.0)
 
 
 @dataclass(slots=True)
@@ -126,7 +126,10 @@ def run_grid(loads: Sequence[float] = LOADS, pods: Sequence[int] = PODS,
                   policy_config)
              for w in workloads for n in pods for load in loads for s in seeds
              for p in POLICIES]
-    tasks.sort(key=Task.cost, reverse=True)
+    # cell by cell, the cheapest first: a grid stopped early has its finished cells whole
+    order = {c: (sum(t.cost() for t in tasks if t.cell == c), i)
+             for i, c in enumerate(dict.fromkeys(t.cell for t in tasks))}
+    tasks.sort(key=lambda t: order[t.cell])
     saved = _read_checkpoint(checkpoint)
     for task in [t for t in tasks if _task_key(t) in saved]:
         report, cpu = saved[_task_key(task)]
@@ -280,8 +283,9 @@ def format_grid(grid: Grid) -> str:
         for pods in grid.pods:
             for load in grid.loads:
                 by_seed = grid.results.get(Cell(w, pods, load))
-                if not by_seed:
-                    continue
+                if not by_seed or len(by_seed) < len(grid.seeds) or any(
+                        len(runs) < len(POLICIES) for runs in by_seed.values()):
+                    continue  # not run (or not all of it): a stopped grid
                 f = cell_figures(by_seed)
                 fail = "/".join(str(f.failures[p]) for p in POLICIES)
                 lines.append(f"{pods:>4} {load:>4.1f} |" + " |".join(
@@ -298,6 +302,8 @@ def missed_cells(grid: Grid) -> list[str]:
     """'workload pods load: misses' for every cell that misses a goal."""
     out = []
     for cell, by_seed in grid.results.items():
+        if len(by_seed) < len(grid.seeds) or any(len(r) < len(POLICIES) for r in by_seed.values()):
+            continue
         m = cell_figures(by_seed).misses()
         if m:
             out.append(f"{cell.workload} {cell.pods} pods load {cell.load}: {m}")
