@@ -17,6 +17,11 @@ from llmtraffic.contracts.families import (MAX_LABEL_VALUES, Hist, LabelCap, cle
                                            counter_family, hist_in, histogram_family)
 from llmtraffic.contracts.record import FIELD_NAMES, LLMRecord
 
+try:
+    from llmtraffic.contracts._records import tally as native_tally
+except ImportError:  # not built (no C compiler at install time): Python counts every record
+    native_tally = None
+
 _CACHEABLE = (str, int, type(None))  # label values whose equality means the same label
 #: The model label of every 404 (a model the routing does not know, or a pod does not
 #: serve): junk names from clients never take one of the capped label slots.
@@ -47,7 +52,7 @@ class TokenCounters:
     `model`); each label keeps at most `max_values_per_label` values, the rest are `other`."""
 
     def __init__(self, dimensions: tuple[str, ...] = ("model",),
-                 max_values_per_label: int = MAX_LABEL_VALUES) -> None:
+                 max_values_per_label: int = MAX_LABEL_VALUES, native: bool = True) -> None:
         for d in dimensions:
             if d not in FIELD_NAMES:
                 raise ValueError(f"unknown dimension {d!r}; use LLMRecord fields such as "
@@ -71,6 +76,8 @@ class TokenCounters:
         self._keys: dict[object, _Entry] = {}
         self._model_only = self.dimensions == ("model",)
         self._values = attrgetter(*self.dimensions) if len(self.dimensions) > 1 else None
+        # counts the common record in C when built and counting by model only
+        self._tally = native_tally if native and self._model_only else None
 
     @property
     def overflow(self) -> dict[str, int]:
@@ -108,11 +115,19 @@ class TokenCounters:
         cells: list[list] = []  # requests cells used in this batch
         keys, entry_of, hist = self._keys, self._entry, self._hist
         model_only, values, at = self._model_only, self._values, self._model_at
+        tally = self._tally
         rejected = 0
         i = -1
+        taken = 0  # the records before it were counted in C
         try:
             for rec in recs:
                 i += 1
+                if i < taken:
+                    continue
+                if tally is not None:  # C counts from here up to a record it leaves to us
+                    taken = tally(recs, i, keys, sums, cells, MAX_REQUEST_TOKENS)
+                    if taken > i:
+                        continue
                 model = rec.model  # counted_model(rec), inlined
                 if not model:
                     continue
