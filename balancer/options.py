@@ -161,7 +161,8 @@ class BalancerCommand(BaseModel):
         "LLMTRAFFIC_METRICS_TOKEN", description="if set, /metrics needs `Authorization: "
         "Bearer <its value>`")
     workers: Annotated[int | None, Flag(
-        metavar="N", shown_default="the cores this process may run on")] = Field(
+        metavar="N", shown_default="the cores this process may run on, within its "
+        "cgroup's CPU limit")] = Field(
         None, ge=1, description="proxy: serve from N worker processes on one port "
         "(SO_REUSEPORT), each with its own store, scrapes, policy state, admission queue and "
         "in-flight counts (as N replicas would; they share --scrape-budget, and each pod is "

@@ -23,12 +23,20 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0
 
 
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+def default_workers(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The cores this process may run on: its CPU affinity (e.g. a container's cpuset),
+    at most its cgroup's CPU limit rounded up (`cpu.max`, e.g. a Kubernetes CPU limit)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    try:
+        quota, period = open(cpu_max).read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 @dataclass(frozen=True)

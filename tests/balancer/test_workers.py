@@ -140,3 +140,17 @@ def test_extproc_refuses_more_than_one_worker(tmp_path):
                         "--workers", "2"], capture_output=True, text=True, cwd=tmp_path,
                        timeout=60)
     assert r.returncode == 2 and "--workers applies to --mode proxy" in r.stderr
+
+
+def test_the_default_is_the_cores_available_within_the_cgroup_cpu_limit(tmp_path):
+    from llmtraffic.balancer.workers import default_workers
+
+    cores = len(os.sched_getaffinity(0))
+    limit = tmp_path / "cpu.max"
+    limit.write_text("max 100000\n")
+    assert default_workers(str(limit)) == cores
+    limit.write_text("150000 100000\n")  # 1.5 CPUs: 2 workers, if there are 2 cores
+    assert default_workers(str(limit)) == min(cores, 2)
+    limit.write_text("10000 100000\n")
+    assert default_workers(str(limit)) == 1
+    assert default_workers(str(tmp_path / "none")) == cores
