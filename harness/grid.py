@@ -269,11 +269,11 @@ def format_grid(grid: Grid) -> str:
               "round-robin's (geometric means, as printed). "
               f"{ORACLE} (go) is a greedy per-request heuristic with clairvoyance, not a "
               "bound: llm can beat it.")
-    lines = textwrap.wrap(legend, 100)
+    lines = textwrap.wrap(legend, 100, break_on_hyphens=False)
     for w in grid.workloads:
         caps = ", ".join(f"{n} pods {grid.capacities[w, n].rps:.2f}" for n in grid.pods)
         source = grid.capacities[w, grid.pods[0]].source
-        lines += ["", f"{w}: capacity req/s {caps} ({source})",
+        lines += [""] + textwrap.wrap(f"{w}: capacity req/s {caps} ({source})", 100) + [
                   f"{'':9} |{'llm p90 / ' + SHORT[ORACLE] + ' p90':^{group}} |"
                   f"{'llm p90 / lr p90':^{group}} |{'throughput llm/rr':^{group}} | "
                   f"{'fail rr/lr/llm/go':<17} miss",
@@ -292,7 +292,8 @@ def format_grid(grid: Grid) -> str:
                     "".join(_num(v) for v in vals)
                     for vals in (f.vs_oracle, f.vs_least, f.throughput_vs_rr))
                     + f" | {fail:<17} {f.misses()}")
-    lines += ["", f"{sum(len(s) for s in grid.results.values()) * len(POLICIES)} runs in "
+    runs = sum(len(r) for by_seed in grid.results.values() for r in by_seed.values())
+    lines += ["", f"{runs} runs in "
               f"{grid.wall_s / 60:.1f} min wall ({grid.cpu_s / 60:.1f} CPU-min) on "
               f"{grid.jobs} process(es)"]
     return "\n".join(lines)
