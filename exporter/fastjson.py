@@ -13,7 +13,8 @@ reference path, which teaches the layout. The mapping's other keys the lines car
 or an integer outside int64 sends the line to the reference path); any key the layout has not
 seen sends the line to the reference path, which teaches it. Everything is decoded, nothing
 skipped, so UTF-8, escapes and numbers are checked as orjson checks them; a line over the limit
-takes the reference path."""
+takes the reference path. `parse_many` does a batch: decoded in one C loop, finished (numbers
+written as strings, "-") in one loop, in C when `contracts._records` is built."""
 
 from __future__ import annotations
 
@@ -53,6 +54,22 @@ _OTHER = str | bool | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | 
 
 #: ((field, key, strings or "-" seen), ...), mapped keys seen empty, other keys
 Layout = tuple[tuple[tuple[str, str, bool], ...], frozenset[str], frozenset[str]]
+
+
+def _batch_code(fixes: str, head: str, native: bool) -> list[str]:
+    """The source of `fix(recs, start)`: the statements `fixes` over records[start:], each
+    record they fail returned; with `native`, C's `finish` first and the statements only
+    for the records it left."""
+    if native:
+        return ["def one(r, " + head, indent(fixes, " " * 4),
+                "def fix(recs, start, finish=finish, names=names, one=one):\n",
+                "    bad = []\n    for k in finish(recs, start, *names):\n",
+                "        try:\n            one(recs[k])\n",
+                "        except Exception:\n            bad.append(k)\n    return bad\n"]
+    return ["def fix(recs, start, " + head, "    bad = []\n    k = start\n",
+            "    for r in islice(recs, start, None):\n        try:\n", indent(fixes, " " * 12),
+            "        except Exception:\n            bad.append(k)\n",
+            "        k += 1\n    return bad\n"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +189,8 @@ class FastJsonParser(JsonLineParser):
             i += 1
         if not errors:
             return recs, lines  # type: ignore[return-value]
-        return [r for r in recs if r is not None], list(compress(lines, [r is not None for r in recs]))
+        kept = [r is not None for r in recs]
+        return list(compress(recs, kept)), list(compress(lines, kept))  # type: ignore[arg-type]
 
     def _one(self, line: bytes, failed: Callable[[str], None]) -> LLMRecord | None:
         """One line the current layout did not take, through the reference path."""
@@ -265,18 +283,8 @@ class FastJsonParser(JsonLineParser):
                 "    if len(line) > MAX_LEN:\n        return learn(line, False)\n",
                 "    try:\n        r = decode(line)\n", indent(fixes, " " * 8),
                 "    except Exception:\n        return learn(line, True)\n    return r\n"]
-        if fixes and self._native is not None:  # C first; the records it left, one by one
-            code += ["def one(r, " + head, indent(fixes, " " * 4),
-                     "def fix(recs, start, finish=finish, names=names, one=one):\n",
-                     "    bad = []\n    for k in finish(recs, start, *names):\n",
-                     "        try:\n            one(recs[k])\n",
-                     "        except Exception:\n            bad.append(k)\n    return bad\n"]
-        elif fixes:  # the same statements over a batch; the records they fail are returned
-            code += ["def fix(recs, start, " + head, "    bad = []\n    k = start\n",
-                     "    for r in islice(recs, start, None):\n        try:\n",
-                     indent(fixes, " " * 12),
-                     "        except Exception:\n            bad.append(k)\n",
-                     "        k += 1\n    return bad\n"]
+        if fixes:
+            code += _batch_code(fixes, head, self._native is not None)
         env: dict[str, Any] = {"decode": decode, "iget": self._ints.get,
                                "fget": self._floats.get, "int": self._int,
                                "float": self._float, "MISS": _MISS, "learn": self._learn,
