@@ -302,7 +302,9 @@ def format_grid(grid: Grid) -> str:
 def missed_cells(grid: Grid) -> list[str]:
     """'workload pods load: misses' for every cell that misses a goal."""
     out = []
-    for cell, by_seed in grid.results.items():
+    order = {w: i for i, w in enumerate(grid.workloads)}
+    for cell, by_seed in sorted(grid.results.items(),
+                                key=lambda c: (order.get(c[0].workload, 0), c[0].pods, c[0].load)):
         if len(by_seed) < len(grid.seeds) or any(len(r) < len(POLICIES) for r in by_seed.values()):
             continue
         m = cell_figures(by_seed).misses()
