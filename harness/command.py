@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sys
+import textwrap
 import tempfile
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "greedy-oracle, 720/pods simulated s each; one table per workload with the "
                    "llm policy's TTFT p90 over greedy-oracle's and least-request's and its "
                    "throughput over round-robin's on every seed, each policy's sheds, and "
-                   "the cells that miss the goals. The full grid takes about an hour on 2 "
-                   "processes of a 2-core machine (768 runs); --workload, --pods and --load "
+                   "the cells that miss the goals. The full grid (768 runs) took 23 minutes "
+                   "on 2 processes of a 2-core machine busy with other work (load average "
+                   "5-6); --workload, --pods and --load "
                    "are ignored")
     r.add_argument("--quick", action="store_true",
                    help="with --grid: one seed (the first reporting seed), 2 pods at load "
@@ -223,7 +225,8 @@ def _grid(args: argparse.Namespace) -> int:
         return 2
     print(grid.format_grid(result))
     missed = grid.missed_cells(result)
-    print("cells missing a goal: " + ("; ".join(missed) if missed else "none"))
+    print(textwrap.fill("cells missing a goal: " + ("; ".join(missed) if missed else "none"),
+                        100, break_on_hyphens=False))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(result.as_dict(), f, indent=1)
