@@ -237,7 +237,8 @@ def test_profiles_have_sane_figures(name):
     p = get_profile(name)
     assert 100 < p.num_gpu_blocks() < 100_000
     itl = p.step_time(0, 1, 500)
-    assert 0.005 < itl < 0.05  # single-sequence decode step (ITL) in ms range
+    assert 0.002 < itl < 0.05  # single-sequence decode step (ITL) in ms range (the tiny CPU
+    # model measured 4.9 ms on a quiet host)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         p.num_gpu_blocks(0.1)
 
