@@ -7,13 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmtraffic.contracts.families import MAX_LABEL_VALUES
-from llmtraffic.contracts.prompt import CHARS_PER_TOKEN
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN, MAX_RATIO, MIN_RATIO
 from llmtraffic.contracts.tokens import MAX_REQUEST_TOKENS
 
-#: The range a ratio may take. Real tokenizers give about 3-4 for English prose, 2 for code,
-#: 0.7 for CJK text; a sample outside this range is a broken or lying report and is ignored.
-MIN_RATIO = 0.5
-MAX_RATIO = 8.0
 #: Prompts shorter than this teach nothing: the chat template's own tokens dominate them.
 MIN_PROMPT_CHARS = 200
 #: Weight of the newest sample once warm (the first 1/WEIGHT samples are averaged evenly).

@@ -18,7 +18,7 @@ from llmtraffic.balancer.policy.row import COLUMNS, pod_row
 from llmtraffic.balancer.policy.scorer import Candidates, Scorer
 from llmtraffic.balancer.policy.scorers import SCORERS
 from llmtraffic.balancer.policy.settings import PolicyConfig
-from llmtraffic.contracts.prompt import CHARS_PER_TOKEN
+from llmtraffic.contracts.prompt import CHARS_PER_TOKEN, MAX_RATIO, MIN_RATIO
 from llmtraffic.contracts.store import PodState, Snapshot
 
 #: Weight of the newest request in a pod's moving average of uncached prompt tokens.
@@ -175,12 +175,12 @@ class LLMPolicy:
 
 def chars_per_token(request: LLMRequest) -> float:
     """The characters per token behind the request's `prompt_tokens` estimate (the balancer
-    learns it per model from `usage`, balancer/tokenratio.py), clamped to 0.5-8; the
-    default 4 for a prompt shorter than one index block or without an estimate."""
+    learns it per model from `usage`, balancer/tokenratio.py), clamped to MIN_RATIO..MAX_RATIO;
+    the default 4 for a prompt shorter than one index block or without an estimate."""
     n, chars = request.prompt_tokens, len(request.prompt)
     if n <= 0 or chars < BLOCK_CHARS:
         return CHARS_PER_TOKEN
-    return min(8.0, max(0.5, chars / n))
+    return min(MAX_RATIO, max(MIN_RATIO, chars / n))
 
 
 def _ranked(scores: list[float], k: int, rng: random.Random) -> list[int]:
