@@ -4,6 +4,7 @@ The policy adds weight x score over the configured scorers, in their configured 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -27,7 +28,7 @@ class Candidates:
     uncached: dict[str, float]  # address -> moving average of uncached prompt tokens sent
 
 
-class Scorer:
+class Scorer(ABC):
     """One term of the llm policy's score. `name` is its key in `PolicyConfig.scorers` and
     the name of its native twin (csrc/scorers.c), if it has one. A scorer that can decide
     a pick names the pick's reason (`llm:<name>`) when it `claims` the winner; claims are
@@ -41,10 +42,10 @@ class Scorer:
     def __init__(self, config: PolicyConfig) -> None:
         """Made once per policy, with the policy's configuration."""
 
+    @abstractmethod
     def score(self, c: Candidates) -> list[float] | None:
         """A score (0..1) per candidate, in `c.pods` order; None = no opinion on this
         request (nothing is added)."""
-        raise NotImplementedError
 
     def claims(self, c: Candidates, j: int) -> bool:
         """Whether this scorer decided the pick of candidate `j` (see `reason_rank`)."""

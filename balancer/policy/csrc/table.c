@@ -222,12 +222,16 @@ static Py_ssize_t mark_candidates(PodTable *t) {
     return usable ? usable : mark_where(t, LT_READY);
 }
 
+/* filters.has_room of row i: fresh, queue <= queue_threshold and KV usage <= kv_threshold. */
+static inline int has_room(const PodTable *t, Py_ssize_t i) {
+    return t->col[LT_FRESH][i] != 0.0 && t->col[LT_QUEUE][i] <= t->queue_threshold &&
+           t->col[LT_KV_USAGE][i] <= t->kv_threshold;
+}
+
 /* The candidates' least and greatest queue into `p`; whether some candidate has room
  * (filters.saturated is false). */
 static int queue_range(const PodTable *t, lt_pick *p) {
-    const double qt = t->queue_threshold, kt = t->kv_threshold;
-    const double *queue = t->col[LT_QUEUE], *fresh = t->col[LT_FRESH],
-                 *kv_usage = t->col[LT_KV_USAGE];
+    const double *queue = t->col[LT_QUEUE];
     const Py_ssize_t *idx = t->idx;
     double lo = queue[idx[0]], hi = lo;
     int room = 0;
@@ -237,7 +241,7 @@ static int queue_range(const PodTable *t, lt_pick *p) {
             lo = q;
         if (q > hi)
             hi = q;
-        room |= fresh[idx[k]] != 0.0 && q <= qt && kv_usage[idx[k]] <= kt;
+        room |= has_room(t, idx[k]);
     }
     p->q_min = lo;
     p->q_max = hi;
@@ -247,13 +251,10 @@ static int queue_range(const PodTable *t, lt_pick *p) {
 /* A Sheddable request's candidates: only those with room (filters.with_room; some has,
  * queue_range said), with their queue range taken again. */
 static void keep_room(PodTable *t, lt_pick *p) {
-    const double qt = t->queue_threshold, kt = t->kv_threshold;
-    const double *queue = t->col[LT_QUEUE], *fresh = t->col[LT_FRESH],
-                 *kv_usage = t->col[LT_KV_USAGE];
     Py_ssize_t *idx = t->idx, count = 0;
     for (Py_ssize_t k = 0; k < t->n_cand; k++) {
         Py_ssize_t i = idx[k];
-        if (fresh[i] != 0.0 && queue[i] <= qt && kv_usage[i] <= kt)
+        if (has_room(t, i))
             idx[count++] = i;
         else
             t->cand[i] = 0;

@@ -37,6 +37,7 @@ from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed
 from llmtraffic.balancer.policy.scorer import Candidates
 from llmtraffic.balancer.policy.settings import PolicyConfig
 from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics
+from tests.balancer.test_policy import core  # noqa: F401  (autouse: both cores)
 
 NOW = 100.0
 CASES_FILE = (Path(__file__).parents[2] / "fixtures" / "upstream" / "gie-scheduler"
@@ -45,15 +46,6 @@ CASES = {c["name"]: c for c in yaml.safe_load(CASES_FILE.read_text())["cases"]}
 #: GIE v1.x's profile in its scheduler test: every scorer at weight 1; its queue scorer
 #: spans any spread.
 GIE_V1 = PolicyConfig(scorers={"kv": 1, "queue": 1, "prefix": 1, "lora": 1}, queue_span=0)
-
-
-@pytest.fixture(autouse=True, params=["native", "python"])
-def core(request, monkeypatch):
-    if request.param == "native":
-        assert native.core is not None, f"native core not built: {native.missing}"
-    else:
-        monkeypatch.setattr(native, "core", None)
-    return request.param
 
 
 def case(name: str) -> dict:
