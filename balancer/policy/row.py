@@ -4,8 +4,6 @@ documents the same columns (enum lt_column); a table refuses other names or anot
 
 from __future__ import annotations
 
-import math
-
 from llmtraffic.balancer.policy.lora import slots_free
 from llmtraffic.contracts.store import PodState
 
@@ -30,7 +28,7 @@ def pod_row(state: PodState) -> PodRow:
         return pod.address, (), (), (state.queue, state.kv_usage, 1.0 if state.fresh else 0.0,
                                      1.0 if ready else 0.0,
                                      1.0 if ready and state.last_error is None else 0.0,
-                                     math.inf)
+                                     slots_free(state))
     return pod.address, m.running_adapters, m.waiting_adapters, (
         state.queue, state.kv_usage, 1.0 if state.fresh else 0.0, 1.0 if ready else 0.0,
         1.0 if ready and state.last_error is None else 0.0, slots_free(state))
