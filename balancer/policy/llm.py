@@ -11,8 +11,8 @@ from typing import Collection
 
 from llmtraffic.balancer.policy import native as native_core
 from llmtraffic.balancer.policy.filters import usable, with_room
-from llmtraffic.balancer.policy.prefix import (BLOCK_CHARS, TOKENS_PER_BLOCK, PrefixIndex,
-                                               block_hashes, index_tokens)
+from llmtraffic.balancer.policy.prefix import (BLOCK_BYTES, TOKENS_PER_BLOCK, PrefixIndex,
+                                               block_hashes, index_tokens, utf8_len)
 from llmtraffic.balancer.policy.request import LLMRequest, Pick, Shed, no_endpoint
 from llmtraffic.balancer.policy.row import COLUMNS, pod_row
 from llmtraffic.balancer.policy.scorer import Candidates, Scorer
@@ -66,20 +66,20 @@ class LLMPolicy:
                  matched_blocks: int) -> None:
         """After a pick: the prefix index learns what `top` was sent, and its moving
         average of uncached prompt tokens takes this request's."""
-        self.prefix.add(top.address, hashes, self.index_limit(top, chars_per_token(request)))
+        self.prefix.add(top.address, hashes, self.index_limit(top, bytes_per_token(request)))
         u = max(0, index_tokens(request.prompt) - matched_blocks * TOKENS_PER_BLOCK)
         old = self._uncached.get(top.address)
         self._uncached[top.address] = u if old is None else old + UNCACHED_EWMA * (u - old)
 
-    def index_limit(self, state: PodState, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    def index_limit(self, state: PodState, bytes_per_token: float = CHARS_PER_TOKEN) -> int:
         """Prefix-index entries kept for this pod (see `prefix_capacity_factor`): the index
-        blocks (BLOCK_CHARS characters, BLOCK_CHARS / chars_per_token of the model's tokens
+        blocks (BLOCK_BYTES of UTF-8, BLOCK_BYTES / bytes_per_token of the model's tokens
         each) that its KV cache holds, times the factor."""
         cfg, m = self.config, state.metrics
         if m is None or cfg.prefix_capacity_factor <= 0 or m.num_gpu_blocks <= 0 \
                 or m.block_size <= 0:
             return cfg.prefix_lru_per_pod
-        block_tokens = BLOCK_CHARS / chars_per_token
+        block_tokens = BLOCK_BYTES / bytes_per_token
         blocks = cfg.prefix_capacity_factor * m.num_gpu_blocks * m.block_size / block_tokens
         return max(1, min(cfg.prefix_lru_per_pod, int(blocks)))
 
@@ -173,14 +173,16 @@ class LLMPolicy:
                     cfg.retry_after_s)
 
 
-def chars_per_token(request: LLMRequest) -> float:
-    """The characters per token behind the request's `prompt_tokens` estimate (the balancer
-    learns it per model from `usage`, balancer/tokenratio.py), clamped to MIN_RATIO..MAX_RATIO;
-    the default 4 for a prompt shorter than one index block or without an estimate."""
-    n, chars = request.prompt_tokens, len(request.prompt)
-    if n <= 0 or chars < BLOCK_CHARS:
+def bytes_per_token(request: LLMRequest) -> float:
+    """UTF-8 bytes per token behind the request's `prompt_tokens` estimate (whose characters
+    per token the balancer learns per model from `usage`, balancer/tokenratio.py): about 3
+    for English, 2 for CJK text (3 bytes a character, 0.7 characters a token). Clamped to
+    MIN_RATIO..4 x MAX_RATIO (UTF-8 spends up to 4 bytes a character); the default 4 for a
+    prompt shorter than one index block or without an estimate."""
+    n, size = request.prompt_tokens, utf8_len(request.prompt)
+    if n <= 0 or size < BLOCK_BYTES:
         return CHARS_PER_TOKEN
-    return min(MAX_RATIO, max(MIN_RATIO, chars / n))
+    return min(4 * MAX_RATIO, max(MIN_RATIO, size / n))
 
 
 def _ranked(scores: list[float], k: int, rng: random.Random) -> list[int]:

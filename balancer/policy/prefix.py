@@ -1,4 +1,4 @@
-"""Approximate prefix-cache index (as GIE's prefix scorer): the prompt cut into 128-character
+"""Approximate prefix-cache index (as GIE's prefix scorer): the prompt's UTF-8 cut into 128-byte
 blocks, chained xxhash64 with the target model mixed into block 0; hash -> pods, with a
 per-pod LRU. A pod's score is the prefill it would save, net of the prefill queued ahead of
 the request there beyond the least-loaded pod, as a fraction of the prompt."""
@@ -15,25 +15,32 @@ from llmtraffic.balancer.policy.scorer import Candidates, Scorer
 if TYPE_CHECKING:
     from llmtraffic.balancer.policy.settings import PolicyConfig
 
-#: Characters per index block. GIE hashes 64; 128 halves the hashing and index upkeep per
+#: UTF-8 bytes per index block (one character each in English, a third of one in CJK text,
+#: so the index and every size measured against it count bytes). GIE hashes 64; 128 halves the hashing and index upkeep per
 #: request (the balancer's largest per-request cost after HTTP) and loses at most 127
 #: characters of a matched prefix. Virtual time (`llmtraffic bench routing`, seeds 1-4):
 #: shared-prefix identical to 64, mixed TTFT p90 equal or better (0.274 vs 0.283 s on
 #: seed 4); 256 lost hit rate on mixed (0.60 vs 0.62).
-BLOCK_CHARS = 128
+BLOCK_BYTES = 128
 MAX_BLOCKS = 256
 LRU_PER_POD = 31_250
-#: Prompt tokens per index block, at about 4 characters per token (Llama-2's SentencePiece
-#: and OpenAI's rule of thumb); `index_tokens` measures a prompt in the same unit.
-TOKENS_PER_BLOCK = BLOCK_CHARS // 4
+#: Index tokens per block, at 4 bytes each (about a token of English with Llama-2's
+#: SentencePiece or OpenAI's rule of thumb); `index_tokens` measures a prompt in the same unit.
+TOKENS_PER_BLOCK = BLOCK_BYTES // 4
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8 (as the index hashes it); no copy for ASCII text."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def index_tokens(prompt: str) -> int:
-    """A prompt's length in the index's units (TOKENS_PER_BLOCK a block, about 4 characters
-    each), whatever the served tokenizer: a prefix score is a ratio of the tokens saved to
-    the prompt's, so both are counted in one unit and the tokenizer's real ratio cancels
-    out. (`LLMRequest.prompt_tokens` is in the tokenizer's own units.)"""
-    return len(prompt) // (BLOCK_CHARS // TOKENS_PER_BLOCK)
+    """A prompt's length in the index's units (TOKENS_PER_BLOCK a block, 4 UTF-8 bytes each),
+    whatever the served tokenizer: a prefix score is a ratio of the tokens saved to the
+    prompt's, so both are counted in one unit and the tokenizer's real ratio cancels out;
+    counting characters instead would make a CJK prompt's matched blocks worth 3x its
+    length. (`LLMRequest.prompt_tokens` is in the tokenizer's own units.)"""
+    return utf8_len(prompt) // (BLOCK_BYTES // TOKENS_PER_BLOCK)
 
 
 def net_saved(matched_blocks: int, queue_excess: float, tokens_per_queued: float,
@@ -85,16 +92,16 @@ class PrefixScorer(Scorer):
         return {"prefix_queue_tokens": self.queue_tokens, "tokens_per_block": TOKENS_PER_BLOCK}
 
 
-def block_hashes(model: str, prompt: str, block_chars: int = BLOCK_CHARS,
+def block_hashes(model: str, prompt: str, block_bytes: int = BLOCK_BYTES,
                  max_blocks: int = MAX_BLOCKS) -> list[int]:
     """Chained hashes of the prompt's full blocks; the model (or adapter) seeds block 0."""
     h = xxhash.xxh64_intdigest(model.encode())
     data = prompt.encode("utf-8", "surrogatepass")
-    n = min(len(data) // block_chars, max_blocks)
+    n = min(len(data) // block_bytes, max_blocks)
     digest = xxhash.xxh64_intdigest  # (data, seed): the previous block's hash seeds the next
     out = []
-    for start in range(0, n * block_chars, block_chars):
-        h = digest(data[start:start + block_chars], h)
+    for start in range(0, n * block_bytes, block_bytes):
+        h = digest(data[start:start + block_bytes], h)
         out.append(h)
     return out
 

@@ -83,9 +83,9 @@ class PolicyConfig(BaseModel):
     prefix_capacity_factor: float = Field(
         2.0, ge=0, description="size each pod's prefix index from its KV cache: this many "
         "times the index blocks its cache holds (num_gpu_blocks x block_size from "
-        "vllm:cache_config_info, a 128-character index block holding 128 / c tokens at "
-        "the c characters per token the balancer learned for the model from usage, 4 until "
-        "then), at most prefix_lru_per_pod. "
+        "vllm:cache_config_info, a 128-byte index block holding 128 / b tokens at "
+        "the b UTF-8 bytes per token of the request's estimate, whose characters per token "
+        "the balancer learned for the model from usage (4 until then), at most prefix_lru_per_pod. "
         "A pod cannot hold more prefix than its cache, so a larger index only remembers "
         "evicted prefixes (false hits) and grows the balancer's memory; the factor leaves "
         "room for prompts the cache shares between requests. 0 = always prefix_lru_per_pod. "

@@ -500,7 +500,7 @@ def test_block_hashes_match_reference(kind):
 
 def test_block_hashes_beyond_max_blocks():
     rng = random.Random(5)
-    prompt = random_text(rng, prefix.BLOCK_CHARS * prefix.MAX_BLOCKS + 500, "ascii")
+    prompt = random_text(rng, prefix.BLOCK_BYTES * prefix.MAX_BLOCKS + 500, "ascii")
     got = _native.block_hashes("meta-llama/Llama-2-7b-hf", prompt)
     assert len(got) == prefix.MAX_BLOCKS
     assert got == prefix.block_hashes("meta-llama/Llama-2-7b-hf", prompt)

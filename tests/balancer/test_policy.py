@@ -14,7 +14,7 @@ from llmtraffic.balancer.policy.filters import saturated
 from llmtraffic.balancer.policy.kvcache import kv_score
 from llmtraffic.balancer.policy.llm import LLMPolicy, PolicyConfig
 from llmtraffic.balancer.policy.lora import lora_score
-from llmtraffic.balancer.policy.prefix import BLOCK_CHARS, PrefixIndex, block_hashes
+from llmtraffic.balancer.policy.prefix import BLOCK_BYTES, PrefixIndex, block_hashes
 from llmtraffic.balancer.policy import native
 from llmtraffic.balancer.policy.queue import queue_score
 from llmtraffic.balancer.policy.registry import make_policy
@@ -89,14 +89,14 @@ def test_lora_score_order():
 
 
 def test_prefix_index_leading_match_and_lru():
-    h = hashes_of("m", "x" * BLOCK_CHARS * 5)
+    h = hashes_of("m", "x" * BLOCK_BYTES * 5)
     assert len(h) == 5
-    assert hashes_of("other", "x" * BLOCK_CHARS * 5)[0] != h[0]  # model mixed into block 0
+    assert hashes_of("other", "x" * BLOCK_BYTES * 5)[0] != h[0]  # model mixed into block 0
     index = prefix_index(8)
     index.add("a", h[:3])
     index.add("b", h)
     assert index.match(h) == {"a": 3, "b": 5}
-    index.add("a", hashes_of("m", "y" * BLOCK_CHARS * 8))  # pushes a's old entries out
+    index.add("a", hashes_of("m", "y" * BLOCK_BYTES * 8))  # pushes a's old entries out
     assert index.match(h) == {"b": 5}
     index.forget("b")
     assert index.match(h) == {}
@@ -115,23 +115,23 @@ def test_prefix_index_is_sized_from_each_pods_kv_cache():
     assert LLMPolicy(PolicyConfig(prefix_capacity_factor=0)).index_limit(snap.pods[0]) \
         == policy.config.prefix_lru_per_pod
     for i in range(40):  # distinct 5-block prompts to every pod the policy picks
-        policy.pick(req(prompt=f"{i:04d}" * (BLOCK_CHARS // 4) * 5), snap)
+        policy.pick(req(prompt=f"{i:04d}" * (BLOCK_BYTES // 4) * 5), snap)
     assert 0 < policy.prefix.entries("10.0.0.0:8000") <= 16
-    # a tokenizer twice as dense (2 characters a token, learned from usage and carried in
+    # a tokenizer twice as dense (2 bytes a token, learned from usage and carried in
     # the request's estimate) fits half the index blocks in the same cache
-    assert policy.index_limit(snap.pods[0], chars_per_token=2.0) == 8
+    assert policy.index_limit(snap.pods[0], bytes_per_token=2.0) == 8
     dense = LLMPolicy(PolicyConfig(queue_weight=0, kv_weight=0), seed=1)
     for i in range(40):
-        prompt = f"{i:04d}" * (BLOCK_CHARS // 4) * 5
+        prompt = f"{i:04d}" * (BLOCK_BYTES // 4) * 5
         dense.pick(LLMRequest(model="base", target_model="base", adapter=None, prompt=prompt,
                               prompt_tokens=len(prompt) // 2, pool="pool"), snap)
     assert 0 < dense.prefix.entries("10.0.0.0:8000") <= 8
     # a limit that shrinks (the pod restarted smaller) sheds the oldest entries at once
     index = prefix_index(100)
-    index.add("a", hashes_of("m", "z" * BLOCK_CHARS * 50))
-    index.add("a", hashes_of("m", "w" * BLOCK_CHARS), limit=10)
+    index.add("a", hashes_of("m", "z" * BLOCK_BYTES * 50))
+    index.add("a", hashes_of("m", "w" * BLOCK_BYTES), limit=10)
     assert index.entries("a") == 10
-    assert index.match(hashes_of("m", "w" * BLOCK_CHARS)) == {"a": 1}
+    assert index.match(hashes_of("m", "w" * BLOCK_BYTES)) == {"a": 1}
 
 
 # ---- the llm policy ------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_policy_config_validates():
 # ---- prefix saved vs queue cost; LoRA affinity vs queue (the tuned defaults) --------------
 def test_net_saved_formula():
     from llmtraffic.balancer.policy.prefix import TOKENS_PER_BLOCK, net_saved
-    assert TOKENS_PER_BLOCK == 32  # 128-character blocks at ~4 characters per token
+    assert TOKENS_PER_BLOCK == 32  # 128-byte blocks at ~4 bytes per token
     assert net_saved(32, 0, 500, 1088) == pytest.approx(1024 / 1088)
     assert net_saved(32, 2, 100, 1088) == pytest.approx((1024 - 200) / 1088)
     assert net_saved(32, 11, 100, 1088) == 0.0  # the queue ahead costs more than it saves
@@ -344,3 +344,28 @@ def test_lora_affinity_holds_against_a_short_queue_not_a_long_one():
                               waiting=12),
                    PodMetrics(running_adapters=free.running_adapters, max_lora=4))
     assert idx(policy.pick(req("sql-lora"), s.snapshot(NOW))) == 1
+
+
+# ---- the index counts UTF-8 bytes: a CJK prompt is measured as it is hashed ---------------
+def test_cjk_prompt_is_measured_in_the_units_it_is_hashed_in():
+    """A CJK character is 3 bytes of UTF-8 and the index hashes 128-byte blocks: the
+    prompt's length (`index_tokens`) and what its matched blocks save must be counted alike,
+    or a fully cached CJK prompt would save 3x its own length and outweigh any queue."""
+    from llmtraffic.balancer.policy.llm import bytes_per_token
+    from llmtraffic.balancer.policy.prefix import TOKENS_PER_BLOCK, index_tokens, net_saved
+
+    cjk = "漢字仮名交じり文の例です。" * 40  # 520 characters, 1,560 bytes
+    blocks = len(block_hashes("m", cjk))
+    assert blocks == 1560 // BLOCK_BYTES == 12
+    assert index_tokens(cjk) == 1560 // 4
+    assert index_tokens("abcd" * 130) == 130  # ASCII: a byte a character
+    # fully cached: saves what it costs, so 2 queued requests of 100 tokens still count
+    whole = index_tokens(cjk)
+    assert net_saved(blocks, 2, 100, whole) == pytest.approx(
+        (blocks * TOKENS_PER_BLOCK - 200) / whole)
+    assert net_saved(blocks, 2, 100, whole) < 0.8
+    # 520 characters at 0.7 characters a token (the kit tokenizer on CJK) = 742 tokens:
+    # 1,560 bytes / 742 = 2.1 bytes a token, so a 128-byte block holds ~61 of its tokens
+    req_ = LLMRequest(model="m", target_model="m", adapter=None, prompt=cjk,
+                      prompt_tokens=742)
+    assert bytes_per_token(req_) == pytest.approx(1560 / 742)

@@ -5,7 +5,7 @@
 
 static PyMethodDef module_methods[] = {
     {"block_hashes", (PyCFunction)(void (*)(void))lt_block_hashes, METH_FASTCALL,
-     "block_hashes(model, prompt, block_chars=128, max_blocks=256) -> list[int]\n"
+     "block_hashes(model, prompt, block_bytes=128, max_blocks=256) -> list[int]\n"
      "Chained XXH64 of the prompt's full UTF-8 blocks; the model's hash seeds block 0."},
     {NULL, NULL, 0, NULL},
 };

@@ -109,11 +109,11 @@ PyObject *lt_block_hashes(PyObject *module, PyObject *const *args, Py_ssize_t na
     Py_ssize_t block = 128, max_blocks = 256;
     if (nargs < 2 || nargs > 4) {
         PyErr_Format(PyExc_TypeError,
-                     "block_hashes(model, prompt, block_chars=128, max_blocks=256) takes "
+                     "block_hashes(model, prompt, block_bytes=128, max_blocks=256) takes "
                      "2 to 4 positional arguments (%zd given)", nargs);
         return NULL;
     }
-    if ((nargs > 2 && size_arg(args[2], "block_chars", 1, &block) < 0) ||
+    if ((nargs > 2 && size_arg(args[2], "block_bytes", 1, &block) < 0) ||
         (nargs > 3 && size_arg(args[3], "max_blocks", PY_SSIZE_T_MIN, &max_blocks) < 0))
         return NULL;
     if (max_blocks < 0)  /* as the reference: no blocks */
