@@ -1,6 +1,7 @@
 """Builds the optional C extensions: the llm policy's native core
 (`llmtraffic.balancer.policy._native`, C sources in balancer/policy/csrc/) and the exporter's
-record finisher (`llmtraffic.contracts._records`, contracts/csrc/). Everything else is in
+record finisher (`llmtraffic.contracts._records`) and vLLM page scan
+(`llmtraffic.contracts._pagescan`), C sources in contracts/csrc/. Everything else is in
 pyproject.toml. Without a C compiler the install still succeeds and the same Python code runs
 instead."""
 
@@ -22,6 +23,11 @@ setup(ext_modules=[Extension(
 ), Extension(
     "llmtraffic.contracts._records",
     sources=["contracts/csrc/records.c"],
+    extra_compile_args=ARGS,
+    optional=True,
+), Extension(
+    "llmtraffic.contracts._pagescan",
+    sources=["contracts/csrc/pagescan.c"],
     extra_compile_args=ARGS,
     optional=True,
 )])

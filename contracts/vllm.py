@@ -1,6 +1,7 @@
 """vLLM's /metrics page described once: one table of its families (name, kind, help, labels,
 buckets, generation V1 / legacy V0 and which V1 name replaced a legacy one), and the fast
-parser that turns a pod's page into `PodMetrics`. The simulator's page, the dashboards and
+parser that turns a pod's page into `PodMetrics` (plain pages scanned in C when
+`contracts._pagescan` is built, the same result as the Python parser). The simulator's page, the dashboards and
 the test pages are built from the same table."""
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ _PROMPT, _GENERATION, _PREEMPTIONS, _DEFERRED = range(9, 13)
 _N_SCALARS = 13
 # histogram slots
 _H_TTFT, _H_QUEUE, _H_QUEUE_LEGACY = range(3)
+_N_HISTS = 3
 # what a sample name means: (kind, slot)
 (_K_SCALAR, _K_REASON, _K_LORA, _K_CACHE, _K_BUCKET, _K_SUM, _K_COUNT, _K_MARK_V1,
  _K_MARK_LEGACY) = range(9)
@@ -285,6 +287,14 @@ def _sample_table() -> dict[str, tuple[int, int]]:
 
 _SAMPLES = _sample_table()
 _PREFIX_LEN = min(map(len, _SAMPLES))  # every name we read is at least this long
+try:  # the C scan of plain pages (contracts/csrc/pagescan.c), when built
+    from llmtraffic.contracts import _pagescan
+except ImportError:  # not built (no C compiler at install time): Python reads every page
+    _scan = None
+else:
+    _pagescan.configure(_SAMPLES, (_K_SCALAR, _K_REASON, _K_LORA, _K_CACHE, _K_BUCKET, _K_SUM,
+                                   _K_COUNT, _K_MARK_V1, _K_MARK_LEGACY), _N_SCALARS, _N_HISTS)
+    _scan = _pagescan.scan
 _PREFIXES = frozenset(name[:_PREFIX_LEN] for name in _SAMPLES)
 _V1_SLOTS = (_KV, _PREFIX_Q, _PREFIX_H, _DEFERRED)
 _LEGACY_SLOTS = (_SWAPPED, _KV_LEGACY, _PREFIX_Q_LEGACY, _PREFIX_H_LEGACY)
@@ -464,6 +474,26 @@ class _Hist:
         return Histogram(tuple(bounds), tuple(counts), self.sum, self.count)
 
 
+class _Info:
+    """What the info lines give: the lora_requests_info labels with the largest value (its
+    update time), cache_config_info's block size and its blocks summed over engines."""
+    __slots__ = ("lora", "stamp", "block_size", "num_gpu_blocks")
+
+    def __init__(self) -> None:
+        self.lora: dict[str, str] | None = None
+        self.stamp = 0.0
+        self.block_size = self.num_gpu_blocks = 0
+
+    def take(self, is_lora: bool, value: float, labels: dict[str, str]) -> None:
+        if is_lora:
+            if self.lora is None or value > self.stamp or self.stamp != self.stamp:
+                self.lora = labels
+                self.stamp = value
+        else:
+            self.block_size = _to_int(labels.get("block_size")) or self.block_size
+            self.num_gpu_blocks += _to_int(labels.get("num_gpu_blocks"))
+
+
 def _decode(page: bytes | bytearray | memoryview | str) -> tuple[str, bool]:
     """(text, is_clean_utf8). Undecodable bytes become U+FFFD so one bad byte costs one line."""
     if isinstance(page, str):
@@ -488,16 +518,23 @@ def parse_metrics(page: bytes | str) -> PodMetrics:
     `vllm:lora_requests_info` contributes the series with the largest value (its update
     time). A malformed line of a family we read is skipped and counted in `bad_lines`.
     Raises VllmParseError when the page is not text or holds no family we read."""
+    if _scan is not None and isinstance(page, (bytes, bytearray, memoryview)):
+        scanned = _scan(page if type(page) is bytes else bytes(page))
+        if scanned is not None:
+            return _from_scan(*scanned)
+    return parse_metrics_python(page)
+
+
+def parse_metrics_python(page: bytes | str) -> PodMetrics:
+    """`parse_metrics` in Python only, every page (the reference the C scan is held to)."""
     text, clean = _decode(page)
     table, prefixes, plen = _SAMPLES, _PREFIXES, _PREFIX_LEN
     keys_get, bounds_get = _KEYS.get, _BOUNDS.get
     sums = [0.0] * _N_SCALARS
     seen = [0] * _N_SCALARS
-    hists: list[_Hist | None] = [None, None, None]
+    hists: list[_Hist | None] = [None] * _N_HISTS
     models: set[str] = set()
-    lora: dict[str, str] | None = None
-    lora_stamp = 0.0
-    block_size = num_gpu_blocks = 0
+    info = _Info()
     marks_v1 = marks_legacy = False
     usable = bad = 0
 
@@ -604,13 +641,8 @@ def parse_metrics(page: bytes | str) -> PodMetrics:
             else:
                 h.count += value
                 h.has_count = True
-        elif kind == _K_LORA:
-            if lora is None or value > lora_stamp or lora_stamp != lora_stamp:
-                lora = labels
-                lora_stamp = value
-        else:  # _K_CACHE
-            block_size = _to_int(labels.get("block_size")) or block_size
-            num_gpu_blocks += _to_int(labels.get("num_gpu_blocks"))
+        else:  # _K_LORA, _K_CACHE
+            info.take(kind == _K_LORA, value, labels)
         usable += 1
         model = labels.get("model_name")
         if model is not None:
@@ -618,8 +650,25 @@ def parse_metrics(page: bytes | str) -> PodMetrics:
 
     if not usable:
         raise VllmParseError(_nothing_usable(text, clean))
-    return _build(sums, seen, hists, lora or _NO_LABELS, block_size, num_gpu_blocks, models,
-                  marks_v1, marks_legacy, bad)
+    return _build(sums, seen, hists, info, models, marks_v1, marks_legacy, bad)
+
+
+def _from_scan(sums: list[float], seen: list[int],
+               scanned: list[tuple[dict[float, float], float, float, bool] | None],
+               infos: list[tuple[bool, float, dict[str, str]]], models: set[str],
+               marks_v1: bool, marks_legacy: bool) -> PodMetrics:
+    """PodMetrics from what the C scan accumulated (`_pagescan.scan`'s tuple)."""
+    hists: list[_Hist | None] = []
+    for got in scanned:
+        h = None
+        if got is not None:
+            h = _Hist()
+            h.buckets, h.sum, h.count, h.has_count = got
+        hists.append(h)
+    info = _Info()
+    for is_lora, value, labels in infos:
+        info.take(is_lora, value, labels)
+    return _build(sums, seen, hists, info, models, marks_v1, marks_legacy, 0)
 
 
 def _nothing_usable(text: str, clean: bool) -> str:
@@ -632,10 +681,10 @@ def _nothing_usable(text: str, clean: bool) -> str:
             f"vLLM server? first line: {first[:120]!r}")
 
 
-def _build(sums: list[float], seen: list[int], hists: list[_Hist | None],
-           lora: dict[str, str], block_size: int, num_gpu_blocks: int, models: set[str],
-           marks_v1: bool, marks_legacy: bool, bad: int) -> PodMetrics:
+def _build(sums: list[float], seen: list[int], hists: list[_Hist | None], info: _Info,
+           models: set[str], marks_v1: bool, marks_legacy: bool, bad: int) -> PodMetrics:
     """Fold the accumulated samples into PodMetrics: V1 names win over legacy ones."""
+    lora = info.lora if info.lora is not None else _NO_LABELS
     kv = _KV if seen[_KV] else _KV_LEGACY
     prefix_q, prefix_h = ((_PREFIX_Q, _PREFIX_H) if seen[_PREFIX_Q] or seen[_PREFIX_H]
                           else (_PREFIX_Q_LEGACY, _PREFIX_H_LEGACY))
@@ -660,8 +709,8 @@ def _build(sums: list[float], seen: list[int], hists: list[_Hist | None],
         preemptions=sums[_PREEMPTIONS],
         ttft=ttft.build() if ttft is not None else None,
         queue_time=queue.build() if queue is not None else None,
-        block_size=block_size,
-        num_gpu_blocks=num_gpu_blocks,
+        block_size=info.block_size,
+        num_gpu_blocks=info.num_gpu_blocks,
         models=tuple(sorted(models)),
         legacy=marks_legacy and not marks_v1,
         bad_lines=bad,
