@@ -10,13 +10,11 @@ import logging
 import time
 import zlib
 
-import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
-from yarl import URL
 
 from llmtraffic.balancer.bodyshape import OFF_LOOP_BYTES, SMALL_BYTES, refusal
 from llmtraffic.balancer.connections import ConnectionGuard, default_limit
@@ -26,6 +24,8 @@ from llmtraffic.balancer.lifecycle import DRAIN_CUT, RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
+from llmtraffic.balancer.upstream import (RETRYABLE, BadResponse, IdleTimeout, UpstreamError,
+                                          UpstreamPool, UpstreamResponse)
 from llmtraffic.balancer.usage import LineBuffer, SseTap, apply_usage, new_request_id
 from llmtraffic.balancer.workers import WorkerSeat
 from llmtraffic.contracts.record import LLMRecord
@@ -33,17 +33,15 @@ from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
 
-#: Upstream failures before any response byte: the request is retried on a fallback pod.
-#: A connect timeout is one of them (a vanished pod's IP often just drops packets).
-RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-             aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError)
-#: Upstream failures while relaying a stream: the client's stream ends with an error event.
-STREAM_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
+#: Upstream failures before any response byte (upstream.RETRYABLE: no connection, or it
+#: closed) send the request to a fallback pod; a connect timeout is one of them (a vanished
+#: pod's IP often just drops packets). Failures while relaying an answer end it.
+STREAM_FAILURES = (UpstreamError,)
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 CLIENT_LEFT = "the client left"  # a relay's outcome: nothing more to send
 SECRET_HEADERS = ("authorization", "cookie", "x-api-key", "proxy-authorization")
-#: Pod URLs kept parsed (pods x paths); past this many the cache starts over.
-URL_CACHE = 4096
+#: Request heads kept built (pods x paths); past this many the cache starts over.
+HEAD_CACHE = 4096
 #: Seconds the rest of a refused upload is read and dropped, so its client can read the
 #: refusal (aiohttp's default is 10); then the connection closes.
 LINGER_S = 1.0
@@ -93,16 +91,17 @@ class BalancerApp:
             core.counters
         self.registry, self.access_log, self.scraper = core.registry, core.access_log, \
             core.scraper
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         #: requests being served (their handler task) and the streams being relayed
         self._inflight: dict[RequestLifecycle, asyncio.Task] = {}
-        self._streams: dict[RequestLifecycle, aiohttp.ClientResponse] = {}
+        self._streams: dict[RequestLifecycle, UpstreamResponse] = {}
         self.guard: ConnectionGuard | None = None
         #: address -> a future set when that pod is ejected (requests waiting there leave)
         self._ejections: dict[str, asyncio.Future[None]] = {}
-        self._urls: dict[tuple[str, str], URL] = {}  # (pod address, path) -> its URL
+        #: (pod address, path) -> the start of the request head sent there
+        self._heads: dict[tuple[str, str], bytes] = {}
         self.core.breaker.listeners.append(self._ejected)
         self.port = 0
         self.peers = None  # PeerMetrics: this worker's series to the others, and theirs
@@ -126,12 +125,8 @@ class BalancerApp:
         from llmtraffic.contracts.serving import parse_listen
 
         host, port = parse_listen(self.options.listen)
-        self._session = aiohttp.ClientSession(  # no cookie jar: a pod's Set-Cookie is
-            cookie_jar=aiohttp.DummyCookieJar(),  # its client's, never replayed to others
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.options.connect_timeout,
-                                          sock_read=self.options.idle_timeout),
-            auto_decompress=False)
+        # no cookies are kept (a pod's Set-Cookie is its client's), nothing is decompressed
+        self._pool = UpstreamPool(self.options.connect_timeout, self.options.idle_timeout)
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
         assert self._runner.server is not None
@@ -162,9 +157,9 @@ class BalancerApp:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None
@@ -313,11 +308,10 @@ class BalancerApp:
 
     async def _forward(self, request: web.Request, d: Decision,
                        life: RequestLifecycle) -> web.StreamResponse:
-        assert self._session is not None, "BalancerApp.start() was not awaited"
+        assert self._pool is not None, "BalancerApp.start() was not awaited"
         rec = life.rec
         payload = d.payload()
-        headers = {"Content-Type": "application/json", "X-Request-Id": rec.request_id or "",
-                   "Accept-Encoding": "identity"}  # what the client gets, we read
+        headers = _request_headers(rec.request_id or "", len(payload))
         tried: list[str] = []
         last: Exception | None = None
         for i, addr in enumerate(d.addresses(self.options.retries)):
@@ -337,7 +331,7 @@ class BalancerApp:
                     life.failed(reason=e.reason)
                     log.warning("pod %s (%s) %s; trying another", rec.pod, addr, e.reason)
                     continue
-                except asyncio.TimeoutError:
+                except IdleTimeout:
                     life.failed(reason="no response")
                     raise ApiError(504, f"pod {rec.pod} ({addr}) sent no response within "
                                    f"{self.options.idle_timeout:g} s") from None
@@ -366,14 +360,14 @@ class BalancerApp:
         raise ApiError(503, f"no pod could be reached in pool {d.pool.name!r} (tried "
                        f"{', '.join(tried)}; last error: {last})")
 
-    async def _send(self, addr: str, path: str, payload: bytes, headers: dict[str, str],
-                    stream: bool) -> aiohttp.ClientResponse:
+    async def _send(self, addr: str, path: str, payload: bytes, headers: bytes,
+                    stream: bool) -> UpstreamResponse:
         """POST to the pod and wait for its response head: a PodFault when its head is
         broken, when a stream's head takes over --stream-header-timeout, or when the pod
         is ejected meanwhile (the request then goes elsewhere). The post runs in this task
         (no task and no asyncio.wait per request): an ejection cancels the task while it
         waits, and the cancellation is taken back here."""
-        assert self._session is not None
+        assert self._pool is not None
         task = asyncio.current_task()
         assert task is not None
         ejected = self._ejections.get(addr)
@@ -391,32 +385,33 @@ class BalancerApp:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return await self._session.post(self._url(addr, path), data=payload,
-                                                headers=headers)
+                return await self._pool.post(addr, self._head(addr, path) + headers, payload)
         except asyncio.CancelledError:
             if not cut or task.uncancel() > 0:  # the client left (or the drain cut it)
                 raise
             raise PodFault("was ejected while the request waited for its answer: "
                            + self.core.breaker.reasons.get(addr, "outlier"), "UO") from None
         except TimeoutError:
-            if not deadline.expired():  # aiohttp's own (connect, idle): the caller's
+            if not deadline.expired():
                 raise
             raise PodFault(f"sent no response head within {timeout:g} s "
                            "(--stream-header-timeout)", "UT") from None
-        except aiohttp.ClientResponseError as e:  # a head aiohttp cannot read
-            raise PodFault(f"sent a broken HTTP response head ({e.message})") from None
+        except BadResponse as e:  # a head that is not HTTP, or over the limits
+            raise PodFault(f"sent a broken HTTP response head ({e})") from None
         finally:
             waiting[0] = False
             ejected.remove_done_callback(eject)
 
-    def _url(self, addr: str, path: str) -> URL:
-        """The pod's URL for `path`, parsed once (at most URL_CACHE kept)."""
-        url = self._urls.get((addr, path))
-        if url is None:
-            if len(self._urls) >= URL_CACHE:
-                self._urls.clear()
-            url = self._urls[addr, path] = URL(f"http://{addr}{path}")
-        return url
+    def _head(self, addr: str, path: str) -> bytes:
+        """The request line and Host header for `path` on the pod, built once (at most
+        HEAD_CACHE kept)."""
+        head = self._heads.get((addr, path))
+        if head is None:
+            if len(self._heads) >= HEAD_CACHE:
+                self._heads.clear()
+            head = self._heads[addr, path] = f"POST {path} HTTP/1.1\r\nHost: {addr}\r\n" \
+                .encode()
+        return head
 
     def _ejected(self, address: str) -> None:
         """The breaker opened the circuit of `address`: requests waiting there go elsewhere."""
@@ -424,13 +419,13 @@ class BalancerApp:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    async def _relay_body(self, up: aiohttp.ClientResponse, d: Decision,
+    async def _relay_body(self, up: UpstreamResponse, d: Decision,
                           life: RequestLifecycle) -> web.Response:
         """A whole answer, read up to --max-response-bytes and judged before any byte goes
         to the client (PodFault: another pod may take the request)."""
         rec = life.rec
         data = await self._read_answer(up, rec.pod)
-        encoding = up.headers.get("Content-Encoding", "identity").lower()
+        encoding = up.headers.get("content-encoding", "identity").lower()
         if up.status == 200:
             answer = _json(self._decoded(data, encoding))
             if not (isinstance(answer, dict) and answer.get("choices")):
@@ -442,7 +437,7 @@ class BalancerApp:
         life.answered(up.status)
         rec.response_code = up.status
         rec.bytes_sent = len(data)
-        headers = {"Content-Type": up.headers.get("Content-Type", "application/json")}
+        headers = {"Content-Type": up.headers.get("content-type", "application/json")}
         if encoding != "identity":  # the pod encoded it though asked not to: say so
             headers["Content-Encoding"] = encoding
         return web.Response(status=up.status, body=data, headers=headers)
@@ -461,14 +456,14 @@ class BalancerApp:
         except zlib.error as e:
             raise PodFault(f"sent a {encoding} answer that does not decode: {e}") from None
 
-    async def _read_answer(self, up: aiohttp.ClientResponse, pod: str | None) -> bytes:
+    async def _read_answer(self, up: UpstreamResponse, pod: str | None) -> bytes:
         cap = self.options.max_response_bytes
         if (up.content_length or 0) > cap:
             raise PodFault(f"announced an answer of {up.content_length} bytes, more than "
                            f"{cap} (--max-response-bytes)")
         data = bytearray()
         try:
-            async for chunk in up.content.iter_any():
+            while chunk := await up.read_chunk():
                 data += chunk
                 if len(data) > cap:
                     raise PodFault(f"sent an answer larger than {cap} bytes "
@@ -478,7 +473,7 @@ class BalancerApp:
         return bytes(data)
 
     async def _relay_stream(self, request: web.Request, d: Decision,
-                            up: aiohttp.ClientResponse, life: RequestLifecycle,
+                            up: UpstreamResponse, life: RequestLifecycle,
                             sent_at: float) -> web.StreamResponse:
         rec = life.rec
         resp = web.StreamResponse(status=200, headers={
@@ -520,7 +515,7 @@ class BalancerApp:
             pass
         return resp
 
-    async def _relay_lines(self, d: Decision, up: aiohttp.ClientResponse,
+    async def _relay_lines(self, d: Decision, up: UpstreamResponse,
                            resp: web.StreamResponse, tap: SseTap, rec: LLMRecord
                            ) -> tuple[str | None, int]:
         """The pod's SSE lines to the client, within the stream's caps: (why it failed or
@@ -535,7 +530,7 @@ class BalancerApp:
         ended = False
         while not ended and failure is None:
             try:
-                data = await up.content.readany()
+                data = await up.read_chunk()
             except STREAM_FAILURES as e:
                 failure = f"{type(e).__name__}: {e}"
                 break
@@ -590,6 +585,17 @@ def _json(data: bytes) -> object:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def _request_headers(request_id: str, length: int) -> bytes:
+    """The rest of a request head to a pod: JSON, no encoding (what the client gets, the
+    balancer reads), the request id (the client's own came through the HTTP parser, so it
+    holds no line break; one that does is replaced) and the length."""
+    if "\r" in request_id or "\n" in request_id or "\0" in request_id:
+        request_id = new_request_id()
+    return (f"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
+            f"X-Request-Id: {request_id}\r\nContent-Length: {length}\r\n\r\n"
+            ).encode("utf-8", "surrogateescape")
 
 
 def _error(e: ApiError) -> web.Response:

@@ -262,8 +262,9 @@ async def test_a_thousand_clients_leaving_mid_stream_leak_nothing(fleet, make_ap
     await wait_for(lambda: total_inflight(app) == 0, "in-flight counts back to 0", 30)
     await wait_for(lambda: len(records(app)) == 1000, "1,000 access-log lines", 30)
     assert {(x["response_code"], x["response_flags"]) for x in records(app)} == {(499, "DC")}
-    connector = app._session.connector  # type: ignore[union-attr]
-    await wait_for(lambda: not connector._acquired, "no upstream connection in use")
+    pool = app._pool
+    assert pool is not None
+    await wait_for(lambda: pool.in_use == 0, "no upstream connection in use")
     await next_scrape(app)
     await wait_for(lambda: all(p.metrics.running == 0 and p.metrics.waiting == 0 for p in
                                app.store.snapshot(time.monotonic()).pods if p.metrics),

@@ -503,7 +503,7 @@ async def test_connect_failure_is_retried_on_another_pod(doomed_fleet, make_app)
     assert app.stats.retries == {(POOL,): 1.0}
     assert await metric(app, "llmtraffic_balancer_retries_total") == 1
     state = app.store.snapshot(time.monotonic()).by_address()[dead]
-    assert state.last_error and state.last_error.startswith("proxy: ClientConnectorError")
+    assert state.last_error and state.last_error.startswith("proxy: ConnectFailed")
 
     statuses = []
     for _ in range(3):
