@@ -476,18 +476,20 @@ class BalancerApp:
                             up: UpstreamResponse, life: RequestLifecycle,
                             sent_at: float) -> web.StreamResponse:
         rec = life.rec
-        resp = web.StreamResponse(status=200, headers={
+        resp = _EventStream(status=200, headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Request-Id": rec.request_id or ""})
         await resp.prepare(request)
         rec.response_code = 200
         tap = SseTap(rec, sent_at, drop_usage=not d.client_wants_usage)
         self._streams[life] = up
+        tail = b""
         try:
-            failure, sent = await self._relay_lines(d, up, resp, tap, rec)
+            failure, sent, tail = await self._relay_lines(d, up, resp, tap, rec)
         finally:
             del self._streams[life]
-            life.delivered = tap.complete  # a client leaving now lost nothing: not DC
+            # a client leaving now lost nothing (not DC), unless a last part is still unsent
+            life.delivered = tap.complete and not tail
         if failure is CLIENT_LEFT:
             return resp
         if failure is None:
@@ -504,40 +506,41 @@ class BalancerApp:
                         rec.upstream_host, tap.chunks, failure)
             err = ApiError(502, f"upstream pod {rec.pod} failed mid-stream: {failure}")
         if failure is not None:
-            try:
-                await resp.write(b"data: " + err.body() + b"\n\n")
-            except ConnectionResetError:
-                pass
+            tail += b"data: " + err.body() + b"\n\n"
         rec.bytes_sent = sent
         try:
-            await resp.write_eof()
+            await resp.write_eof(tail)  # the last events and the stream's end: one write
         except ConnectionResetError:
             pass
+        life.delivered = tap.complete
         return resp
 
     async def _relay_lines(self, d: Decision, up: UpstreamResponse,
                            resp: web.StreamResponse, tap: SseTap, rec: LLMRecord
-                           ) -> tuple[str | None, int]:
+                           ) -> tuple[str | None, int, bytes]:
         """The pod's SSE lines to the client, within the stream's caps: (why it failed or
-        CLIENT_LEFT or None, bytes sent). What arrived together goes on in one write (an
-        event and its blank line, or several events), never a write per line; the tap
-        parses only the lines that may carry the first text or the usage."""
+        CLIENT_LEFT or None, bytes sent or to send, the last lines still to send). What
+        arrived together goes on in one write (an event and its blank line, or several
+        events), never a write per line; what arrived with the end of the pod's answer is
+        left for the caller to send with the end of the stream. The tap parses only the
+        lines that may carry the first text or the usage."""
         sent = 0
         max_events = d.stream_events(self.options.max_stream_tokens)
         max_bytes = self.options.max_response_bytes
         failure: str | None = None
         split = LineBuffer()
         ended = False
+        tail = b""
         while not ended and failure is None:
             try:
                 data = await up.read_chunk()
             except STREAM_FAILURES as e:
                 failure = f"{type(e).__name__}: {e}"
                 break
-            ended = not data
+            ended = not data or up.done
             out: list[bytes] = []
             size = 0
-            for line in split.flush() if ended else split.feed(data):
+            for line in split.feed(data) + split.flush() if ended else split.feed(data):
                 if not tap.keep(line):
                     continue
                 if tap.chunks > max_events or sent + size + len(line) > max_bytes:
@@ -547,13 +550,18 @@ class BalancerApp:
                 out.append(line)
                 size += len(line)
             if out:
+                chunk = out[0] if len(out) == 1 else b"".join(out)
+                if ended and failure is None:
+                    sent += size
+                    tail = chunk
+                    break
                 try:
-                    await resp.write(out[0] if len(out) == 1 else b"".join(out))
+                    await resp.write(chunk)
                 except ConnectionResetError:
                     if not tap.complete:  # after the whole answer, a hang-up is no DC
                         rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
                     rec.bytes_sent = sent
-                    return CLIENT_LEFT, sent
+                    return CLIENT_LEFT, sent, b""
                 sent += size
                 rec.bytes_sent = sent  # so far: a relay the client cancels logs it too
         if ended and failure is None:
@@ -561,7 +569,14 @@ class BalancerApp:
                 failure = "the pod closed the stream before [DONE]"
             elif not tap.choices:
                 failure = "the pod's stream carried no choices"
-        return failure, sent
+        return failure, sent, tail
+
+
+class _EventStream(web.StreamResponse):
+    """An SSE answer whose head goes out with its first events (one write less a stream;
+    aiohttp's Response buffers its head the same way)."""
+
+    _send_headers_immediately = False
 
 
 class PodFault(Exception):

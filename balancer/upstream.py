@@ -177,6 +177,11 @@ class UpstreamResponse:
         self._timer: asyncio.TimerHandle | None = None
 
     @property
+    def done(self) -> bool:
+        """The whole body has come and was read: the next `read_chunk()` is b""."""
+        return self.complete and not self.chunks
+
+    @property
     def content_length(self) -> int | None:
         v = self.headers.get("content-length")
         return int(v) if v is not None and v.isdigit() else None
