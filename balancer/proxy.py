@@ -246,8 +246,10 @@ class BalancerApp:
                 raise ApiError(401, "missing or wrong API key: send "
                                "`Authorization: Bearer <key>`")
             try:
-                async with asyncio.timeout(self.options.body_timeout):
-                    raw = await self._read_body(request)
+                raw = self._arrived_body(request)
+                if raw is None:
+                    async with asyncio.timeout(self.options.body_timeout):
+                        raw = await self._read_body(request)
             except TimeoutError:
                 raise ApiError(408, "request body not received whole within "
                                f"{self.options.body_timeout:g} s (--body-timeout)") from None
@@ -282,21 +284,29 @@ class BalancerApp:
             del self._inflight[life]
             life.finish()
 
+    def _arrived_body(self, request: web.Request) -> bytes | None:
+        """The whole body when it came with the request head (most do) and is small enough
+        that `_read_body` would not measure it yet; None: read it with `_read_body`."""
+        content = request.content
+        if not content.is_eof() or content.exception() is not None or \
+                content.total_bytes >= min(SMALL_BYTES, self.options.max_body_bytes):
+            return None
+        return content.read_nowait()
+
     async def _read_body(self, request: web.Request) -> bytes:
         """The request body, chunk by chunk: past --max-body-bytes it is a 413 at once, and
         what has come is measured each time it doubles (from 64 KiB, in a thread from
         1 MiB), so a body over its budget is refused after its first offending bytes, not
         once 8 MB were received and measured (the rest is dropped for LINGER_S at most)."""
         limit, limits = self.options.max_body_bytes, self.core.body_limits
-        too_large = ApiError(413, f"request body is larger than {limit} bytes")
         if (request.content_length or 0) > limit:
-            raise too_large
+            raise _too_large(limit)
         body = bytearray()
         check_at = SMALL_BYTES
         async for chunk in request.content.iter_any():
             body += chunk
             if len(body) > limit:
-                raise too_large
+                raise _too_large(limit)
             if len(body) >= check_at:
                 check_at = 2 * len(body)
                 head = bytes(body)
@@ -600,6 +610,10 @@ def _json(data: bytes) -> object:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body is larger than {limit} bytes")
 
 
 def _request_headers(request_id: str, length: int) -> bytes:
