@@ -1,5 +1,5 @@
-"""Scraper cost: N aiohttp endpoints in another process serve realistic vLLM /metrics pages;
-this process scrapes them with `contracts.scrape.Scraper` and reports its own CPU (% of one
+"""Scraper cost: N fake pods in another process (one listening socket each, answering from
+prepared bytes with keep-alive) serve realistic vLLM /metrics pages; this process scrapes them with `contracts.scrape.Scraper` and reports its own CPU (% of one
 core) at a given pages/s, plus `parse_metrics` µs per page, on pages made by
 `simulator.samplepage.vllm_page`.
 
@@ -8,23 +8,29 @@ core) at a given pages/s, plus `parse_metrics` µs per page, on pages made by
 
 `--sweep` runs the scraper's own scheduler (`Scraper.run`: spread, budget, adaptation) at
 each pod count in turn and prints one table: achieved scrapes per pod per second (Hz), the
-scheduler's planned period, and this process's CPU as % of one core.
+scheduler's planned period, this process's CPU as % of one core (and µs per page), the page
+server's CPU, the pods without fresh metrics at the end (stale) and the failed scrapes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.synchronize
+import os
 import sys
 import time
 import timeit
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmtraffic.balancer.eventloop import CHOICES, loop_name
+from llmtraffic.balancer.eventloop import run as run_loop
 from llmtraffic.contracts import vllm
 from llmtraffic.contracts.options import SCRAPE_BUDGET
 from llmtraffic.contracts.store import MetricsStore, Pod
@@ -33,64 +39,101 @@ from llmtraffic.simulator.samplepage import vllm_page
 
 # ---- the benchmark -----------------------------------------------------------------------
 
+class _PageServer(asyncio.Protocol):
+    """One fake pod's connection: answers each `GET /metrics` with the next prepared response
+    (keep-alive, no parsing beyond the request line), anything else with a 404."""
+
+    def __init__(self, responses: list[bytes], turn: Iterator[int]) -> None:
+        self.responses, self.turn = responses, turn
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head, self.buffer = self.buffer[:end], self.buffer[end + 4:]
+            if head.startswith(b"GET /metrics "):
+                self.transport.write(  # type: ignore[union-attr]
+                    self.responses[next(self.turn) % len(self.responses)])
+            else:
+                self.transport.write(_NOT_FOUND)  # type: ignore[union-attr]
+
+
+_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
 def _serve(ports: list[int], pages: list[bytes], ready: multiprocessing.synchronize.Event,
            stop: multiprocessing.synchronize.Event) -> None:
-    """Child process: one aiohttp site per port, each serving the pages in turn."""
-    from aiohttp import web
+    """Child process: one listening socket per port, each serving the pages in turn from
+    prepared bytes (so that the figures measure the scraper, not the page server)."""
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(page), page) for page in pages]
 
     async def main() -> None:
-        counter = iter(range(1 << 62))
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = pages[next(counter) % len(pages)]
-            return web.Response(body=body,
-                                headers={"Content-Type": "text/plain; version=0.0.4"})
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for port in ports:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+        loop = asyncio.get_running_loop()
+        turn = itertools.count()
+        servers = [await loop.create_server(lambda: _PageServer(responses, turn), "127.0.0.1",
+                                            port, backlog=64) for port in ports]
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.1)
-        await runner.cleanup()
+        for server in servers:
+            server.close()
 
     asyncio.run(main())
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
-class _Counts:
-    outcomes: dict[str, int] = field(default_factory=dict)
+class _Run:
+    """What one measured run gives."""
 
-    def scrape(self, pod: str, outcome: str, seconds: float) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+    cpu: float  # this process's CPU seconds
+    wall: float
+    outcomes: dict[str, int]
+    period: float  # the schedule's planned period at the end
+    stale: int  # pods without fresh metrics at the end
+    server_cpu: float  # the page server's CPU seconds
 
 
-async def _scrape_for(pods: list[Pod], interval: float, seconds: float,
-                      budget: float = SCRAPE_BUDGET) -> tuple[float, float, dict, float]:
-    from llmtraffic.contracts.scrape import Scraper
+async def _scrape_for(pods: list[Pod], interval: float, seconds: float, budget: float,
+                      server: int) -> _Run:
+    from llmtraffic.contracts.scrape import ScrapeCounts, Scraper, stale_pods
 
     store = MetricsStore()
     store.set_pods(pods)
-    counts = _Counts()
+    counts = ScrapeCounts()
     scraper = Scraper(store, interval=interval, timeout=1.0, stats=counts, budget=budget)
-    await scraper.scrape_once()  # connections up before measuring
-    counts.outcomes.clear()
     task = asyncio.create_task(scraper.run())
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(0.1)  # the plan is made: warm up over two periods (connections
+    await asyncio.sleep(max(2.0, 2 * scraper.schedule.period))  # made, the rate settled)
+    counts.scrapes.clear()
+    cpu0, wall0, server0 = time.process_time(), time.perf_counter(), _cpu_seconds(server)
     await asyncio.sleep(seconds)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    server_cpu = _cpu_seconds(server) - server0
+    stale = stale_pods(store.snapshot(time.monotonic()))
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     period = scraper.schedule.period
     await scraper.close()
-    return cpu, wall, counts.outcomes, period
+    outcomes: dict[str, int] = {}
+    for (_, outcome), n in counts.scrapes.items():
+        outcomes[outcome] = outcomes.get(outcome, 0) + n
+    return _Run(cpu, wall, outcomes, period, stale, server_cpu)
 
 
 def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
-             budget: float) -> tuple[float, float, dict, float]:
+             budget: float, loop: str = "auto") -> _Run:
     """Serve `n` fake pods from a child process and scrape them for `seconds`."""
     from llmtraffic.harness.prometheus import free_port
 
@@ -109,7 +152,7 @@ def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
         if not ready.is_set():
             raise RuntimeError(f"the page server for {n} pods did not start (see above)")
         pods = [Pod(f"pod-{i}", f"127.0.0.1:{p}") for i, p in enumerate(ports)]
-        return asyncio.run(_scrape_for(pods, interval, seconds, budget))
+        return run_loop(_scrape_for(pods, interval, seconds, budget, server.pid), loop)
     finally:
         stop.set()
         server.join(10)
@@ -118,16 +161,18 @@ def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
 
 
 def _sweep(counts: list[int], pages: list[bytes], interval: float, seconds: float,
-           budget: float) -> None:
-    print(f"interval {interval} s, budget {budget:.0f} scrapes/s, {seconds:.0f} s per row")
+           budget: float, loop: str) -> None:
+    print(f"interval {interval} s, budget {budget:.0f} scrapes/s, {seconds:.0f} s per row "
+          f"(after a warm-up), event loop {loop_name(loop)}")
     print(f"{'pods':>6} {'period s':>9} {'Hz/pod':>8} {'pages/s':>8} {'CPU %':>6} "
-          f"{'µs/page':>8}  errors")
+          f"{'µs/page':>8} {'server %':>9} {'stale':>6}  errors")
     for n in counts:
-        cpu, wall, outcomes, period = _measure(n, pages, interval, seconds, budget)
-        ok = outcomes.get("ok", 0)
-        errors = {k: v for k, v in outcomes.items() if k != "ok"}
-        print(f"{n:>6} {period:>9.2f} {ok / wall / n:>8.2f} {ok / wall:>8.0f} "
-              f"{cpu / wall * 100:>6.1f} {cpu / max(ok, 1) * 1e6:>8.0f}  {errors or 'none'}",
+        r = _measure(n, pages, interval, seconds, budget, loop)
+        ok = r.outcomes.get("ok", 0)
+        errors = {k: v for k, v in r.outcomes.items() if k != "ok"}
+        print(f"{n:>6} {r.period:>9.2f} {ok / r.wall / n:>8.2f} {ok / r.wall:>8.0f} "
+              f"{r.cpu / r.wall * 100:>6.1f} {r.cpu / max(ok, 1) * 1e6:>8.0f} "
+              f"{r.server_cpu / r.wall * 100:>9.1f} {r.stale:>6}  {errors or 'none'}",
               flush=True)
 
 
@@ -140,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", type=int, default=1, help="data-parallel engines per page")
     ap.add_argument("--budget", type=float, default=SCRAPE_BUDGET, help="scrapes per second")
     ap.add_argument("--sweep", help="pod counts, e.g. 10,100,1000,5000: one table row each")
+    ap.add_argument("--loop", choices=CHOICES, default="auto",
+                    help="event loop of the scraping process (auto: uvloop when installed, "
+                    "as the balancer)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -148,24 +196,28 @@ def main(argv: list[str] | None = None) -> int:
     page = pages[0]
     n = 2000
     parse_us = min(timeit.repeat(lambda: vllm.parse_metrics(page), number=n, repeat=3)) / n * 1e6
+    python_us = min(timeit.repeat(lambda: vllm.parse_metrics_python(page), number=n // 4,
+                                  repeat=3)) / (n // 4) * 1e6
     lines = page.count(b"\n")
     print(f"page: {len(page)} bytes, {lines} lines, {args.engines} engine(s)")
     text = page.decode()
     ref_us = min(timeit.repeat(lambda: list(text_string_to_metric_families(text)), number=50,
                                repeat=3)) / 50 * 1e6
-    print(f"parse_metrics: {parse_us:.1f} µs/page; prometheus_client's parser: {ref_us:.0f} "
-          f"µs/page ({ref_us / parse_us:.0f}x slower)")
+    scan = "the C page scan" if vllm._scan is not None else "no C page scan (not built)"
+    print(f"parse_metrics: {parse_us:.1f} µs/page ({scan}); its Python parser alone: "
+          f"{python_us:.0f} µs/page ({python_us / parse_us:.1f}x); prometheus_client's "
+          f"parser: {ref_us:.0f} µs/page ({ref_us / parse_us:.0f}x)")
 
     if args.sweep:
         _sweep([int(n) for n in args.sweep.split(",")], pages, args.interval, args.seconds,
-               args.budget)
+               args.budget, args.loop)
         return 0
     try:
-        cpu, wall, outcomes, _ = _measure(args.pods, pages, args.interval, args.seconds,
-                                          args.budget)
+        r = _measure(args.pods, pages, args.interval, args.seconds, args.budget, args.loop)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
+    cpu, wall, outcomes = r.cpu, r.wall, r.outcomes
     ok = outcomes.get("ok", 0)
     errors = {k: v for k, v in outcomes.items() if k != "ok"}
     target = args.pods / args.interval

@@ -11,16 +11,17 @@ import logging
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import aiohttp
 from prometheus_client.core import Metric
+from yarl import URL
 
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts.families import counter_family, gauge_family, histogram_family
 from llmtraffic.contracts.options import SCRAPE_BUDGET
 from llmtraffic.contracts.scrapeschedule import ScrapeSchedule
-from llmtraffic.contracts.store import MetricsStore, Pod, Snapshot
+from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics, Snapshot
 from llmtraffic.contracts.vllm import VllmParseError, parse_metrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,17 @@ OFF_LOOP_PAGE_BYTES = 256 << 10
 TICK_S = 0.005
 #: Seconds between two reviews of the plan (rate adapted, stale pods counted).
 WINDOW_S = 1.0
+#: A pod's metrics count as stale after this many planned periods without a good scrape
+#: (or the store's own stale_after, when longer): a long plan must not leave pods stale.
+STALE_PERIODS = 2.0
+#: Scrapes in flight at most (more wait in the plan): this many, or half a timeout's worth
+#: at the planned rate when more. A process too slow to read the answers it asked for then
+#: falls behind its plan (and cuts its rate) instead of timing its scrapes out in its queue.
+MIN_IN_FLIGHT = 128
+#: Seconds an idle connection to a pod is kept (aiohttp's default is 15 s; at 5,000 pods a
+#: period is 2 s or more, and every scrape should find its connection open). A pod that
+#: closes it sooner costs one retry on a new connection.
+KEEPALIVE_S = 120.0
 
 
 class PageTooLarge(Exception):
@@ -65,6 +77,21 @@ class ScrapeCounts:
         self.scrape_seconds_sum += seconds
 
 
+class ScrapeShare(Protocol):
+    """Scrapes shared with other processes (the proxy's workers, balancer/scrapeshare.py):
+    each process scrapes the pods that are `mine` and `publish`es every outcome; the
+    others' outcomes reach this process's store once `start`ed."""
+
+    def mine(self, address: str) -> bool: ...
+
+    def publish(self, address: str, metrics: PodMetrics | None, reason: str,
+                now: float) -> None: ...
+
+    async def start(self, store: MetricsStore) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 def scrape_families(s: ScrapeCounts) -> Iterator[Metric]:
     yield counter_family(m.SCRAPES, list(s.scrapes.items()))
     if s.scrape_period:
@@ -88,7 +115,11 @@ class Scraper:
     every pod at once. A pod whose previous scrape is still running (at most `timeout`
     seconds) is skipped, so scrapes of one pod never overlap. A good scrape calls
     `store.update`, a failed one `store.mark_error` with reason `timeout`, `connect_error`,
-    `http_<status>`, `parse_error` or `too_large`. A pod going down or coming back is logged once."""
+    `http_<status>`, `parse_error` or `too_large`. A pod going down or coming back is logged once.
+
+    The store's `stale_after` is kept at least STALE_PERIODS planned periods. With a `share`
+    (set before `run`), `run` scrapes only the pods the share says are this process's and
+    hands every outcome to it; the other processes' outcomes come in through it."""
 
     def __init__(self, store: MetricsStore, *, interval: float = 0.25, timeout: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, stats: ScrapeCounts | None = None,
@@ -114,6 +145,9 @@ class Scraper:
         self._busy: dict[str, asyncio.Task[None]] = {}  # address -> its running scrape
         self._up: dict[str, bool] = {}  # address -> state last logged
         self._warned_bad_lines: set[str] = set()
+        self._urls: dict[str, URL] = {}  # address -> its page's URL, parsed once
+        self._stale_after = store.stale_after  # the store's own, before following the plan
+        self.share: ScrapeShare | None = None
 
     # --- public ---------------------------------------------------------------------------
     async def scrape_once(self) -> None:
@@ -125,6 +159,8 @@ class Scraper:
     async def run(self) -> None:
         """Scrape each pod as `schedule` plans until cancelled (without waiting for slow
         pods); every `WINDOW_S` the plan is reviewed (`review`)."""
+        if self.share is not None:
+            await self.share.start(self.store)
         window_at, launched = self.clock(), 0
         while True:
             now = self.clock()
@@ -142,9 +178,13 @@ class Scraper:
         if store.generation != self._generation:
             self._generation = store.generation
             self._forget_left()
-            self.schedule.set_pods([p.address for p in store.pods()], now)
+            share = self.share
+            self.schedule.set_pods([p.address for p in store.pods()
+                                    if share is None or share.mine(p.address)], now)
+            self._follow_period()
+        room = max(MIN_IN_FLIGHT, int(self.schedule.rate * self.timeout / 2)) - len(self._busy)
         tasks = []
-        for address in self.schedule.due(now):
+        for address in self.schedule.due(now, max(room, 0)):
             pod = store.pod(address)
             if pod is not None:
                 task = self._start(pod)
@@ -160,9 +200,13 @@ class Scraper:
             log.warning("scraping fell behind: %d scrapes started in %.1f s where %d pods "
                         "every %.2f s were planned; each pod is now scraped every %.2f s",
                         launched, seconds, len(self.schedule), asked, self.schedule.period)
+        self._follow_period()
         if self.stats is not None:
             self.stats.stale_pods = stale_pods(self.store.snapshot(now))
             self.stats.scrape_period = self.schedule.period
+
+    def _follow_period(self) -> None:
+        self.store.stale_after = max(self._stale_after, STALE_PERIODS * self.schedule.period)
 
     async def close(self) -> None:
         """Cancel scrapes in flight and close the HTTP session."""
@@ -174,6 +218,8 @@ class Scraper:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.share is not None:
+            await self.share.close()
 
     async def __aenter__(self) -> Scraper:
         return self
@@ -185,7 +231,9 @@ class Scraper:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=1),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=1,
+                                               keepalive_timeout=KEEPALIVE_S),
+                cookie_jar=aiohttp.DummyCookieJar(),  # a pod's cookies are never sent back
                 headers=_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None),  # our own per-pod timeout applies
             )
@@ -198,6 +246,10 @@ class Scraper:
             for address in [a for a in self._up if store.pod(a) is None]:
                 del self._up[address]
                 self._warned_bad_lines.discard(address)
+        if len(self._urls) > len(self.store.pods()):
+            store = self.store
+            for address in [a for a in self._urls if store.pod(a) is None]:
+                del self._urls[address]
 
     def _launch(self) -> list[asyncio.Task[None]]:
         self._forget_left()
@@ -217,7 +269,7 @@ class Scraper:
         if self._busy.get(address) is task:
             del self._busy[address]
 
-    async def _fetch(self, url: str) -> tuple[int, bytes]:
+    async def _fetch(self, url: URL) -> tuple[int, bytes]:
         try:
             return await self._get(url)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
@@ -225,10 +277,12 @@ class Scraper:
             # new connection, as Go's http client does for idempotent requests
             return await self._get(url)
 
-    async def _get(self, url: str) -> tuple[int, bytes]:
+    async def _get(self, url: URL) -> tuple[int, bytes]:
         async with self._client().get(url, allow_redirects=False) as resp:
             if (resp.content_length or 0) > self.max_bytes:
                 raise PageTooLarge(f"it announces {resp.content_length} bytes")
+            if resp.content_length is not None:  # within the limit: read it at once
+                return resp.status, await resp.read()
             body = bytearray()
             async for chunk in resp.content.iter_any():
                 body += chunk
@@ -238,7 +292,9 @@ class Scraper:
 
     async def _scrape(self, pod: Pod) -> None:
         started = time.perf_counter()
-        url = f"http://{pod.address}{self.path}"
+        url = self._urls.get(pod.address)
+        if url is None:
+            url = self._urls[pod.address] = URL(f"http://{pod.address}{self.path}")
         metrics = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -263,6 +319,8 @@ class Scraper:
             log.exception("unexpected error scraping %s", url)
             outcome, reason, detail = "connect_error", "connect_error", repr(exc)
         now = self.clock()
+        if self.share is not None:
+            self.share.publish(pod.address, metrics, reason, now)
         if metrics is not None:
             self.store.update(pod.address, metrics, now)
             if metrics.bad_lines and pod.address not in self._warned_bad_lines:
@@ -279,7 +337,7 @@ class Scraper:
             self.stats.scrape(pod.name, outcome, time.perf_counter() - started)
         self._note_state(pod, url, metrics is not None, reason, detail)
 
-    def _note_state(self, pod: Pod, url: str, up: bool, reason: str, detail: str) -> None:
+    def _note_state(self, pod: Pod, url: URL, up: bool, reason: str, detail: str) -> None:
         before = self._up.get(pod.address)
         if up == before:
             return

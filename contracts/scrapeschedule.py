@@ -14,6 +14,8 @@ JITTER = 0.1
 BEHIND = 0.5
 #: Never plan fewer scrapes per second than this, whatever was measured.
 MIN_RATE = 1.0
+#: A window that started fewer than this fraction of the planned scrapes fell short.
+SHORT = 0.9
 
 
 class ScrapeSchedule:
@@ -61,13 +63,16 @@ class ScrapeSchedule:
             self._heap = [(d, a) for d, a in self._heap if self._due.get(a) == d]
             heapq.heapify(self._heap)
 
-    def due(self, now: float) -> list[str]:
-        """Pods whose scrape is due at `now`, earliest first; each is planned again one
-        jittered period after its due time (or within the next period, when that has
-        passed too: a plan far behind is spread again, not caught up in a burst)."""
+    def due(self, now: float, limit: int | None = None) -> list[str]:
+        """Pods whose scrape is due at `now`, earliest first, at most `limit` (the rest stay
+        due); each is planned again one jittered period after its due time (or within the
+        next period, when that has passed too: a plan far behind is spread again, not
+        caught up in a burst)."""
         out: list[str] = []
         heap, period = self._heap, self.period
-        while heap and heap[0][0] <= now:
+        if limit is None:
+            limit = len(heap)
+        while heap and heap[0][0] <= now and len(out) < limit:
             due, address = heapq.heappop(heap)
             if self._due.get(address) != due:
                 continue  # left, or planned again
@@ -88,13 +93,16 @@ class ScrapeSchedule:
 
     def adapt(self, launched: int, seconds: float) -> bool:
         """After a window of `seconds` in which `launched` scrapes started: cut the rate to
-        the achieved one when the plan fell behind by more than half a period (the
-        process cannot do more), else grow it back towards the budget. True when cut."""
+        the achieved one when the plan fell behind by more than half a period and fewer
+        scrapes than planned started (the process cannot do more; one late wake-up that
+        still started them all is no reason), else grow it back towards the budget. True
+        when cut."""
         late, self._late = self._late, 0.0
         if seconds <= 0:
             return False
-        if late > BEHIND * self.period and launched / seconds < self.rate:
-            self.rate = max(MIN_RATE, launched / seconds)
+        achieved, planned = launched / seconds, len(self._due) / self.period
+        if late > BEHIND * self.period and achieved < SHORT * planned:
+            self.rate = max(MIN_RATE, achieved)
             return True
         self.rate = min(self.budget, self.rate * 1.1)
         return False

@@ -87,6 +87,17 @@ def test_falling_behind_cuts_the_rate_and_it_grows_back():
     assert s.rate == 2000
 
 
+def test_a_late_wake_up_that_started_every_planned_scrape_cuts_nothing():
+    s = ScrapeSchedule(interval=0.25, budget=2500, seed=7)
+    s.set_pods(pods(100), now=0.0)  # 400 scrapes a second planned, far below the budget
+    assert len(s.due(1.0)) == 100  # woke late: every pod overdue by up to 1 s
+    assert not s.adapt(launched=400, seconds=1.0)  # yet the window started all it planned
+    assert s.rate == 2500 and s.period == pytest.approx(0.25)
+    s.due(3.0)
+    assert s.adapt(launched=200, seconds=1.0)  # late and short of the plan: cut
+    assert s.rate == pytest.approx(200) and s.period == pytest.approx(0.5)
+
+
 def test_plan_far_behind_is_spread_again_not_caught_up_in_a_burst():
     s = ScrapeSchedule(interval=1.0, budget=10_000, seed=6)
     s.set_pods(pods(100), now=0.0)
@@ -116,3 +127,51 @@ def test_scraper_reports_stale_pods_and_its_period():
     scraper.review(launched=4, seconds=1.0, now=clock[0])
     assert stats.stale_pods == 3 and stats.scrape_period == pytest.approx(1.0)
     asyncio.run(scraper.close())
+
+
+def test_stale_after_follows_a_long_plan():
+    """At 5,000 pods and 2,500 scrapes a second each pod is scraped every 2 s (with jitter):
+    its metrics must not count as stale between two good scrapes."""
+    store = MetricsStore(stale_after=2.0)
+    store.set_pods([Pod(f"p{i}", a) for i, a in enumerate(pods(5000))])
+    scraper = Scraper(store, interval=0.25, budget=2500.0, clock=lambda: 100.0)
+    scraper.launch_due(100.0)  # follows membership: the plan is made
+    assert scraper.schedule.period == pytest.approx(2.0) and store.stale_after == 4.0
+    store.set_pods([Pod(f"p{i}", a) for i, a in enumerate(pods(10))])
+    scraper.launch_due(100.0)
+    assert store.stale_after == 2.0  # a short plan: the store's own
+    asyncio.run(scraper.close())
+
+
+def test_due_hands_out_at_most_the_limit_and_keeps_the_rest_due():
+    s = ScrapeSchedule(interval=1.0, budget=10_000, seed=8)
+    s.set_pods(pods(50), now=0.0)
+    first = s.due(5.0, limit=20)
+    assert len(first) == 20
+    rest = s.due(5.0)
+    assert len(rest) == 30 and not set(first) & set(rest)
+
+
+def test_scrapes_in_flight_are_capped_the_rest_wait_in_the_plan():
+    """Pods that accept and never answer: no more than MIN_IN_FLIGHT scrapes are started,
+    the others stay due (rather than all waiting out their timeout in the loop)."""
+    from llmtraffic.contracts.scrape import MIN_IN_FLIGHT
+
+    async def main() -> None:
+        held = []
+        server = await asyncio.start_server(lambda r, w: held.append(w), "0.0.0.0", 0)
+        port = server.sockets[0].getsockname()[1]
+        addresses = [f"127.0.{i // 200}.{1 + i % 200}:{port}" for i in range(MIN_IN_FLIGHT + 72)]
+        store = MetricsStore()
+        store.set_pods([Pod(f"p{i}", a) for i, a in enumerate(addresses)])
+        scraper = Scraper(store, interval=1.0, timeout=1.0, budget=100.0)
+        started = scraper.launch_due(0.0)
+        started += scraper.launch_due(10.0)  # every pod due
+        assert len(started) == MIN_IN_FLIGHT
+        assert len(scraper.schedule.due(10.0)) == 72  # still planned, not dropped
+        await scraper.close()
+        server.close()
+        for w in held:
+            w.close()
+
+    asyncio.run(main())
