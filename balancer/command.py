@@ -113,15 +113,17 @@ def _serve_workers(cmd: BalancerCommand, opts: ProxyOptions, workers: int) -> in
     from llmtraffic.contracts.serving import parse_listen
 
     host, port = parse_listen(opts.listen)
-    # each worker scrapes every pod itself: the budget is shared, so together they start
-    # no more scrapes a second than one process would
+    # each worker scrapes its share of the pods and hands the outcomes to the others (one
+    # scrape of a pod per period for all of them); the budget is the balancer's, split
     opts = opts.model_copy(update={"scrape_budget": opts.scrape_budget / workers})
 
     def run_worker(seat: WorkerSeat, ready) -> int:
         from llmtraffic.balancer.proxy import BalancerApp
+        from llmtraffic.balancer.scrapeshare import WorkerScrapeShare
 
         try:
             app = BalancerApp(make_discovery(cmd), opts, seat=seat)
+            app.scraper.share = WorkerScrapeShare(seat)
         except Exception as e:  # reported by the parent, which stops the others
             ready.send(("error", f"worker {seat.index}: {type(e).__name__}: {e}"))
             return 2

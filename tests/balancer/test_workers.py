@@ -1,6 +1,7 @@
 """`llmtraffic balancer --workers N` as real processes: every worker serves the one port,
 /metrics counts each request once whichever worker answers the scrape, the access log holds
-every worker's whole lines, and SIGTERM drains and stops them all."""
+every worker's whole lines, each pod is scraped once per period for all the workers, and
+SIGTERM drains and stops them all."""
 
 from __future__ import annotations
 
@@ -95,6 +96,35 @@ async def test_every_worker_serves_and_metrics_count_each_request_once(tmp_path)
     assert rc == 0, out
     lines = (tmp_path / "access.log").read_bytes().splitlines()
     assert len(lines) == k and all(orjson.loads(x)["response_code"] == 200 for x in lines)
+
+
+async def test_workers_share_their_scrapes_each_pod_is_read_once_per_period(tmp_path):
+    """Each pod's page is read about once per interval for all the workers (not once per
+    worker), and every worker keeps every pod fresh with the others' scrapes: longer than
+    stale-after (2 s) past the start, every worker still counts all four pods ready."""
+    pods = [await FakePod(BASE).start() for _ in range(4)]
+    interval = 0.2
+    proc, url = await start_balancer(tmp_path, pods, "--scrape-interval", str(interval))
+    try:
+        await asyncio.sleep(1.0)  # the workers reached each other
+        before = [p.hits["/metrics"] for p in pods]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(3.0)
+        elapsed = loop.time() - started
+        hits = [p.hits["/metrics"] - b for p, b in zip(pods, before)]
+        # once a period (10% jitter) at most; a scrape by each worker would be twice that
+        assert all(1 <= h <= 1.3 * elapsed / interval for h in hits), (hits, elapsed)
+        ready = set()
+        for _ in range(20):  # new connections: both workers answer some
+            status, body = await fresh_get(f"{url}/ready")
+            ready.add((status, orjson.loads(body)["ready_pods"]))
+        assert ready == {(200, 4)}
+    finally:
+        rc, out = stop(proc)
+        for p in pods:
+            await p.stop()
+    assert rc == 0, out
 
 
 async def test_sigterm_drains_every_worker_and_stops_them_all(tmp_path):
