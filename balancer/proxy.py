@@ -26,7 +26,7 @@ from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
 from llmtraffic.balancer.upstream import (RETRYABLE, BadResponse, IdleTimeout, UpstreamError,
                                           UpstreamPool, UpstreamResponse)
-from llmtraffic.balancer.usage import LineBuffer, SseTap, apply_usage, new_request_id
+from llmtraffic.balancer.usage import SseRelay, SseTap, apply_usage, new_request_id
 from llmtraffic.balancer.workers import WorkerSeat
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
@@ -528,58 +528,44 @@ class BalancerApp:
     async def _relay_lines(self, d: Decision, up: UpstreamResponse,
                            resp: web.StreamResponse, tap: SseTap, rec: LLMRecord
                            ) -> tuple[str | None, int, bytes]:
-        """The pod's SSE lines to the client, within the stream's caps: (why it failed or
-        CLIENT_LEFT or None, bytes sent or to send, the last lines still to send). What
-        arrived together goes on in one write (an event and its blank line, or several
-        events), never a write per line; what arrived with the end of the pod's answer is
-        left for the caller to send with the end of the stream. The tap parses only the
-        lines that may carry the first text or the usage."""
-        sent = 0
-        max_events = d.stream_events(self.options.max_stream_tokens)
-        max_bytes = self.options.max_response_bytes
+        """The pod's SSE lines to the client, within the stream's caps (`SseRelay`): (why
+        it failed or CLIENT_LEFT or None, bytes sent or to send, the last lines still to
+        send). What arrived together goes on in one write, never a write per line; what
+        arrived with the end of the pod's answer is left for the caller to send with the
+        end of the stream."""
+        relay = SseRelay(tap, d.stream_events(self.options.max_stream_tokens),
+                         self.options.max_response_bytes)
         failure: str | None = None
-        split = LineBuffer()
         ended = False
         tail = b""
-        while not ended and failure is None:
+        while not ended and relay.failure is None:
             try:
                 data = await up.read_chunk()
             except STREAM_FAILURES as e:
                 failure = f"{type(e).__name__}: {e}"
                 break
             ended = not data or up.done
-            out: list[bytes] = []
-            size = 0
-            for line in split.feed(data) + split.flush() if ended else split.feed(data):
-                if not tap.keep(line):
-                    continue
-                if tap.chunks > max_events or sent + size + len(line) > max_bytes:
-                    failure = (f"the stream went past {max_events} events or {max_bytes} "
-                               "bytes (max_tokens x n + 64, --max-response-bytes)")
-                    break
-                out.append(line)
-                size += len(line)
-            if out:
-                chunk = out[0] if len(out) == 1 else b"".join(out)
-                if ended and failure is None:
-                    sent += size
-                    tail = chunk
-                    break
-                try:
-                    await resp.write(chunk)
-                except ConnectionResetError:
-                    if not tap.complete:  # after the whole answer, a hang-up is no DC
-                        rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
-                    rec.bytes_sent = sent
-                    return CLIENT_LEFT, sent, b""
-                sent += size
-                rec.bytes_sent = sent  # so far: a relay the client cancels logs it too
+            chunk = relay.piece(data, ended)
+            if not chunk:
+                continue
+            if ended and relay.failure is None:
+                tail = chunk
+                break
+            try:
+                await resp.write(chunk)
+            except ConnectionResetError:
+                if not tap.complete:  # after the whole answer, a hang-up is no DC
+                    rec.response_code, rec.response_flags = CLIENT_CLOSED, "DC"
+                rec.bytes_sent = relay.passed - len(chunk)
+                return CLIENT_LEFT, rec.bytes_sent, b""
+            rec.bytes_sent = relay.passed  # so far: a relay the client cancels logs it too
+        failure = failure or relay.failure
         if ended and failure is None:
             if not tap.done:
                 failure = "the pod closed the stream before [DONE]"
             elif not tap.choices:
                 failure = "the pod's stream carried no choices"
-        return failure, sent, tail
+        return failure, relay.passed, tail
 
 
 class _EventStream(web.StreamResponse):

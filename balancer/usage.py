@@ -104,6 +104,17 @@ class SseTap:
         """The pod's whole answer was seen: its usage-only last event, or `[DONE]`."""
         return self.final or self.done
 
+    def events_in(self, data: bytes) -> int | None:
+        """How many data events `data` holds when it may go on untouched, whole lines that
+        start at a line start (the caller's LineBuffer holds no tail) and carry nothing to
+        note or drop: the first text was seen, no usage, no [DONE]. None: read it line by
+        line with `keep`. (A JSON string holds no raw newline, so each event is one
+        b"\\ndata:" or the leading b"data:".)"""
+        if self.rec.ttft_ms is None or self._skip_blank or not data.endswith(b"\n") \
+                or b'"usage"' in data or b"[DONE]" in data:
+            return None
+        return data.count(b"\ndata:") + data.startswith(b"data:")
+
     def keep(self, line: bytes) -> bool:
         """Whether `line` goes on to the client."""
         rec = self.rec
@@ -153,6 +164,52 @@ class LineBuffer:
             self._tail = b""
         return lines
 
+    @property
+    def pending(self) -> bool:
+        """Part of a line is waiting for the rest."""
+        return bool(self._tail)
+
     def flush(self) -> list[bytes]:
         tail, self._tail = self._tail, b""
         return [tail] if tail else []
+
+
+class SseRelay:
+    """A pod's SSE bytes, piece by piece as they arrive, to what goes on to the client:
+    through `tap`, within `max_events` data events and `max_bytes` bytes. A piece of whole
+    lines with nothing to note or drop passes as it is (`SseTap.events_in`); any other is
+    split into lines. Past a cap, `failure` says so and nothing more passes."""
+
+    def __init__(self, tap: SseTap, max_events: int, max_bytes: int) -> None:
+        self.tap, self.max_events, self.max_bytes = tap, max_events, max_bytes
+        self.passed = 0  # bytes handed on so far
+        self.failure: str | None = None
+        self._split = LineBuffer()
+
+    def piece(self, data: bytes, ended: bool) -> bytes:
+        """What of `data` goes on (maybe b""); `ended`: the pod's answer ends with it."""
+        if self.failure is not None:
+            return b""
+        tap = self.tap
+        if not ended and not self._split.pending:
+            events = tap.events_in(data)
+            if events is not None and tap.chunks + events <= self.max_events and \
+                    self.passed + len(data) <= self.max_bytes:
+                tap.chunks += events
+                self.passed += len(data)
+                return data
+        split = self._split
+        out: list[bytes] = []
+        size = 0
+        for line in split.feed(data) + split.flush() if ended else split.feed(data):
+            if not tap.keep(line):
+                continue
+            if tap.chunks > self.max_events or self.passed + size + len(line) > self.max_bytes:
+                self.failure = (f"the stream went past {self.max_events} events or "
+                                f"{self.max_bytes} bytes (max_tokens x n + 64, "
+                                "--max-response-bytes)")
+                break
+            out.append(line)
+            size += len(line)
+        self.passed += size
+        return out[0] if len(out) == 1 else b"".join(out)
