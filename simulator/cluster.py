@@ -194,6 +194,35 @@ class OraclePolicy:
         return sum(with_.values()) - sum(alone.values())
 
 
+@dataclass(slots=True)
+class _Step:
+    """One pod's engine step in flight in virtual time: the engine stamped its tokens at
+    `stamped` (its work done at full speed); it ends when `left` seconds of work are done at
+    `rate`, which changes as other pods on the host start and stop stepping."""
+
+    result: StepResult
+    stamped: float
+    left: float  # seconds of work at full speed still to do, as of `since`
+    since: float
+    rate: float = 1.0
+    version: int = 0  # of its STEP_DONE event; older ones are stale
+
+    def finish(self, engine: Engine, now: float) -> StepResult:
+        """Move what the engine stamped at `stamped` to `now`, the step's real end."""
+        if now != self.stamped:
+            for out in self.result.outputs:
+                req = out.request
+                if req.token_times and req.token_times[-1] == self.stamped:
+                    req.token_times[-1] = now
+                if req.first_token == self.stamped:
+                    req.first_token = now
+                if req.finished_at == self.stamped:
+                    req.finished_at = now
+            engine.busy_until = now
+            engine.last_step_duration = now - self.result.start
+        return self.result
+
+
 def _first_tokens(sim: Engine, t: float, ids: set[str]) -> dict[str, float]:
     """Step `sim` from `t` until every request of `ids` has its first token."""
     reqs = [r for r in (*sim.running, *sim.waiting) if r.request_id in ids]
@@ -216,6 +245,8 @@ class Cluster:
         self.engine_config = EngineConfig.from_profile(self.profile, **config.engine_overrides)
         self.addresses = [f"10.0.0.{i + 1}:8000" for i in range(config.pods)]
         self.requests: list[SimRequest] = []  # the last run's admitted requests
+        #: request id -> seconds outside the engine (`Profile.frontend`), last run's
+        self.frontend: dict[str, float] = {}
         self.engines = {a: Engine(self.engine_config, self.profile, seed=config.seed * 1000 + i)
                         for i, a in enumerate(self.addresses)}
         pods = [Pod(name=f"sim-{i}", address=a, labels={"app": POOL}, pool=POOL)
@@ -236,6 +267,7 @@ class Cluster:
     # ------------------------------------------------------------------------------------
     def run(self, workload: Sequence[WorkloadRequest], duration: float) -> PolicyReport:
         cfg = self.config
+        self.frontend = {}
         events: list[tuple[float, int, int, object]] = []
         seq = 0
 
@@ -252,7 +284,7 @@ class Cluster:
         for w in workload:
             push(w.arrival, ARRIVAL, w)
 
-        stepping: dict[str, bool] = {a: False for a in self.addresses}
+        steps: dict[str, _Step] = {}  # each stepping pod's step in flight
         owner: dict[str, tuple[int, str]] = {}  # request id -> (replica, address)
         sims: list[SimRequest] = []
         picks = {a: 0 for a in self.addresses}
@@ -263,15 +295,37 @@ class Cluster:
 
         contention = self.profile.host_contention
 
-        def start_step(addr: str, now: float) -> None:
-            # pods on one host (a measured CPU profile) slow each other's steps
-            others = sum(stepping.values()) - stepping[addr] if contention else 0
-            res: StepResult = self.engines[addr].step(now, 1.0 + contention * others)
-            if res.duration <= 0 and not res.outputs:
-                stepping[addr] = False
+        def rate() -> float:
+            """How fast a step's work goes while `steps` are in flight: pods on one host (a
+            measured CPU profile) slow each other's steps."""
+            return 1.0 / (1.0 + contention * (len(steps) - 1))
+
+        def retime(now: float) -> None:
+            """A pod started or stopped stepping: every step in flight goes on at the new
+            rate from now (a long prefill that another pod's steps overlap halfway through
+            is slowed for that half, not for all or none of it)."""
+            if not contention:
                 return
-            stepping[addr] = True
-            push(now + res.duration, STEP_DONE, (addr, res))
+            r = rate()
+            for a, st in steps.items():
+                if st.rate != r:
+                    st.left -= (now - st.since) * st.rate
+                    st.since, st.rate, st.version = now, r, st.version + 1
+                    push(now + st.left / r, STEP_DONE, (a, st.version))
+
+        def start_step(addr: str, now: float) -> None:
+            was_idle = addr not in steps
+            res: StepResult = self.engines[addr].step(now)  # its work on an idle host
+            if res.duration <= 0 and not res.outputs:
+                if steps.pop(addr, None) is not None:
+                    retime(now)
+                return
+            st = steps[addr] = _Step(res, now + res.duration, res.duration, now)
+            if was_idle:
+                retime(now)  # sets this step's rate too
+            else:
+                st.rate = rate()
+            push(now + st.left / st.rate, STEP_DONE, (addr, st.version))
 
         while events:
             now, _, kind, data = heapq.heappop(events)
@@ -301,11 +355,16 @@ class Cluster:
                                  arrival=now, adapter=adapter, output_len=w.output_len)
                 sims.append(sim)
                 outstanding += 1
+                self.frontend[rid] = self.profile.frontend(self.engines[addr].has_work())
                 self.engines[addr].add_request(sim, now)
-                if not stepping[addr]:
+                if addr not in steps:
                     start_step(addr, now)
             elif kind == STEP_DONE:
-                addr, res = data  # type: ignore[misc]
+                addr, version = data  # type: ignore[misc]
+                st = steps.get(addr)
+                if st is None or st.version != version:
+                    continue  # re-timed: a later event ends this step
+                res = st.finish(self.engines[addr], now)
                 for out in res.outputs:
                     if out.finished:
                         replica, a = owner.pop(out.request.request_id)
@@ -314,7 +373,8 @@ class Cluster:
                 if self.engines[addr].has_work():
                     start_step(addr, now)
                 else:
-                    stepping[addr] = False
+                    del steps[addr]
+                    retime(now)
             elif kind == SCRAPE:
                 r = data  # type: ignore[assignment]
                 for a in self.addresses:
@@ -333,9 +393,13 @@ class Cluster:
                 kv_samples: list[list[float]], picks: dict[str, int]) -> PolicyReport:
         done = [s for s in sims if s.finished_at is not None and s.finish_reason != "abort"]
         failures = shed + len(sims) - len(done)
-        front = self.profile.frontend_s  # outside the engine: HTTP, tokenizer, first event
-        ttft = [s.first_token - s.arrival + front for s in done if s.first_token is not None]
-        e2e = [s.finished_at - s.arrival + front for s in done]
+
+        def front(s: SimRequest) -> float:  # outside the engine: HTTP, tokenizer, 1st event
+            return self.frontend.get(s.request_id, self.profile.frontend_s)
+
+        ttft = [s.first_token - s.arrival + front(s) for s in done
+                if s.first_token is not None]
+        e2e = [s.finished_at - s.arrival + front(s) for s in done]
         queue = [s.first_scheduled - s.arrival for s in done if s.first_scheduled is not None]
         tokens = sum(sum(1 for t in s.token_times if t <= duration) for s in sims)
         queries = sum(e.stats().prefix_queries for e in self.engines.values())
@@ -355,6 +419,7 @@ class Cluster:
             picks_per_pod=[picks[a] for a in self.addresses],
             preemptions=sum(e.preemptions for e in self.engines.values()),
             output_tokens=sum(s.num_generated for s in sims),
-            last_finish_s=max((s.finished_at for s in done), default=math.nan) + front,
+            last_finish_s=max((s.finished_at + front(s) for s in done),
+                              default=math.nan),
             **{f"ttft_p{q}_failed_s": quantile_with_failures(ttft, failures, q / 100)
                for q in (50, 90, 99)})

@@ -334,10 +334,14 @@ class Engine:
         adapters = len({r.adapter for r, _ in scheduled if r.adapter is not None})
         duration = 0.0
         if scheduled:
+            # with any adapter in the batch, the other tokens go through the LoRA ops too
+            # (on CPU; `StepFit.lora_batch_token_s`)
+            others = prefill + decode - adapter_tokens if adapters else 0
             duration = (self.profile.step_time(prefill, decode, context, adapters,
                                                prefill_pairs=pairs,
                                                decode_context=decode_context,
-                                               adapter_tokens=adapter_tokens)
+                                               adapter_tokens=adapter_tokens,
+                                               lora_batch_tokens=others)
                         + cold_loads * self.profile.lora_load_cold_s
                         + warm_loads * self.profile.lora_load_warm_s) * slowdown
             self.last_step_duration = duration

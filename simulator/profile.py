@@ -23,9 +23,14 @@ class StepFit:
     engine: a fixed cost per step, plus a cost per prefill token, per query-key pair of
     prefill attention (the quadratic term: a chunk of n tokens after c computed ones has
     n·c + n(n+1)/2 pairs), per decoding sequence, per context token a decoding sequence
-    reads, per distinct LoRA adapter in the batch, and per token computed through an
-    adapter (prefill or decode; on CPU a LoRA token costs about as much again as a base
-    one)."""
+    reads, per distinct LoRA adapter in the batch, per token computed through an adapter
+    (prefill or decode; on CPU a LoRA token costs about as much again as a base one), and
+    per token of a batch with an adapter that does not run through one itself: vLLM's CPU
+    LoRA ops (`lora/ops/torch_ops`, bgmv/sgmv over every token, the adapter gathered per
+    token) skip the LoRA math only when no sequence of the batch has an adapter
+    (`punica_wrapper/utils.py`, `compute_meta`'s `no_lora`), so a base-model prompt that
+    shares a step with any adapter's request pays for it too; GPU kernels skip such tokens
+    and fit 0 here."""
 
     base_s: float
     prefill_token_s: float
@@ -34,13 +39,16 @@ class StepFit:
     decode_context_s: float
     adapter_s: float
     adapter_token_s: float = 0.0
+    lora_batch_token_s: float = 0.0
 
     def seconds(self, prefill_tokens: int, prefill_pairs: int, decode_seqs: int,
-                decode_context: int, adapters: int, adapter_tokens: int = 0) -> float:
+                decode_context: int, adapters: int, adapter_tokens: int = 0,
+                lora_batch_tokens: int = 0) -> float:
         return (self.base_s + prefill_tokens * self.prefill_token_s
                 + prefill_pairs * self.prefill_pair_s + decode_seqs * self.decode_seq_s
                 + decode_context * self.decode_context_s + adapters * self.adapter_s
-                + adapter_tokens * self.adapter_token_s)
+                + adapter_tokens * self.adapter_token_s
+                + lora_batch_tokens * self.lora_batch_token_s)
 
 
 @dataclass(frozen=True)
@@ -102,11 +110,23 @@ class Profile:
     #: Seconds a request spends outside the engine before its first token reaches the
     #: client: HTTP, tokenization, detokenization, the first SSE event.
     frontend_s: float = 0.0
+    #: The same when the pod has requests in flight: its API server handles their tokens
+    #: every step in the process that takes the new request in and sends its first token
+    #: (measured beside a decoding request, less the wait for the step in flight, which the
+    #: engine model has); None: as `frontend_s`.
+    frontend_busy_s: float | None = None
     #: Fraction by which a step slows for each other pod stepping at the same time on the
     #: same host (pods sharing CPU cores); 0 for pods with a device each.
     host_contention: float = 0.0
     #: Where the measured constants come from: command, date, raw measurements.
     calibration: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def frontend(self, busy: bool) -> float:
+        """Seconds outside the engine for a request arriving at a pod that is `busy`
+        (has requests in flight) or idle."""
+        if busy and self.frontend_busy_s is not None:
+            return self.frontend_busy_s
+        return self.frontend_s
 
     def num_gpu_blocks(self, gpu_memory_utilization: float | None = None) -> int:
         if self.kv_blocks is not None:
@@ -130,11 +150,13 @@ class Profile:
 
     def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: int,
                   adapters: int = 0, *, prefill_pairs: int | None = None,
-                  decode_context: int | None = None, adapter_tokens: int = 0) -> float:
+                  decode_context: int | None = None, adapter_tokens: int = 0,
+                  lora_batch_tokens: int = 0) -> float:
         """Seconds for one iteration computing `prefill_tokens` prompt tokens and one token
         for each of `decode_seqs` sequences, reading `context_tokens` tokens of KV (of which
         `decode_context` by decoding sequences; `prefill_pairs` query-key pairs of prefill
-        attention; `adapter_tokens` of all tokens through `adapters` LoRA adapters).
+        attention; `adapter_tokens` of all tokens through `adapters` LoRA adapters, and
+        `lora_batch_tokens` the others of a batch with an adapter: `StepFit`'s last term).
         Without pairs and decode context, a prefill is taken as one chunk from scratch and
         the rest of the context as read by decodes."""
         if prefill_pairs is None:
@@ -143,7 +165,8 @@ class Profile:
             if decode_context is None:
                 decode_context = max(0, context_tokens - prefill_tokens)
             return self.step_fit.seconds(prefill_tokens, prefill_pairs, decode_seqs,
-                                         decode_context, adapters, adapter_tokens)
+                                         decode_context, adapters, adapter_tokens,
+                                         lora_batch_tokens)
         memory = (self.weights_bytes + context_tokens * self.kv_bytes_per_token) / (
             self.mem_bandwidth * self.mem_efficiency)
         compute = ((prefill_tokens + decode_seqs) * self.flops_per_token

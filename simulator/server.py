@@ -308,8 +308,9 @@ class SimServer:
     async def _serve(self, request: web.Request, model: str, adapter: str | None,
                      ids: list[int], params: tuple, chat: bool) -> web.StreamResponse:
         max_tokens, output_len, stop, stream, include_usage = params
-        if self.profile.frontend_s > 0:  # a real API server's HTTP and tokenizer (measured)
-            await asyncio.sleep(self.to_wall(self.profile.frontend_s))
+        front = self.profile.frontend(self.engine.has_work())
+        if front > 0:  # a real API server's HTTP and tokenizer (measured)
+            await asyncio.sleep(self.to_wall(front))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         sim = SimRequest(rid, ids, max_tokens, self.vnow(), adapter=adapter,
                          output_len=output_len)
