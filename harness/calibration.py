@@ -32,12 +32,17 @@ PROFILE_NAME = "vllm-cpu-tiny"
 #: vLLM's max_num_batched_tokens on CPU for the OpenAI server (vllm/engine/arg_utils.py,
 #: `current_platform.is_cpu()`); the page does not publish it.
 CPU_MAX_NUM_BATCHED_TOKENS = 2048
+#: The decoding request a prefill is measured beside: long enough to outlast the prefill
+#: (a 512-token prefill through the LoRA ops takes ~0.4 s on the tiny CPU engine; 400 decode
+#: steps take 2-4 s), and how long after it is sent its own prefill is done.
+BESIDE_DECODE_TOKENS = 400
+BESIDE_START_S = 0.4
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
           "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
           "zulu").split()
 #: The step model's terms, in StepFit's order.
 TERMS = ("base_s", "prefill_token_s", "prefill_pair_s", "decode_seq_s", "decode_context_s",
-         "adapter_s", "adapter_token_s")
+         "adapter_s", "adapter_token_s", "lora_batch_token_s")
 
 
 @dataclass(slots=True)
@@ -46,6 +51,9 @@ class Plan:
 
     prefill_tokens: tuple[int, ...] = (32, 128, 256, 512, 1024, 1536)
     lora_prefill_tokens: tuple[int, ...] = (128, 512)
+    #: base-model prefills beside one decoding request of an adapter (and of the base
+    #: model, the control): do the base tokens pay for the adapter in the batch?
+    beside_prefill_tokens: tuple[int, ...] = (128, 512)
     rounds: int = 3
     decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16)
     long_context_batches: tuple[int, ...] = (1, 4)
@@ -58,7 +66,8 @@ class Plan:
     @classmethod
     def quick(cls) -> "Plan":
         """A smaller plan (tests, a first look): fewer lengths and batch sizes."""
-        return cls(prefill_tokens=(32, 256, 768), lora_prefill_tokens=(256,), rounds=2,
+        return cls(prefill_tokens=(32, 256, 768), lora_prefill_tokens=(256,),
+                   beside_prefill_tokens=(256,), rounds=2,
                    decode_batches=(1, 4, 8), long_context_batches=(1,), long_prompt=512,
                    decode_tokens=48, lora_batch=2, contention_batch=4)
 
@@ -75,12 +84,14 @@ class Observation:
     decode_context: int = 0
     adapters: int = 0
     adapter_tokens: int = 0
+    lora_batch_tokens: int = 0  # not through an adapter, in a batch with one
     fitted: float | None = None
     stretch: float = math.nan  # the host's contention meanwhile (HostLoad.between)
 
     def row(self) -> list[float]:
         return [1.0, self.prefill_tokens, self.prefill_pairs, self.decode_seqs,
-                self.decode_context, self.adapters, self.adapter_tokens]
+                self.decode_context, self.adapters, self.adapter_tokens,
+                self.lora_batch_tokens]
 
 
 def medians(observations: Sequence[Observation]) -> list[Observation]:
@@ -116,7 +127,8 @@ def fit_steps(observations: Sequence[Observation]) -> StepFit:
     fit = StepFit(*(float(c) for c in coef))
     for o in observations:
         o.fitted = fit.seconds(o.prefill_tokens, o.prefill_pairs, o.decode_seqs,
-                               o.decode_context, o.adapters, o.adapter_tokens)
+                               o.decode_context, o.adapters, o.adapter_tokens,
+                               o.lora_batch_tokens)
     return fit
 
 
@@ -196,6 +208,9 @@ class Measurements:
     observations: list[Observation] = field(default_factory=list)
     chars_per_token: float = 0.0
     frontend_s: list[float] = field(default_factory=list)  # client TTFT - prefill, idle
+    #: client TTFT - prefill, beside a decoding request (the wait for the step in flight
+    #: still in: build_profile takes the fitted half step off)
+    frontend_busy_s: list[float] = field(default_factory=list)
     tokens_per_event: dict[int, float] = field(default_factory=dict)  # by batch size
     contention: list[dict[str, float]] = field(default_factory=list)
     lora_load_s: list[float] = field(default_factory=list)
@@ -225,6 +240,39 @@ async def _prefill(probe: PodProbe, m: Measurements, tokens: int,
                                       adapter_tokens=n if adapter else 0))
     if out.ttft is not None and step == step and adapter is None:
         m.frontend_s.append(out.ttft - step)
+
+
+async def _prefill_beside(probe: PodProbe, m: Measurements, plan: Plan, tokens: int,
+                          model: str) -> None:
+    """A base-model prefill in the same step as one request of `model` decoding: that
+    step's time (the prefill histogram's one new observation; none kept if the decoding
+    request finished meanwhile)."""
+    decoding = asyncio.ensure_future(probe.complete(
+        probe.prompt(plan.short_prompt, m.chars_per_token), BESIDE_DECODE_TOKENS, model))
+    try:
+        await asyncio.sleep(BESIDE_START_S)  # its prefill is done: it decodes
+        before = await probe.sums()
+        out = await probe.complete(probe.prompt(tokens, m.chars_per_token), 1)
+        after = await probe.sums()
+    finally:
+        decoding.cancel()  # the engine aborts it
+        await asyncio.gather(decoding, return_exceptions=True)
+    family = v.PREFILL_TIME + "_count"  # observed as each request finishes
+    if after.get(family, 0.0) - before.get(family, 0.0) != 1:
+        return  # the decoding request ended within the window: not the step wanted
+    c = out.cached_tokens
+    n = out.prompt_tokens - c
+    lora = model != BASE_MODEL
+    step = delta_mean(before, after, v.PREFILL_TIME)
+    if out.ttft is not None and step == step:
+        m.frontend_busy_s.append(out.ttft - step)
+    m.observations.append(Observation(
+        f"prefill ~{tokens} beside a decoding {'adapter' if lora else 'base'} request",
+        step, prefill_tokens=n,
+        prefill_pairs=n * c + n * (n + 1) // 2, decode_seqs=1,
+        decode_context=plan.short_prompt + BESIDE_DECODE_TOKENS // 2,
+        adapters=1 if lora else 0, adapter_tokens=1 if lora else 0,
+        lora_batch_tokens=n if lora else 0))
 
 
 async def _decode(probes: Sequence[PodProbe], m: Measurements, batch: int, prompt: int,
@@ -293,6 +341,8 @@ def _runs(probes: Sequence[PodProbe], m: Measurements, plan: Plan
         functools.partial(_prefill, first, m, n) for n in plan.prefill_tokens]
     runs += [functools.partial(_prefill, first, m, n, SEED_ADAPTERS[0])
              for n in plan.lora_prefill_tokens]
+    runs += [functools.partial(_prefill_beside, first, m, plan, n, model)
+             for n in plan.beside_prefill_tokens for model in (SEED_ADAPTERS[0], BASE_MODEL)]
     for prompt, batches in ((plan.short_prompt, plan.decode_batches),
                             (plan.long_prompt, plan.long_context_batches)):
         runs += [functools.partial(_decode_step, first, m, plan, b, prompt, 0)
@@ -373,6 +423,11 @@ def build_profile(m: Measurements, *, name: str, device: str, max_num_seqs: int,
         contention = max(0.0, statistics.median(c["both_s"] / c["alone_s"] - 1.0
                                                 for c in m.contention))
     frontend = statistics.median(m.frontend_s) if m.frontend_s else 0.0
+    # a request beside a decoding one first waits for the step in flight: half a decode
+    # step on average, which the simulator's engine model has already
+    half_step = fit.seconds(0, 0, 1, 0, 0) / 2
+    frontend_busy = max(0.0, statistics.median(m.frontend_busy_s) - half_step) \
+        if m.frontend_busy_s else None
     lora_load = max(0.0, statistics.median(m.lora_load_s)) if m.lora_load_s else 0.0
     blocks = m.num_gpu_blocks
     calibration: dict[str, Any] = {
@@ -387,7 +442,8 @@ def build_profile(m: Measurements, *, name: str, device: str, max_num_seqs: int,
                                            for o in steps if o.fitted),
         "steps": [asdict(o) for o in steps],  # the medians the fit used, and its values
         "observations": [[o.what, o.seconds, o.stretch] for o in m.observations],
-        "frontend_s": m.frontend_s, "tokens_per_event_by_batch": m.tokens_per_event,
+        "frontend_s": m.frontend_s, "frontend_busy_s": m.frontend_busy_s,
+        "tokens_per_event_by_batch": m.tokens_per_event,
         "contention": m.contention, "lora_load_s": m.lora_load_s,
         "page": {"block_size": m.block_size, "num_gpu_blocks": blocks,
                  "max_lora": m.max_lora},
@@ -409,6 +465,7 @@ def build_profile(m: Measurements, *, name: str, device: str, max_num_seqs: int,
         max_loras=max_loras, max_cpu_loras=max_cpu_loras, lora_load_cold_s=lora_load,
         lora_load_warm_s=0.0, lora_step_overhead_s=fit.adapter_s,
         chars_per_token=round(m.chars_per_token, 3), frontend_s=frontend,
+        frontend_busy_s=frontend_busy,
         host_contention=contention, calibration=calibration)
 
 
@@ -436,8 +493,11 @@ def summary(profile: Profile) -> str:
         f"+ {f.prefill_pair_s * 1e9:.2f} ns/attention pair + {f.decode_seq_s * 1e3:.2f} "
         f"ms/decoding seq + {f.decode_context_s * 1e6:.2f} us/context token + "
         f"{f.adapter_s * 1e3:.2f} ms/adapter + {f.adapter_token_s * 1e6:.1f} us/adapter "
-        f"token (fit within {err:.0%} of every measurement's median)",
-        f"  outside the engine {profile.frontend_s * 1e3:.0f} ms per request; a second pod "
+        f"token + {f.lora_batch_token_s * 1e6:.1f} us/other token of a batch with an adapter "
+        f"(fit within {err:.0%} of every measurement's median)",
+        f"  outside the engine {profile.frontend_s * 1e3:.0f} ms per request "
+        f"({(profile.frontend_busy_s or profile.frontend_s) * 1e3:.0f} ms beside requests in "
+        f"flight); a second pod "
         f"stepping slows a step by {profile.host_contention:.0%}; first load of an adapter "
         f"{profile.lora_load_cold_s * 1e3:.0f} ms"])
 

@@ -13,7 +13,8 @@ from llmtraffic.harness.calibration import Observation, fit_steps, medians
 from llmtraffic.simulator.profile import StepFit, profile_from_json
 
 TRUE = StepFit(base_s=0.012, prefill_token_s=4e-4, prefill_pair_s=2e-8, decode_seq_s=3e-3,
-               decode_context_s=1e-6, adapter_s=0.02, adapter_token_s=4e-4)
+               decode_context_s=1e-6, adapter_s=0.02, adapter_token_s=4e-4,
+               lora_batch_token_s=3e-4)
 
 
 def observed(rng: random.Random, noise: float) -> list[Observation]:
@@ -29,9 +30,16 @@ def observed(rng: random.Random, noise: float) -> list[Observation]:
         obs.append(Observation(f"decode x{b} @{ctx} {k}", 0.0, decode_seqs=b,
                                decode_context=b * ctx, adapters=k,
                                adapter_tokens=b if k else 0))
+    for p in (128, 512):  # a base prefill beside one decoding request, then an adapter's
+        for lora in (False, True):
+            obs.append(Observation(f"prefill {p} beside {lora}", 0.0, prefill_tokens=p,
+                                   prefill_pairs=p * (p + 1) // 2, decode_seqs=1,
+                                   decode_context=80, adapters=int(lora),
+                                   adapter_tokens=int(lora), lora_batch_tokens=p * lora))
     for o in obs:
         exact = TRUE.seconds(o.prefill_tokens, o.prefill_pairs, o.decode_seqs,
-                             o.decode_context, o.adapters, o.adapter_tokens)
+                             o.decode_context, o.adapters, o.adapter_tokens,
+                             o.lora_batch_tokens)
         o.seconds = exact * (1 + rng.uniform(-noise, noise))
     return obs
 
@@ -86,6 +94,11 @@ def test_the_committed_cpu_profile_carries_its_measurements():
     assert len(cal["observations"]) >= len(steps) > len(TRUE.__dataclass_fields__)
     refit = fit_steps([Observation(**{**s, "fitted": None}) for s in cal["steps"]])
     assert refit == pytest.approx(p.step_fit)
+    # measured beside a decoding adapter request, a base token pays for the adapter too
+    assert any("beside a decoding adapter" in o.what for o in steps)
+    assert p.step_fit.lora_batch_token_s > 0.5 * p.step_fit.adapter_token_s
+    assert p.frontend_busy_s is not None and p.frontend_busy_s > 0
     assert [o.fitted for o in steps] == pytest.approx([
         p.step_fit.seconds(o.prefill_tokens, o.prefill_pairs, o.decode_seqs,
-                           o.decode_context, o.adapters, o.adapter_tokens) for o in steps])
+                           o.decode_context, o.adapters, o.adapter_tokens,
+                           o.lora_batch_tokens) for o in steps])
