@@ -142,8 +142,10 @@ def _fidelity(args: argparse.Namespace) -> int:
                   f"{cap:.2f} req/s {profile.name} predicts for {pods} pods)", flush=True)
             run = fid.Fidelity(args.workload, pods, rate, args.duration, args.seed,
                                profile.name, "pods file" if args.pods_file else args.engine)
-            run.real, run.speeds = fid.run_real(fleet, reqs, workdir, args.seed, profile)
+            run.real, run.host = fid.run_real(fleet, reqs, workdir, args.seed, profile)
         run.sim = fid.run_sim(profile, reqs, pods, args.duration, args.seed)
+        run.speeds = [fid.engine_speed(profile, run.real[name], reqs, pods, args.duration,
+                                       args.seed, name) for name in run.real]
         run.sim_scaled = fid.run_sim_scaled(profile, run.speeds, reqs, pods, args.duration,
                                             args.seed)
         if args.explain:

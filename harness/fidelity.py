@@ -1,6 +1,7 @@
 """`llmtraffic bench fidelity`: one seeded workload through real engines (each policy in turn,
 behind the balancer) and through the simulator with the engines' measured profile, side by
-side with the ratio sim/real per figure; and the steps from the seed's A10 model to the CPU
+side with the ratio sim/real per figure; which policy is better on each, with each figure's
+spread from resampling the requests; and the steps from the seed's A10 model to the CPU
 engine in virtual time, which show where a large simulated llm-vs-round-robin gap goes."""
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import math
 import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from llmtraffic.harness.engines import warm_up
 from llmtraffic.harness.hostload import HostLoad
 from llmtraffic.harness.live import RouterSpec, run_router
+from llmtraffic.harness.loadclient import Outcome
 from llmtraffic.harness.routing import measure_capacity, policy_factory
 from llmtraffic.harness.stack import Fleet
-from llmtraffic.simulator.cluster import Cluster, ClusterConfig
+from llmtraffic.simulator.cluster import Cluster, ClusterConfig, quantile
+from llmtraffic.simulator.engine import SimRequest
 from llmtraffic.simulator.profile import Profile, StepFit, get_profile
 from llmtraffic.simulator.workloads import WorkloadRequest, make_workload
 
@@ -29,6 +32,18 @@ FIGURES = (("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p90_s", "TTFT p90 (s)"),
            ("preemptions", "preemptions"))
 HIGHER_IS_BETTER = {"throughput_tok_s", "prefix_hit_rate"}
 GOAL = 0.25  # each figure within 25% of the real engine's
+#: Figures whose spread comes from resampling the requests (the others are set by the
+#: arrivals: throughput, or are counts: preemptions; within 2% of each other is a tie).
+PER_REQUEST = ("ttft_p50_s", "ttft_p90_s", "prefix_hit_rate")
+#: engine_speed's bisection: between these factors, to within 1% (8 halvings of 8x)
+SPEED_RANGE = (0.5, 4.0)
+SPEED_STEPS = 8
+RESAMPLES = 1000
+BLOCKS = 12  # of consecutive arrivals the requests are resampled in: 10 s of a 120 s run
+LEVEL = 0.95  # the interval kept of the resampled ratios
+#: One request as a run saw it: (index in the workload, TTFT s, prompt tokens, of them
+#: prefix-cache hits); a figure's key "requests" holds them.
+Sample = tuple[int, float, int, int]
 
 
 @dataclass
@@ -44,9 +59,12 @@ class Fidelity:
     engine: str
     real: dict[str, dict] = field(default_factory=dict)
     sim: dict[str, dict] = field(default_factory=dict)
-    #: How contended the host was during each policy's real run against the profile's
-    #: calibration (1 = the same, 2 = twice: other work on a shared machine), and the
-    #: simulator again for each policy with the profile's times scaled by its run's.
+    #: How contended the host's cores were during each policy's real run against the
+    #: profile's calibration, by `HostLoad`'s probe (1 = the same, 2 = twice).
+    host: list[float] = field(default_factory=list)
+    #: How much slower the real engines decoded during each policy's run than the profile
+    #: (`engine_speed`), and the simulator again for each policy with the profile's times
+    #: scaled by it: the serving stack and other work on a shared machine take the cores.
     speeds: list[float] = field(default_factory=list)
     sim_scaled: dict[str, dict] = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)  # explain(): the A10-to-CPU ladder
@@ -77,16 +95,19 @@ def run_real(fleet: Fleet, reqs: Sequence[WorkloadRequest], workdir: Path, seed:
              say: Callable[[str], None] = print) -> tuple[dict[str, dict], list[float]]:
     """Each policy in turn behind the balancer on `fleet`, prompts salted per run. How
     contended the host was during each run (`HostLoad`), against `profile`'s calibration,
-    is its speed. Returns (figures per policy, speeds)."""
+    is its host figure. Returns (figures per policy, host figures)."""
     rng = random.Random()  # the salt must differ from any earlier run on these pods
     then = profile.calibration.get("host_stretch", math.nan)
     warm_up(fleet.urls)  # the first policy must not pay the adapters' first use
     out, speeds = {}, []
     for name in policies:
         say(f"real engines, policy {name}: {len(reqs)} requests")
+        outcomes: list[Outcome] = []
         with HostLoad() as host:
             figures, _ = run_router(RouterSpec("llmtraffic", name), workdir, salted(
-                reqs, new_salt(rng)), len(fleet.urls), 1.0, seed, fleet)
+                reqs, new_salt(rng)), len(fleet.urls), 1.0, seed, fleet, keep=outcomes)
+        figures["requests"] = [(o.index, o.ttft, o.prompt_tokens, o.cached_tokens)
+                               for o in outcomes if o.ok and o.ttft is not None]
         out[name] = figures
         speeds.append(host.stretch / then if then and then == then else math.nan)
         say(f"  the host ran CPU work {host.stretch:.2f}x its CPU time ({speeds[-1]:.2f}x as "
@@ -102,7 +123,31 @@ def slower(profile: Profile, factor: float) -> Profile:
                     for f in fields(StepFit)))
     return replace(profile, name=f"{profile.name} x{factor:.2f}", step_fit=fit,
                    frontend_s=profile.frontend_s * factor,
+                   frontend_busy_s=None if profile.frontend_busy_s is None
+                   else profile.frontend_busy_s * factor,
                    lora_load_cold_s=profile.lora_load_cold_s * factor)
+
+
+def engine_speed(profile: Profile, real: Mapping[str, float],
+                 reqs: Sequence[WorkloadRequest], pods: int, duration: float, seed: int,
+                 policy: str) -> float:
+    """The factor by which the profile's times must be scaled for the simulator's TPOT
+    p50 (the decode steps) to be the real run's: how fast the real engines ran then.
+    Bisected within SPEED_RANGE (a slower engine also batches more, so the TPOT grows
+    faster than the factor); NaN without a real TPOT. TPOT is not a figure the table
+    compares."""
+    want = real.get("tpot_p50_s", math.nan)
+    if not want == want or want <= 0:
+        return math.nan
+    low, high = SPEED_RANGE
+    for _ in range(SPEED_STEPS):
+        mid = math.sqrt(low * high)
+        got = run_sim(slower(profile, mid), reqs, pods, duration, seed,
+                      [policy])[policy]["tpot_p50_s"]
+        if not got == got:
+            return math.nan
+        low, high = (mid, high) if got < want else (low, mid)
+    return math.sqrt(low * high)
 
 
 def run_sim_scaled(profile: Profile, speeds: Sequence[float],
@@ -122,13 +167,127 @@ def run_sim(profile: Profile, reqs: Sequence[WorkloadRequest], pods: int, durati
     for name in policies:
         cfg = ClusterConfig(pods=pods, profile=profile, scrape_interval=SCRAPE_INTERVAL_S,
                             seed=seed)
-        r = Cluster(cfg, policy_factory(name, seed)).run(reqs, duration)
+        cluster = Cluster(cfg, policy_factory(name, seed))
+        r = cluster.run(reqs, duration)
         figures = r.as_dict()
         # as the client measures it: every token over the time the last one took
         figures["throughput_tok_s"] = r.output_tokens / r.last_finish_s \
             if r.last_finish_s > 0 else math.nan
+        figures["requests"] = sim_samples(cluster.requests, cluster.frontend)
+        # as the client measures it: the time after the first token over the tokens after it
+        figures["tpot_p50_s"] = quantile([
+            (q.token_times[-1] - q.token_times[0]) / (len(q.token_times) - 1)
+            for q in cluster.requests if len(q.token_times) > 1], 0.5)
         out[name] = figures
     return out
+
+
+def sim_samples(requests: Sequence[SimRequest], frontend: Mapping[str, float]
+                ) -> list[Sample]:
+    """The simulated requests that got a first token, as the client would see them
+    (`frontend`: each one's seconds outside the engine, `Cluster.frontend`)."""
+    return [(int(q.request_id), q.first_token - q.arrival + frontend[q.request_id],
+             q.num_prompt, q.num_cached_tokens) for q in requests
+            if q.first_token is not None and q.finish_reason != "abort"]
+
+
+# ---- which policy is better, and by more than the noise? --------------------------------
+def figure(samples: Sequence[Sample], key: str) -> float:
+    """A per-request figure of a run's requests (the hit rate over their prompt tokens)."""
+    if key == "prefix_hit_rate":
+        prompt = sum(s[2] for s in samples)
+        return sum(s[3] for s in samples) / prompt if prompt else math.nan
+    return quantile([s[1] for s in samples], 0.5 if key == "ttft_p50_s" else 0.9)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Policy b's figure over policy a's, with the LEVEL interval of that ratio over
+    RESAMPLES resamples of the requests (paired: both policies served the same ones;
+    `spread`)."""
+
+    ratio: float
+    low: float
+    high: float
+
+    def verdict(self, key: str) -> str:
+        """"a" or "b" when the interval leaves out 1 (one is better beyond the noise),
+        "=" when it does not."""
+        if not (self.low > 1.0 or self.high < 1.0):
+            return "="
+        return "b" if (self.low > 1.0) == (key in HIGHER_IS_BETTER) else "a"
+
+    def cell(self) -> str:
+        if self.ratio != self.ratio:
+            return "-"
+        return f"{self.ratio:.2f} {self.low:.2f}-{self.high:.2f}"
+
+
+NO_SPREAD = Spread(math.nan, math.nan, math.nan)
+
+
+def spread(a: Sequence[Sample], b: Sequence[Sample], key: str, seed: int = 1) -> Spread:
+    """b's `key` over a's on the requests both got a first token for, and its interval:
+    the requests resampled in BLOCKS runs of consecutive arrivals, because a shared
+    host's noise comes in bursts that slow neighbouring requests alike (resampled one by
+    one, the interval was too narrow for the same run repeated: 1.03-1.27, then 0.86-1.00)."""
+    by_index = {s[0]: s for s in b}
+    pairs = sorted(((s, by_index[s[0]]) for s in a if s[0] in by_index),
+                   key=lambda pair: pair[0][0])
+    if not pairs:
+        return NO_SPREAD
+
+    def ratio(ps: Sequence[tuple[Sample, Sample]]) -> float:
+        return _ratio(figure([q for _, q in ps], key), figure([p for p, _ in ps], key))
+
+    size = -(-len(pairs) // BLOCKS)
+    blocks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    rng = random.Random(seed)
+    draws = sorted(ratio([pair for block in rng.choices(blocks, k=len(blocks))
+                          for pair in block]) for _ in range(RESAMPLES))
+    cut = int(RESAMPLES * (1.0 - LEVEL) / 2)
+    return Spread(ratio(pairs), draws[cut], draws[RESAMPLES - 1 - cut])
+
+
+def order(real: Spread, sim: Spread, key: str) -> str:
+    """"same": both resolve the same policy as better; "differs": they resolve opposite
+    ones, or one resolves a policy and the other's interval leaves out its ratio; "tie
+    within noise": neither resolves one, or one does within the other's interval."""
+    r, s = real.verdict(key), sim.verdict(key)
+    if r == s:
+        return "same" if r != "=" else "tie within noise"
+    if "=" not in (r, s):
+        return "differs"
+    tie, sure = (real, sim) if r == "=" else (sim, real)
+    return "tie within noise" if tie.low <= sure.ratio <= tie.high else "differs"
+
+
+def policy_order(f: "Fidelity") -> list[dict]:
+    """Per figure: each world's cell (the ratio and its interval, or the 2% rule's winner),
+    its verdict, and the order of the simulator and of the scaled one against real."""
+    a, b = list(f.real)
+    worlds = {"real": f.real, "sim": f.sim, "sim x host": f.sim_scaled}
+    rows = []
+    for key, label in FIGURES:
+        both = {w: d for w, d in worlds.items() if {a, b} <= set(d)}
+        if key in PER_REQUEST:
+            spreads = {w: spread(d[a].get("requests") or (), d[b].get("requests") or (), key)
+                       for w, d in both.items()}
+            got = {w: spreads.get(w, NO_SPREAD) for w in worlds}
+            cells = {w: x.cell() for w, x in got.items()}
+            verdicts = {w: x.verdict(key) for w, x in got.items()}
+            orders = {w: order(got["real"], got[w], key) if w in both else "-"
+                      for w in ("sim", "sim x host")}
+        else:
+            verdicts = {w: better(d[a], d[b], key) if w in both else "="
+                        for w, d in worlds.items()}
+            cells = {w: {"a": a, "b": b, "=": "tie"}[v] if w in both else "-"
+                     for w, v in verdicts.items()}
+            orders = {w: ("same" if verdicts[w] == verdicts["real"] else "differs")
+                      if w in both else "-" for w in ("sim", "sim x host")}
+        rows.append({"figure": label, "key": key, "cells": cells, "verdicts": verdicts,
+                     "order": orders})
+    return rows
 
 
 # ---- where the simulator's large gap goes ---------------------------------------------------
@@ -220,13 +379,15 @@ def better(policy_a: dict, policy_b: dict, key: str) -> str:
 
 
 def format_fidelity(f: Fidelity) -> str:
-    """The side-by-side table (at most 100 columns), the policies' order on both, and the
+    """The side-by-side table (at most 100 columns), the policies' order on each, and the
     ladder when it was run. `*` marks a ratio more than 25% away from 1."""
     runs = ", ".join(f"{name} {x:.2f}x" for name, x in zip(f.real, f.speeds))
+    host = ", ".join(f"{x:.2f}x" for x in f.host)
     lines = [f"bench fidelity: {f.workload}, {f.pods} pods, {f.rate:.2f} req/s for "
              f"{f.duration:.0f} s, seed {f.seed}; real: {f.engine}, sim: {f.profile}",
-             f"the host's cores during each real run, against calibration: {runs or '?'};",
-             "sim x host: the simulator with the profile's times scaled by its run's",
+             f"the real engines decoded (TPOT p50) {runs or '?'} as slow as the profile;",
+             f"the host probe (HostLoad) against calibration: {host or '?'}; sim x host: the "
+             "simulator with", "the profile's times scaled by its run's engines' speed",
              f"{'figure':<20}{'policy':<13}{'real':>10}{'sim':>10}{'sim/real':>10}"
              f"{'sim x host':>12}{'/real':>8}", "-" * 83]
     for key, label in FIGURES:
@@ -238,15 +399,19 @@ def format_fidelity(f: Fidelity) -> str:
     names = list(f.real)
     if len(names) == 2:
         a, b = names
-        word = {"a": a, "b": b, "=": "tie"}
-        lines += ["", f"which policy is better ({a} vs {b}; tie: within 2%):",
-                  f"{'figure':<20}{'real':>13}{'sim':>13}{'sim x host':>13}  same order"]
-        for key, label in FIGURES:
-            rw, sw = better(f.real[a], f.real[b], key), better(f.sim[a], f.sim[b], key)
-            xw = better(f.sim_scaled[a], f.sim_scaled[b], key) \
-                if {a, b} <= set(f.sim_scaled) else "="
-            lines.append(f"{label:<20}{word[rw]:>13}{word[sw]:>13}{word[xw]:>13}  "
-                         f"{'yes' if rw == sw else 'no'}/{'yes' if rw == xw else 'no'}")
+        lines += ["", f"which policy is better: {b}'s figure over {a}'s, and its "
+                  f"{LEVEL:.0%} interval over {RESAMPLES}",
+                  f"resamples of the requests (paired, in {BLOCKS} blocks of consecutive "
+                  "arrivals); a policy is better", "where the interval leaves out 1; "
+                  "throughput and preemptions: the better policy, a tie within 2%.",
+                  "Order against the real run:",
+                  "same, differs, or tie within noise (neither resolves a better policy, or "
+                  "one does inside the", "other's interval)",
+                  f"{'figure':<19}{'real':>15}{'sim':>15}{'sim x host':>15}  order: sim/x host"]
+        for row in policy_order(f):
+            c, o = row["cells"], row["order"]
+            lines.append(f"{row['figure']:<19}{c['real']:>15}{c['sim']:>15}"
+                         f"{c['sim x host']:>15}  {o['sim']}/{o['sim x host']}")
     if f.steps:
         lines += ["", "round-robin's TTFT over llm's in virtual time, from the README's claim "
                   "to this engine:", f"{'model':<58}{'p50':>8}{'p90':>8}{'llm p90':>10}"]

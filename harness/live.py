@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmtraffic.harness.interrupt import run_until_interrupted
-from llmtraffic.harness.loadclient import replay, summarize
+from llmtraffic.harness.loadclient import Outcome, replay, summarize
 from llmtraffic.harness.podsampler import PodSampler
 from llmtraffic.harness.routing import RoutingRun, measure_capacity
 from llmtraffic.harness.progress import Progress
@@ -58,7 +58,7 @@ class RouterSpec:
 
 
 async def _drive(url: str, fleet_urls: list[str], reqs, time_scale: float,
-                 name: str) -> dict:
+                 name: str, keep: list[Outcome] | None = None) -> dict:
     t0 = time.monotonic()
     arrivals = reqs[-1].arrival / time_scale if reqs else 0.0
     progress = Progress(len(reqs), [name], arrivals)
@@ -72,6 +72,8 @@ async def _drive(url: str, fleet_urls: list[str], reqs, time_scale: float,
         ticker.cancel()
         progress.finish()
     elapsed = time.monotonic() - t0
+    if keep is not None:
+        keep.extend(outcomes)
     errors = sorted({o.error for o in outcomes if o.error})[:3]
     if errors:
         log.warning("some requests failed, e.g.: %s", errors)
@@ -80,9 +82,11 @@ async def _drive(url: str, fleet_urls: list[str], reqs, time_scale: float,
 
 def run_router(spec: RouterSpec, workdir: Path, reqs, pods: int, time_scale: float,
                seed: int, fleet: Fleet | None = None,
-               profile: str = "llama2-7b-a10") -> tuple[dict, float]:
+               profile: str = "llama2-7b-a10", keep: list[Outcome] | None = None
+               ) -> tuple[dict, float]:
     """One router on a fresh fleet, or on `fleet` (pods started elsewhere: their caches
-    and counters carry over from earlier runs); (figures, router CPU seconds)."""
+    and counters carry over from earlier runs); (figures, router CPU seconds). `keep`
+    gets every request's outcome."""
     pool = "bench-pool"
     with Stack(workdir / spec.name.replace(":", "-")) as stack:
         if fleet is None:
@@ -94,7 +98,8 @@ def run_router(spec: RouterSpec, workdir: Path, reqs, pods: int, time_scale: flo
         else:
             url = start_vllm_router(stack, "router", fleet, spec.policy)
         router = stack.procs[-1]
-        figures = run_until_interrupted(_drive(url, list(fleet.urls), reqs, time_scale, spec.name))
+        figures = run_until_interrupted(_drive(url, list(fleet.urls), reqs, time_scale,
+                                               spec.name, keep))
         figures["router_cpu_s"] = router.cpu_seconds()
         figures["pods_cpu_s"] = fleet.proc.cpu_seconds() if fleet.proc else float("nan")
         return figures, figures["router_cpu_s"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import replace
 
 import pytest
@@ -18,10 +19,18 @@ FIGS = {"ttft_p50_s": 0.4, "ttft_p90_s": 1.2, "throughput_tok_s": 40.0,
         "prefix_hit_rate": 0.5, "preemptions": 0}
 
 
+def samples(n: int = 200, slower: float = 1.0, seed: int = 1) -> list[fid.Sample]:
+    """n requests: TTFT spread 0.1-1 s (times `slower`), 400 prompt tokens, 200 cached."""
+    rng = random.Random(seed)
+    return [(i, rng.uniform(0.1, 1.0) * slower, 400, 200) for i in range(n)]
+
+
 def run_with(real_rr: dict, sim_rr: dict) -> fid.Fidelity:
     f = fid.Fidelity("cpu-mix", 2, 0.9, 120.0, 1, "vllm-cpu-tiny", "vllm")
-    f.real = {"llm": dict(FIGS), "round-robin": {**FIGS, **real_rr}}
-    f.sim = {"llm": dict(FIGS), "round-robin": {**FIGS, **sim_rr}}
+    f.real = {"llm": {**FIGS, "requests": samples()},
+              "round-robin": {**FIGS, **real_rr, "requests": samples(slower=2.0)}}
+    f.sim = {"llm": {**FIGS, "requests": samples()},
+             "round-robin": {**FIGS, **sim_rr, "requests": samples(slower=0.5)}}
     f.sim_scaled = f.sim
     f.speeds = [1.1, 1.3]
     f.steps = [{"step": "A10 model, seed-lora, 4 pods, load 0.9 (README) and then some more",
@@ -36,9 +45,12 @@ def test_the_table_fits_100_columns_and_marks_what_is_off():
                   if ln.startswith("TTFT p50") and "round-robin" in ln)
     assert "0.62*" in rr_p50  # 0.5 / 0.8, more than 25% off
     order = next(ln for ln in text.splitlines()
-                 if ln.startswith("TTFT p50") and ln.rstrip().endswith(("yes/yes", "no/no")))
-    assert order.split()[-4:] == ["llm", "llm", "llm", "yes/yes"]
-    assert "llm 1.10x, round-robin 1.30x" in text  # each run's host against calibration
+                 if ln.startswith("TTFT p50") and ln.rstrip().endswith("differs/differs"))
+    assert order.split()[3] == "2.00" and order.split()[5] == "0.50"  # round-robin / llm
+    hits = next(ln for ln in text.splitlines()
+                if ln.startswith("prefix hit rate") and "within noise" in ln)
+    assert hits.split()[3:5] == ["1.00", "1.00-1.00"]
+    assert "llm 1.10x, round-robin 1.30x" in text  # each run's engines against the profile
     assert "25.0x" in text
 
 
@@ -49,6 +61,31 @@ def test_order_ties_within_two_percent_and_higher_is_better_for_hits():
     assert fid.better({"ttft_p50_s": 1.0}, {"ttft_p50_s": 2.0}, "ttft_p50_s") == "a"
 
 
+def test_a_difference_beyond_the_requests_noise_is_resolved_and_a_small_one_is_not():
+    a = samples()
+    worse = fid.spread(a, samples(slower=1.3), "ttft_p50_s")
+    assert worse.ratio == pytest.approx(1.3) and worse.low > 1.0
+    assert worse.verdict("ttft_p50_s") == "a"  # lower TTFT is better: a
+    noisy = fid.spread(a, samples(seed=2), "ttft_p90_s")  # the same distribution
+    assert noisy.low < 1.0 < noisy.high and noisy.verdict("ttft_p90_s") == "="
+    more_hits = fid.spread(a, [(i, t, p, c + 100) for i, t, p, c in a], "prefix_hit_rate")
+    assert more_hits.ratio == pytest.approx(1.5) and more_hits.verdict("prefix_hit_rate") == "b"
+    assert fid.spread(a, [], "ttft_p50_s").ratio != fid.spread(a, [], "ttft_p50_s").ratio
+
+
+def test_the_order_rule():
+    a_better = fid.Spread(1.3, 1.2, 1.4)  # b's TTFT 20-40% higher
+    b_better, tie = fid.Spread(0.8, 0.7, 0.9), fid.Spread(1.05, 0.95, 1.15)
+    key = "ttft_p50_s"
+    assert fid.order(a_better, fid.Spread(1.1, 1.05, 1.2), key) == "same"
+    assert fid.order(a_better, b_better, key) == "differs"
+    assert fid.order(tie, fid.Spread(1.02, 0.99, 1.06), key) == "tie within noise"
+    # one resolves a policy inside the other's interval: the data cannot tell them apart
+    assert fid.order(tie, fid.Spread(1.1, 1.05, 1.15), key) == "tie within noise"
+    assert fid.order(tie, a_better, key) == "differs"  # 1.3 is outside 0.95-1.15
+    assert fid.order(a_better, tie, key) == "differs"
+
+
 def test_a_slower_host_scales_every_measured_time():
     p = replace(get_profile("llama2-7b-a10"), step_fit=StepFit(0.01, 1e-4, 1e-9, 1e-3, 1e-6,
                                                                   2e-3, 3e-4),
@@ -57,6 +94,20 @@ def test_a_slower_host_scales_every_measured_time():
     assert s.step_fit.base_s == pytest.approx(0.02) and s.frontend_s == pytest.approx(0.04)
     assert s.step_time(100, 2, 300, 1) == pytest.approx(2 * p.step_time(100, 2, 300, 1))
     assert fid.slower(p, math.nan) is p
+
+
+def test_the_engines_speed_is_found_from_the_real_runs_decode_steps():
+    cpu = replace(get_profile("llama2-7b-a10"), name="cpu-like",
+                  step_fit=StepFit(0.005, 4e-4, 1e-8, 9e-4, 1e-6, 3e-3, 3e-4, 3e-4),
+                  kv_blocks=512, block_size=128, max_num_seqs=16, chars_per_token=2.0,
+                  host_contention=0.25, frontend_s=0.008, frontend_busy_s=0.012)
+    reqs = make_workload("cpu-mix", 2.0, 30.0, 1)
+    # a "real" run: the same engine on a host 1.5x as slow
+    real = fid.run_sim(fid.slower(cpu, 1.5), reqs, 2, 30.0, 1, ["llm"])["llm"]
+    assert real["tpot_p50_s"] > 0
+    speed = fid.engine_speed(cpu, real, reqs, 2, 30.0, 1, "llm")
+    assert speed == pytest.approx(1.5, rel=0.03)
+    assert math.isnan(fid.engine_speed(cpu, {"ttft_p50_s": 1.0}, reqs, 2, 30.0, 1, "llm"))
 
 
 def test_salting_keeps_shared_prefixes_shared_and_runs_apart():
@@ -92,3 +143,7 @@ def test_fidelity_on_simulated_pods(tmp_path, capsys):
         for figures in data[side].values():
             assert figures["completed"] > 0 and figures["throughput_tok_s"] > 0
     assert "which policy is better" in capsys.readouterr().out
+    for side in ("real", "sim"):  # each request, for the spread of the policies' order
+        reqs = data[side]["llm"]["requests"]
+        assert len(reqs) == data[side]["llm"]["completed"]
+        assert all(ttft > 0 and prompt >= cached >= 0 for _, ttft, prompt, cached in reqs)
