@@ -15,10 +15,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 #: Body bytes buffered before the pod's socket stops being read (until the relay reads).
 HIGH_WATER = 256 * 1024
-#: Idle keep-alive connections kept per pod, and seconds one is kept (a pod closing it
-#: first is seen and the connection dropped).
+#: Idle keep-alive connections kept per pod, and seconds one is kept: under vLLM's own
+#: keep-alive (uvicorn's 5 s), so a request never crosses the pod closing its connection
+#: (a pod closing one earlier is seen, and the connection dropped). Every KEEPALIVE_S the
+#: expired ones of every pod are closed, those of pods no longer sent to included.
 MAX_IDLE_PER_POD = 256
-KEEPALIVE_S = 15.0
+KEEPALIVE_S = 4.0
 
 
 class UpstreamError(Exception):
@@ -293,6 +295,7 @@ class UpstreamPool:
         self.in_use = 0  # connections carrying a request now (until its answer is closed)
         self._open: set[_Conn] = set()
         self._closed = False
+        self._sweep_at = time.monotonic() + KEEPALIVE_S
 
     async def _connect(self, address: str) -> _Conn:
         host, _, port = address.rpartition(":")
@@ -325,6 +328,8 @@ class UpstreamPool:
         connection is cut."""
         if self._closed:
             raise ConnectFailed("the balancer is shutting down")
+        if time.monotonic() >= self._sweep_at:
+            self.sweep()
         conn = self._reuse(address) or await self._connect(address)
         resp = conn.resp = UpstreamResponse(conn)
         conn.parser = httptools.HttpResponseParser(conn)
@@ -348,8 +353,14 @@ class UpstreamPool:
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
-        while idle and conn.idle_since - idle[0].idle_since >= KEEPALIVE_S:
-            idle.popleft()._drop()
+        _expire(idle, conn.idle_since)
+
+    def sweep(self) -> None:
+        """Close every idle connection older than KEEPALIVE_S."""
+        now = time.monotonic()
+        self._sweep_at = now + KEEPALIVE_S
+        for idle in list(self._idle.values()):
+            _expire(idle, now)
 
     def _forget(self, conn: _Conn) -> None:
         """`conn` is closed: out of the open set, and out of the idle ones if it was idle."""
@@ -373,3 +384,9 @@ class UpstreamPool:
             conn._drop()
         self._idle.clear()
         await asyncio.sleep(0)
+
+
+def _expire(idle: collections.deque[_Conn], now: float) -> None:
+    """Close the connections of `idle` (oldest first) kept KEEPALIVE_S or longer."""
+    while idle and now - idle[0].idle_since >= KEEPALIVE_S:
+        idle.popleft()._drop()

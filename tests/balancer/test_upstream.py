@@ -204,3 +204,22 @@ async def test_a_cancelled_request_cuts_its_connection() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert pool.in_use == 0 and pool.idle_connections() == 0
+
+
+async def test_idle_connections_expire_those_of_pods_no_longer_sent_to_too(monkeypatch) -> None:
+    monkeypatch.setattr(upstream, "KEEPALIVE_S", 0.2)
+    a, b = Pod(answer(b"{}")), Pod(answer(b"{}"))
+    async with a as addr_a, b as addr_b:
+        pool = UpstreamPool(1.0, 5.0)
+        for addr in (addr_a, addr_b):
+            resp = await pool.post(addr, HEAD, b"{}")
+            await read_all(resp)
+            resp.close()
+        assert pool.idle_connections() == 2
+        await asyncio.sleep(0.3)
+        resp = await pool.post(addr_a, HEAD, b"{}")  # sweeps first: b's goes too
+        await read_all(resp)
+        resp.close()
+        assert pool.idle_connections() == 1 and a.connections == 2 and b.connections == 1
+        assert len(pool._open) == 1
+        await pool.close()
