@@ -47,7 +47,7 @@ class WorkerScrapeShare:
         self._server: asyncio.AbstractServer | None = None
         self._peers: dict[int, asyncio.StreamWriter] = {}
         self._connecting: asyncio.Task[None] | None = None
-        self._readers: set[asyncio.Task[None]] = set()
+        self._incoming: set[asyncio.StreamWriter] = set()  # peers' connections to this one
         self._pending: list[Outcome] = []
         self._flush: asyncio.TimerHandle | None = None
 
@@ -74,11 +74,10 @@ class WorkerScrapeShare:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        tasks = [t for t in (self._connecting, *self._readers) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for writer in self._peers.values():
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        for writer in [*self._peers.values(), *self._incoming]:  # their readers end
             writer.close()
         self._peers.clear()
         if self._server is not None:
@@ -115,10 +114,10 @@ class WorkerScrapeShare:
         data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         frame = len(data).to_bytes(_HEAD, "big") + data
         for index, writer in list(self._peers.items()):
-            if writer.is_closing():
+            if writer.is_closing():  # that worker is stopping
                 del self._peers[index]
-                log.warning("worker %d: worker %d closed the scrape share; it no longer gets "
-                            "this worker's scrapes", self.seat.index, index)
+                log.debug("worker %d: worker %d closed the scrape share", self.seat.index,
+                          index)
             elif writer.transport.get_write_buffer_size() > MAX_QUEUED:
                 self.dropped += len(batch)
             else:
@@ -126,9 +125,7 @@ class WorkerScrapeShare:
 
     # --- receiving -------------------------------------------------------------------------
     async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._readers.add(task)
+        self._incoming.add(writer)
         try:
             while True:
                 size = int.from_bytes(await reader.readexactly(_HEAD), "big")
@@ -142,8 +139,7 @@ class WorkerScrapeShare:
             return  # the peer stopped
         finally:
             writer.close()
-            if task is not None:
-                self._readers.discard(task)
+            self._incoming.discard(writer)
 
     def _apply(self, batch: list[Outcome]) -> None:
         store = self._store

@@ -1,15 +1,17 @@
 """Scraper cost: N fake pods in another process (one listening socket each, answering from
-prepared bytes with keep-alive) serve realistic vLLM /metrics pages; this process scrapes them with `contracts.scrape.Scraper` and reports its own CPU (% of one
-core) at a given pages/s, plus `parse_metrics` µs per page, on pages made by
-`simulator.samplepage.vllm_page`.
+prepared bytes with keep-alive) serve realistic vLLM /metrics pages; this process scrapes
+them with `contracts.scrape.Scraper` and reports its own CPU (% of one core) at a given
+pages/s, plus `parse_metrics` µs per page, on pages made by `simulator.samplepage.vllm_page`.
 
     python -m bench.exporter_scrape [--pods 50] [--interval 0.25] [--seconds 10]
-    python -m bench.exporter_scrape --sweep 10,100,1000,5000 [--budget 2500]
+    python -m bench.exporter_scrape --sweep 10,100,1000,5000 [--budget 2500] [--workers 2]
 
 `--sweep` runs the scraper's own scheduler (`Scraper.run`: spread, budget, adaptation) at
 each pod count in turn and prints one table: achieved scrapes per pod per second (Hz), the
 scheduler's planned period, this process's CPU as % of one core (and µs per page), the page
 server's CPU, the pods without fresh metrics at the end (stale) and the failed scrapes.
+`--workers N` scrapes from N processes sharing their scrapes as the balancer's workers do
+(CPU: all of them together, and the busiest one).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import logging
 import multiprocessing
 import multiprocessing.synchronize
 import os
+import shutil
 import sys
+import tempfile
 import time
 import timeit
 from dataclasses import dataclass
@@ -31,6 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmtraffic.balancer.eventloop import CHOICES, loop_name
 from llmtraffic.balancer.eventloop import run as run_loop
+from llmtraffic.balancer.scrapeshare import WorkerScrapeShare
+from llmtraffic.balancer.workers import WorkerSeat
 from llmtraffic.contracts import vllm
 from llmtraffic.contracts.options import SCRAPE_BUDGET
 from llmtraffic.contracts.store import MetricsStore, Pod
@@ -97,7 +103,8 @@ def _cpu_seconds(pid: int) -> float:
 class _Run:
     """What one measured run gives."""
 
-    cpu: float  # this process's CPU seconds
+    cpu: float  # the scraping processes' CPU seconds, all together
+    busiest: float  # the busiest scraping process's CPU seconds
     wall: float
     outcomes: dict[str, int]
     period: float  # the schedule's planned period at the end
@@ -106,13 +113,17 @@ class _Run:
 
 
 async def _scrape_for(pods: list[Pod], interval: float, seconds: float, budget: float,
-                      server: int) -> _Run:
+                      server: int, seat: WorkerSeat | None = None) -> _Run:
+    """Scrape `pods` for `seconds` after a warm-up; with a `seat`, as that worker of the
+    balancer's (its share of the pods, outcomes exchanged with the other workers)."""
     from llmtraffic.contracts.scrape import ScrapeCounts, Scraper, stale_pods
 
     store = MetricsStore()
     store.set_pods(pods)
     counts = ScrapeCounts()
     scraper = Scraper(store, interval=interval, timeout=1.0, stats=counts, budget=budget)
+    if seat is not None:
+        scraper.share = WorkerScrapeShare(seat)
     task = asyncio.create_task(scraper.run())
     await asyncio.sleep(0.1)  # the plan is made: warm up over two periods (connections
     await asyncio.sleep(max(2.0, 2 * scraper.schedule.period))  # made, the rate settled)
@@ -129,12 +140,49 @@ async def _scrape_for(pods: list[Pod], interval: float, seconds: float, budget: 
     outcomes: dict[str, int] = {}
     for (_, outcome), n in counts.scrapes.items():
         outcomes[outcome] = outcomes.get(outcome, 0) + n
-    return _Run(cpu, wall, outcomes, period, stale, server_cpu)
+    return _Run(cpu, cpu, wall, outcomes, period, stale, server_cpu)
+
+
+def _worker(pods: list[Pod], interval: float, seconds: float, budget: float, server: int,
+            seat: WorkerSeat, loop: str, results: multiprocessing.Queue) -> None:
+    """Child process: one of `seat.count` scraping workers; its _Run goes to `results`."""
+    results.put(run_loop(_scrape_for(pods, interval, seconds, budget, server, seat), loop))
+
+
+def _workers(pods: list[Pod], interval: float, seconds: float, budget: float, server: int,
+             count: int, loop: str) -> _Run:
+    """`count` scraping processes sharing their scrapes as the balancer's workers do, the
+    budget split between them; their figures added up (period, stale: the worst one's)."""
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = ctx.Queue()
+    rundir = tempfile.mkdtemp(prefix="bench-scrape-")
+    procs = [ctx.Process(target=_worker, args=(
+        pods, interval, seconds, budget / count, server,
+        WorkerSeat(i, count, "127.0.0.1", 0, rundir), loop, results), daemon=True)
+        for i in range(count)]
+    for p in procs:
+        p.start()
+    try:
+        runs = [results.get(timeout=120 + 4 * seconds + len(pods) / 100) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        shutil.rmtree(rundir, ignore_errors=True)
+    outcomes: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    return _Run(sum(r.cpu for r in runs), max(r.cpu for r in runs),
+                sum(r.wall for r in runs) / count, outcomes, max(r.period for r in runs),
+                max(r.stale for r in runs), sum(r.server_cpu for r in runs) / count)
 
 
 def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
-             budget: float, loop: str = "auto") -> _Run:
-    """Serve `n` fake pods from a child process and scrape them for `seconds`."""
+             budget: float, loop: str = "auto", workers: int = 1) -> _Run:
+    """Serve `n` fake pods from a child process and scrape them for `seconds` (from this
+    process, or from `workers` processes sharing their scrapes)."""
     from llmtraffic.harness.prometheus import free_port
 
     taken: set[int] = set()
@@ -152,6 +200,8 @@ def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
         if not ready.is_set():
             raise RuntimeError(f"the page server for {n} pods did not start (see above)")
         pods = [Pod(f"pod-{i}", f"127.0.0.1:{p}") for i, p in enumerate(ports)]
+        if workers > 1:
+            return _workers(pods, interval, seconds, budget, server.pid, workers, loop)
         return run_loop(_scrape_for(pods, interval, seconds, budget, server.pid), loop)
     finally:
         stop.set()
@@ -161,19 +211,20 @@ def _measure(n: int, pages: list[bytes], interval: float, seconds: float,
 
 
 def _sweep(counts: list[int], pages: list[bytes], interval: float, seconds: float,
-           budget: float, loop: str) -> None:
+           budget: float, loop: str, workers: int) -> None:
     print(f"interval {interval} s, budget {budget:.0f} scrapes/s, {seconds:.0f} s per row "
-          f"(after a warm-up), event loop {loop_name(loop)}")
+          f"(after a warm-up), event loop {loop_name(loop)}, {workers} scraping "
+          f"process(es){' sharing their scrapes' if workers > 1 else ''}")
     print(f"{'pods':>6} {'period s':>9} {'Hz/pod':>8} {'pages/s':>8} {'CPU %':>6} "
-          f"{'µs/page':>8} {'server %':>9} {'stale':>6}  errors")
+          f"{'busiest %':>9} {'µs/page':>8} {'server %':>9} {'stale':>6}  errors")
     for n in counts:
-        r = _measure(n, pages, interval, seconds, budget, loop)
+        r = _measure(n, pages, interval, seconds, budget, loop, workers)
         ok = r.outcomes.get("ok", 0)
         errors = {k: v for k, v in r.outcomes.items() if k != "ok"}
         print(f"{n:>6} {r.period:>9.2f} {ok / r.wall / n:>8.2f} {ok / r.wall:>8.0f} "
-              f"{r.cpu / r.wall * 100:>6.1f} {r.cpu / max(ok, 1) * 1e6:>8.0f} "
-              f"{r.server_cpu / r.wall * 100:>9.1f} {r.stale:>6}  {errors or 'none'}",
-              flush=True)
+              f"{r.cpu / r.wall * 100:>6.1f} {r.busiest / r.wall * 100:>9.1f} "
+              f"{r.cpu / max(ok, 1) * 1e6:>8.0f} {r.server_cpu / r.wall * 100:>9.1f} "
+              f"{r.stale:>6}  {errors or 'none'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", type=int, default=1, help="data-parallel engines per page")
     ap.add_argument("--budget", type=float, default=SCRAPE_BUDGET, help="scrapes per second")
     ap.add_argument("--sweep", help="pod counts, e.g. 10,100,1000,5000: one table row each")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="scraping processes sharing their scrapes, as `llmtraffic balancer "
+                    "--workers N` does (the budget split between them)")
     ap.add_argument("--loop", choices=CHOICES, default="auto",
                     help="event loop of the scraping process (auto: uvloop when installed, "
                     "as the balancer)")
@@ -210,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.sweep:
         _sweep([int(n) for n in args.sweep.split(",")], pages, args.interval, args.seconds,
-               args.budget, args.loop)
+               args.budget, args.loop, args.workers)
         return 0
     try:
-        r = _measure(args.pods, pages, args.interval, args.seconds, args.budget, args.loop)
+        r = _measure(args.pods, pages, args.interval, args.seconds, args.budget, args.loop,
+                     args.workers)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
