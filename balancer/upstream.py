@@ -102,10 +102,22 @@ class _Conn(asyncio.Protocol):
                               f"{MAX_HEADERS} headers")
         resp.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_message_begin(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        if resp.complete:  # bytes after the answer: the connection is not reused
+            raise BadResponse("sent more than one response to one request")
+
     def on_headers_complete(self) -> None:
         resp = self.resp
         assert resp is not None
-        resp.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+            resp.interim = True
+            resp.headers.clear()
+            resp.head_bytes = resp.header_count = 0
+            return
+        resp.status = status
         resp.keep_alive = self.parser.should_keep_alive()
         resp.head_done()
 
@@ -116,7 +128,9 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         resp = self.resp
-        if resp is not None:
+        if resp is not None and resp.interim:
+            resp.interim = False
+        elif resp is not None:
             resp.complete = True
             resp.wake()
 
@@ -156,9 +170,8 @@ class UpstreamResponse:
     back to the pool when the body was read whole)."""
 
     __slots__ = ("conn", "status", "headers", "head_bytes", "header_count", "keep_alive",
-                 "headed",
-                 "complete", "error", "chunks", "buffered", "waiter", "last_data",
-                 "paused", "released", "_timer")
+                 "headed", "interim", "complete", "error", "chunks", "buffered", "waiter",
+                 "last_data", "paused", "released", "_timer")
 
     def __init__(self, conn: _Conn) -> None:
         self.conn = conn
@@ -168,6 +181,7 @@ class UpstreamResponse:
         self.header_count = 0
         self.keep_alive = False
         self.headed = False
+        self.interim = False  # an interim (1xx) head was read; its empty message follows
         self.complete = False
         self.error: UpstreamError | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -347,10 +361,13 @@ class UpstreamPool:
 
     def _release(self, conn: _Conn) -> None:
         conn.resp = None
-        idle = self._idle.setdefault(conn.address, collections.deque())
-        if self._closed or len(idle) >= self.max_idle or not conn.reusable():
+        idle = self._idle.get(conn.address)
+        if self._closed or not conn.reusable() or (idle is not None and
+                                                   len(idle) >= self.max_idle):
             conn._drop()
             return
+        if idle is None:
+            idle = self._idle[conn.address] = collections.deque()
         conn.idle_since = time.monotonic()
         idle.append(conn)
         _expire(idle, conn.idle_since)

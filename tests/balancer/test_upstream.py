@@ -223,3 +223,23 @@ async def test_idle_connections_expire_those_of_pods_no_longer_sent_to_too(monke
         assert pool.idle_connections() == 1 and a.connections == 2 and b.connections == 1
         assert len(pool._open) == 1
         await pool.close()
+
+
+async def test_an_interim_head_is_skipped_and_a_second_answer_drops_the_connection() -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+        await w.drain()
+
+    pod = Pod(script)
+    async with pod as addr:
+        pool = UpstreamPool(1.0, 5.0)
+        resp = await pool.post(addr, HEAD, b"{}")
+        assert resp.status == 200 and await read_all(resp) == b"ok"
+        resp.close()
+        assert pool.idle_connections() == 0 and pool.in_use == 0 and not pool._idle
+        resp = await pool.post(addr, HEAD, b"{}")  # a new connection
+        assert await read_all(resp) == b"ok"
+        resp.close()
+        assert pod.connections == 2
+        await pool.close()
