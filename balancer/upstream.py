@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+
 import httptools
 
 #: Response head limits: bytes of the status line and headers, and the number of headers.
