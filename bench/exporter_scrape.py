@@ -7,7 +7,8 @@ pages/s, plus `parse_metrics` µs per page, on pages made by `simulator.samplepa
     python -m bench.exporter_scrape --sweep 10,100,1000,5000 [--budget 2500] [--workers 2]
 
 `--sweep` runs the scraper's own scheduler (`Scraper.run`: spread, budget, adaptation) at
-each pod count in turn and prints one table: achieved scrapes per pod per second (Hz), the
+each pod count in turn, measured after a warm-up (two periods and WARM_UP_S), and prints one
+table: achieved scrapes per pod per second (Hz), the
 scheduler's planned period, this process's CPU as % of one core (and µs per page), the page
 server's CPU, the pods without fresh metrics at the end (stale) and the failed scrapes.
 `--workers N` scrapes from N processes sharing their scrapes as the balancer's workers do
@@ -99,6 +100,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Seconds the scraper runs before it is measured, beyond two periods: a rate cut while it
+#: made its connections (they cost more than a scrape) grows back by a tenth a second.
+WARM_UP_S = 6.0
+
+
 @dataclass
 class _Run:
     """What one measured run gives."""
@@ -126,7 +132,7 @@ async def _scrape_for(pods: list[Pod], interval: float, seconds: float, budget: 
         scraper.share = WorkerScrapeShare(seat)
     task = asyncio.create_task(scraper.run())
     await asyncio.sleep(0.1)  # the plan is made: warm up over two periods (connections
-    await asyncio.sleep(max(2.0, 2 * scraper.schedule.period))  # made, the rate settled)
+    await asyncio.sleep(max(2.0, 2 * scraper.schedule.period) + WARM_UP_S)  # made) and more
     counts.scrapes.clear()
     cpu0, wall0, server0 = time.process_time(), time.perf_counter(), _cpu_seconds(server)
     await asyncio.sleep(seconds)
