@@ -164,9 +164,10 @@ class BalancerCommand(BaseModel):
         metavar="N", shown_default="the cores this process may run on, within its "
         "cgroup's CPU limit")] = Field(
         None, ge=1, description="proxy: serve from N worker processes on one port "
-        "(SO_REUSEPORT), each with its own store, scrapes, policy state, admission queue and "
-        "in-flight counts (as N replicas would; they share --scrape-budget, and each pod is "
-        "scraped by each worker); /metrics on any of them reports all N "
+        "(SO_REUSEPORT), each with its own store, policy state, admission queue and "
+        "in-flight counts (as N replicas would); they share their scrapes (each pod is "
+        "scraped once a period for all of them, within one --scrape-budget); /metrics on "
+        "any of them reports all N "
         "merged, the access log gets every worker's whole lines, SIGTERM drains them all. "
         "1 serves in this process. The ext_proc picker runs one process (Envoy keeps few "
         "long-lived streams to it, which one port cannot spread)")

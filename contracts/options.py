@@ -42,7 +42,9 @@ ScrapeInterval = Annotated[float, Field(
 SCRAPE_BUDGET = 2500.0
 
 ScrapeBudget = Annotated[float, Flag(metavar="PER_S"), Field(
-    SCRAPE_BUDGET, gt=0, description="scrapes per second this process starts at most; with "
+    SCRAPE_BUDGET, gt=0, description="scrapes per second this process starts at most (a "
+    "balancer's --workers split it and share their scrapes: each pod is scraped once a "
+    "period for all of them); with "
     "more pods than budget x interval each pod is scraped every pods/budget seconds instead "
     "(spread over that period, with jitter), and less often still when the process falls "
     "behind its plan (llmtraffic_exporter_scrape_period_seconds says the period, "
