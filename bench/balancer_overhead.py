@@ -229,7 +229,9 @@ def _time_pick(n_pods: int, policy_name: str, bodies: list[dict], warmup: int,
                              prompt_tokens=estimate_tokens(text),
                              criticality=crit[model], pool=POOL)
         snap = fleet.store.snapshot(NOW)
-        members = Snapshot(snap.now, snap.in_pool(POOL))
+        # as Router.decide hands it: with the store's health version, which lets a policy
+        # keep what it derives from the usable pods (round-robin's ring) across picks
+        members = Snapshot(snap.now, snap.in_pool(POOL), version=snap.version)
         t0 = clock()
         pick = policy.pick(request, members)
         took = clock() - t0
