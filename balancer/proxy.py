@@ -24,16 +24,17 @@ from llmtraffic.balancer.lifecycle import DRAIN_CUT, RequestLifecycle
 from llmtraffic.balancer.options import ProxyOptions
 from llmtraffic.balancer.router import (OBJECTIVE_HEADER, ApiError, Decision,
                                         decode_body_off_loop)
-from llmtraffic.balancer.upstream import (RETRYABLE, BadResponse, IdleTimeout, UpstreamError,
-                                          UpstreamPool, UpstreamResponse)
 from llmtraffic.balancer.usage import SseRelay, SseTap, apply_usage, new_request_id
 from llmtraffic.balancer.workers import WorkerSeat
+from llmtraffic.contracts.httpclient import (RETRYABLE, BadResponse, BodyTooLarge,
+                                             IdleTimeout, UpstreamError, UpstreamPool,
+                                             UpstreamResponse)
 from llmtraffic.contracts.record import LLMRecord
 from llmtraffic.contracts.store import MetricsStore
 
 log = logging.getLogger(__name__)
 
-#: Upstream failures before any response byte (upstream.RETRYABLE: no connection, or it
+#: Upstream failures before any response byte (httpclient.RETRYABLE: no connection, or it
 #: closed) send the request to a fallback pod; a connect timeout is one of them (a vanished
 #: pod's IP often just drops packets). Failures while relaying an answer end it.
 STREAM_FAILURES = (UpstreamError,)
@@ -395,7 +396,8 @@ class BalancerApp:
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                return await self._pool.post(addr, self._head(addr, path) + headers, payload)
+                return await self._pool.request(addr, self._head(addr, path) + headers,
+                                                payload)
         except asyncio.CancelledError:
             if not cut or task.uncancel() > 0:  # the client left (or the drain cut it)
                 raise
@@ -468,19 +470,15 @@ class BalancerApp:
 
     async def _read_answer(self, up: UpstreamResponse, pod: str | None) -> bytes:
         cap = self.options.max_response_bytes
-        if (up.content_length or 0) > cap:
-            raise PodFault(f"announced an answer of {up.content_length} bytes, more than "
-                           f"{cap} (--max-response-bytes)")
-        data = bytearray()
         try:
-            while chunk := await up.read_chunk():
-                data += chunk
-                if len(data) > cap:
-                    raise PodFault(f"sent an answer larger than {cap} bytes "
-                                   "(--max-response-bytes)")
+            return await up.read_all(cap)
+        except BodyTooLarge as e:
+            raise PodFault(f"sent an answer larger than {cap} bytes (--max-response-bytes)"
+                           if e.announced is None else f"announced an answer of "
+                           f"{e.announced} bytes, more than {cap} (--max-response-bytes)"
+                           ) from None
         except STREAM_FAILURES as e:
             raise PodFault(f"failed while answering: {type(e).__name__}: {e}", "UC") from None
-        return bytes(data)
 
     async def _relay_stream(self, request: web.Request, d: Decision,
                             up: UpstreamResponse, life: RequestLifecycle,

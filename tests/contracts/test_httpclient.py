@@ -1,5 +1,6 @@
-"""The proxy's pooled HTTP/1.1 client against scripted pods: each answer shape (length,
-chunked, close-delimited), keep-alive reuse, and each failure with its error class."""
+"""The pooled HTTP/1.1 client (the proxy's and the scraper's) against scripted pods: each
+answer shape (length, chunked, close-delimited), keep-alive reuse, a body read whole within a
+cap, and each failure with its error class."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from llmtraffic.balancer import upstream
-from llmtraffic.balancer.upstream import (BadResponse, ConnectFailed, Disconnected,
-                                          IdleTimeout, UpstreamPool)
+from llmtraffic.contracts import httpclient
+from llmtraffic.contracts.httpclient import (BadResponse, BodyTooLarge, ConnectFailed,
+                                             Disconnected, IdleTimeout, UpstreamPool)
 
 HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: pod\r\nContent-Length: 2\r\n\r\n"
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -68,7 +69,7 @@ async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     await asyncio.sleep(10)
 
 
-async def read_all(resp: upstream.UpstreamResponse) -> bytes:
+async def read_all(resp: httpclient.UpstreamResponse) -> bytes:
     out = b""
     while chunk := await resp.read_chunk():
         out += chunk
@@ -80,7 +81,7 @@ async def test_a_content_length_answer_and_its_connection_is_reused() -> None:
     async with pod as addr:
         pool = UpstreamPool(1.0, 5.0)
         for _ in range(3):
-            resp = await pool.post(addr, HEAD, b"{}")
+            resp = await pool.request(addr, HEAD, b"{}")
             assert resp.status == 200 and resp.content_length == 8
             assert resp.headers["content-type"] == "application/json"
             assert await read_all(resp) == b'{"ok":1}'
@@ -102,7 +103,7 @@ async def test_a_chunked_stream_is_read_as_it_comes() -> None:
 
     async with Pod(script) as addr:
         pool = UpstreamPool(1.0, 5.0)
-        resp = await pool.post(addr, HEAD, b"{}")
+        resp = await pool.request(addr, HEAD, b"{}")
         assert await resp.read_chunk() == b"first"  # before the rest was even sent
         go.set()
         assert await read_all(resp) == b"second"
@@ -115,7 +116,7 @@ async def test_a_close_delimited_answer_ends_at_the_close_and_is_not_reused() ->
     script = answer_and_close(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
     async with Pod(script) as addr:
         pool = UpstreamPool(1.0, 5.0)
-        resp = await pool.post(addr, HEAD, b"{}")
+        resp = await pool.request(addr, HEAD, b"{}")
         assert await read_all(resp) == b"all of it"
         resp.close()
         assert pool.idle_connections() == 0 and pool.in_use == 0
@@ -128,7 +129,7 @@ async def test_nothing_listening_is_a_connect_failure() -> None:
         port = s.getsockname()[1]  # closed again: nothing listens there
     pool = UpstreamPool(1.0, 5.0)
     with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}"):
-        await pool.post(f"127.0.0.1:{port}", HEAD, b"{}")
+        await pool.request(f"127.0.0.1:{port}", HEAD, b"{}")
     assert pool.in_use == 0
 
 
@@ -137,11 +138,11 @@ async def test_a_silent_pod_times_out_and_a_closing_one_disconnects() -> None:
     async with Pod(silent) as addr:
         pool = UpstreamPool(1.0, 0.2)
         with pytest.raises(IdleTimeout, match="nothing for 0.2 s"):
-            await pool.post(addr, HEAD, b"{}")
+            await pool.request(addr, HEAD, b"{}")
         assert pool.in_use == 0
     async with Pod(hangs_up) as addr:
         pool = UpstreamPool(1.0, 5.0)
-        resp = await pool.post(addr, HEAD, b"{}")
+        resp = await pool.request(addr, HEAD, b"{}")
         with pytest.raises(Disconnected):
             await read_all(resp)
         resp.close()
@@ -150,8 +151,8 @@ async def test_a_silent_pod_times_out_and_a_closing_one_disconnects() -> None:
 
 @pytest.mark.parametrize("reply", [
     b"this is not HTTP\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"x" * (upstream.MAX_HEAD_BYTES + 1) + b"\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * (upstream.MAX_HEADERS + 1) + b"\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"x" * (httpclient.MAX_HEAD_BYTES + 1) + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * (httpclient.MAX_HEADERS + 1) + b"\r\n",
 ], ids=["not-http", "long-header", "many-headers"])
 async def test_a_broken_or_oversized_head_is_a_bad_response(reply: bytes) -> None:
     async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -161,7 +162,7 @@ async def test_a_broken_or_oversized_head_is_a_bad_response(reply: bytes) -> Non
     async with Pod(script) as addr:
         pool = UpstreamPool(1.0, 5.0)
         with pytest.raises(BadResponse):
-            await pool.post(addr, HEAD, b"{}")
+            await pool.request(addr, HEAD, b"{}")
         assert pool.in_use == 0 and pool.idle_connections() == 0
 
 
@@ -173,7 +174,7 @@ async def test_closing_an_answer_mid_read_wakes_its_reader_and_drops_the_connect
 
     async with Pod(script) as addr:
         pool = UpstreamPool(1.0, 5.0)
-        resp = await pool.post(addr, HEAD, b"{}")
+        resp = await pool.request(addr, HEAD, b"{}")
         reader = asyncio.create_task(resp.read_chunk())
         await asyncio.sleep(0.05)
         resp.close()  # what the drain deadline does to a stream it cuts
@@ -183,13 +184,13 @@ async def test_closing_an_answer_mid_read_wakes_its_reader_and_drops_the_connect
 
 
 async def test_a_fast_pod_is_paused_until_its_answer_is_read() -> None:
-    big = b"x" * (4 * upstream.HIGH_WATER)
+    big = b"x" * (4 * httpclient.HIGH_WATER)
     pod = Pod(answer(big))
     async with pod as addr:
         pool = UpstreamPool(1.0, 5.0)
-        resp = await pool.post(addr, HEAD, b"{}")
+        resp = await pool.request(addr, HEAD, b"{}")
         await asyncio.sleep(0.1)
-        assert resp.paused and resp.buffered < 2 * upstream.HIGH_WATER  # bounded
+        assert resp.paused and resp.buffered < 2 * httpclient.HIGH_WATER  # bounded
         assert await read_all(resp) == big
         resp.close()
         await pool.close()
@@ -198,7 +199,7 @@ async def test_a_fast_pod_is_paused_until_its_answer_is_read() -> None:
 async def test_a_cancelled_request_cuts_its_connection() -> None:
     async with Pod(silent) as addr:
         pool = UpstreamPool(1.0, 5.0)
-        task = asyncio.create_task(pool.post(addr, HEAD, b"{}"))
+        task = asyncio.create_task(pool.request(addr, HEAD, b"{}"))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -206,18 +207,17 @@ async def test_a_cancelled_request_cuts_its_connection() -> None:
         assert pool.in_use == 0 and pool.idle_connections() == 0
 
 
-async def test_idle_connections_expire_those_of_pods_no_longer_sent_to_too(monkeypatch) -> None:
-    monkeypatch.setattr(upstream, "KEEPALIVE_S", 0.2)
+async def test_idle_connections_expire_those_of_pods_no_longer_sent_to_too() -> None:
     a, b = Pod(answer(b"{}")), Pod(answer(b"{}"))
     async with a as addr_a, b as addr_b:
-        pool = UpstreamPool(1.0, 5.0)
+        pool = UpstreamPool(1.0, 5.0, keepalive=0.2)
         for addr in (addr_a, addr_b):
-            resp = await pool.post(addr, HEAD, b"{}")
+            resp = await pool.request(addr, HEAD, b"{}")
             await read_all(resp)
             resp.close()
         assert pool.idle_connections() == 2
         await asyncio.sleep(0.3)
-        resp = await pool.post(addr_a, HEAD, b"{}")  # sweeps first: b's goes too
+        resp = await pool.request(addr_a, HEAD, b"{}")  # sweeps first: b's goes too
         await read_all(resp)
         resp.close()
         assert pool.idle_connections() == 1 and a.connections == 2 and b.connections == 1
@@ -234,12 +234,80 @@ async def test_an_interim_head_is_skipped_and_a_second_answer_drops_the_connecti
     pod = Pod(script)
     async with pod as addr:
         pool = UpstreamPool(1.0, 5.0)
-        resp = await pool.post(addr, HEAD, b"{}")
+        resp = await pool.request(addr, HEAD, b"{}")
         assert resp.status == 200 and await read_all(resp) == b"ok"
         resp.close()
         assert pool.idle_connections() == 0 and pool.in_use == 0 and not pool._idle
-        resp = await pool.post(addr, HEAD, b"{}")  # a new connection
+        resp = await pool.request(addr, HEAD, b"{}")  # a new connection
         assert await read_all(resp) == b"ok"
         resp.close()
         assert pod.connections == 2
+        await pool.close()
+
+
+def chunked(*pieces: bytes) -> Script:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+        await w.drain()
+    return script
+
+
+@pytest.mark.parametrize("script, body", [(answer(b"x" * 10), b"x" * 10),
+                                          (chunked(b"abc", b"defg", b"hij"), b"abcdefghij")])
+async def test_read_all_takes_a_body_of_the_cap_whole_and_reuses_its_connection(
+        script: Script, body: bytes) -> None:
+    pod = Pod(script)
+    async with pod as addr:
+        pool = UpstreamPool(1.0, 5.0)
+        for _ in range(2):
+            resp = await pool.request(addr, HEAD, b"{}")
+            assert await resp.read_all(10) == body
+            resp.close()
+        assert pod.connections == 1
+        await pool.close()
+
+
+@pytest.mark.parametrize("script, announced, message", [
+    (answer(b"x" * 11), 11, "it announces 11 bytes"),
+    (chunked(b"abcdef", b"ghijk"), None, "more than 10 bytes came")])
+async def test_read_all_stops_at_a_body_over_the_cap(
+        script: Script, announced: int | None, message: str) -> None:
+    pod = Pod(script)
+    async with pod as addr:
+        pool = UpstreamPool(1.0, 5.0)
+        resp = await pool.request(addr, HEAD, b"{}")
+        with pytest.raises(BodyTooLarge, match=message) as err:
+            await resp.read_all(10)
+        assert err.value.announced == announced
+        resp.close()
+        assert pool.in_use == 0
+        if announced is not None:  # none of it read: the connection cannot be reused
+            assert pool.idle_connections() == 0
+        await pool.close()
+
+
+async def test_a_reused_connection_closed_by_the_pod_says_so() -> None:
+    answered = []
+
+    async def once(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if answered:  # the second request: closed unanswered, as an idle pod does
+            w.close()
+            return
+        answered.append(True)
+        await answer(b"{}")(r, w)
+
+    pod = Pod(once)
+    async with pod as addr:
+        pool = UpstreamPool(1.0, 5.0)
+        resp = await pool.request(addr, HEAD, b"{}")
+        await resp.read_all(10)
+        resp.close()
+        with pytest.raises(Disconnected) as err:
+            await pool.request(addr, HEAD, b"{}")
+        assert err.value.reused
+        answered.clear()
+        resp = await pool.request(addr, HEAD, b"{}")  # a new connection: not reused
+        await resp.read_all(10)
+        resp.close()
         await pool.close()

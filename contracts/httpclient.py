@@ -1,7 +1,8 @@
-"""The proxy's HTTP/1.1 client to the pods: one asyncio Protocol per connection (httptools
-parses the response: Content-Length, chunked or close-delimited), keep-alive connections
-pooled per pod (bounded, idle ones closed), connect and idle timeouts, bounded response
-heads, and a streaming read of the body with flow control."""
+"""The HTTP/1.1 client to the pods, used by the proxy (requests) and the scraper (pages):
+one asyncio Protocol per connection (httptools parses the response: Content-Length, chunked
+or close-delimited), keep-alive connections pooled per pod (bounded, idle ones closed),
+connect and idle timeouts, bounded response heads, and the body read as it comes (with flow
+control) or whole within a size cap."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 #: Body bytes buffered before the pod's socket stops being read (until the relay reads).
 HIGH_WATER = 256 * 1024
-#: Idle keep-alive connections kept per pod, and seconds one is kept: under vLLM's own
-#: keep-alive (uvicorn's 5 s), so a request never crosses the pod closing its connection
-#: (a pod closing one earlier is seen, and the connection dropped). Every KEEPALIVE_S the
-#: expired ones of every pod are closed, those of pods no longer sent to included.
+#: Idle keep-alive connections kept per pod, and seconds one is kept by default: under
+#: vLLM's own keep-alive (uvicorn's 5 s), so a request never crosses the pod closing its
+#: connection (a pod closing one earlier is seen, and the connection dropped). Every
+#: keep-alive period the expired ones of every pod are closed, those of pods no longer sent
+#: to included.
 MAX_IDLE_PER_POD = 256
 KEEPALIVE_S = 4.0
 
@@ -33,7 +35,13 @@ class ConnectFailed(UpstreamError):
 
 
 class Disconnected(UpstreamError):
-    """The pod closed the connection (or the balancer cut it) before the answer ended."""
+    """The pod closed the connection (or this process cut it) before the answer ended;
+    `reused`: on a keep-alive connection that had carried an answer before (a pod closing
+    it as it idled: an idempotent request may be sent again on a new one)."""
+
+    def __init__(self, message: str, reused: bool = False) -> None:
+        super().__init__(message)
+        self.reused = reused
 
 
 class BadResponse(UpstreamError):
@@ -42,6 +50,15 @@ class BadResponse(UpstreamError):
 
 class IdleTimeout(UpstreamError):
     """The pod sent nothing for the idle timeout while an answer was awaited."""
+
+
+class BodyTooLarge(UpstreamError):
+    """A body over the reader's cap: `announced` is its Content-Length when that said so
+    (nothing of it read), None when more than the cap came."""
+
+    def __init__(self, message: str, announced: int | None) -> None:
+        super().__init__(message)
+        self.announced = announced
 
 
 #: Failures before any response byte: the request may go to another pod.
@@ -58,6 +75,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.uses = 0  # requests sent on this connection
         self.resp: UpstreamResponse | None = None
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
@@ -148,7 +166,8 @@ class _Conn(asyncio.Protocol):
                 resp.wake()
             else:
                 resp.fail(Disconnected("the pod closed the connection before its answer "
-                                       "ended" + (f" ({exc})" if exc else "")))
+                                       "ended" + (f" ({exc})" if exc else ""),
+                                       reused=self.uses > 1))
         self.pool._forget(self)
 
     def _drop(self) -> None:
@@ -167,7 +186,7 @@ class _Conn(asyncio.Protocol):
 
 class UpstreamResponse:
     """A pod's answer: `status`, `headers` (lower-case names), `content_length`; the body
-    by `read_chunk()` (b"" at its end); `close()` once done with it (the connection goes
+    by `read_chunk()` (b"" at its end) or `read_all(cap)`; `close()` once done with it (the connection goes
     back to the pool when the body was read whole)."""
 
     __slots__ = ("conn", "status", "headers", "head_bytes", "header_count", "keep_alive",
@@ -258,6 +277,20 @@ class UpstreamResponse:
                 raise self.error
             await self._wait()
 
+    async def read_all(self, cap: int) -> bytes:
+        """The whole body; BodyTooLarge once it is known to be over `cap` bytes (from its
+        Content-Length, before reading any of it, or as it comes)."""
+        announced = self.content_length
+        if (announced or 0) > cap:
+            raise BodyTooLarge(f"it announces {announced} bytes", announced)
+        parts, size = [], 0
+        while chunk := await self.read_chunk():
+            size += len(chunk)
+            if size > cap:
+                raise BodyTooLarge(f"more than {cap} bytes came", None)
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def read_chunk(self) -> bytes:
         """What has come of the body (all of it buffered, joined), or b"" at its end."""
         while True:
@@ -291,26 +324,29 @@ class UpstreamResponse:
             conn.pool._release(conn)
             return
         if self.error is None and not self.complete:
-            self.error = Disconnected("the balancer closed the connection")
+            self.error = Disconnected("this process closed the connection")
         conn._drop()
         self.wake()
 
 
 class UpstreamPool:
-    """Keep-alive connections per pod address: `await pool.post(...)` ->
-    `UpstreamResponse` once its head has come."""
+    """Keep-alive connections per pod address: `await pool.request(...)` ->
+    `UpstreamResponse` once its head has come. Idle connections are kept `keepalive`
+    seconds, at most `max_idle_per_pod` per pod."""
 
     def __init__(self, connect_timeout: float, idle_timeout: float,
-                 max_idle_per_pod: int = MAX_IDLE_PER_POD) -> None:
+                 max_idle_per_pod: int = MAX_IDLE_PER_POD,
+                 keepalive: float | None = None) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle_per_pod
+        self.keepalive = KEEPALIVE_S if keepalive is None else keepalive
         self.loop = asyncio.get_running_loop()
         self._idle: dict[str, collections.deque[_Conn]] = {}
         self.in_use = 0  # connections carrying a request now (until its answer is closed)
         self._open: set[_Conn] = set()
         self._closed = False
-        self._sweep_at = time.monotonic() + KEEPALIVE_S
+        self._sweep_at = time.monotonic() + self.keepalive
 
     async def _connect(self, address: str) -> _Conn:
         host, _, port = address.rpartition(":")
@@ -331,23 +367,25 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()  # the most recent: the least likely to have been closed
-            if conn.reusable() and now - conn.idle_since < KEEPALIVE_S:
+            if conn.reusable() and now - conn.idle_since < self.keepalive:
                 return conn
             conn._drop()
         return None
 
-    async def post(self, address: str, head: bytes, payload: bytes) -> UpstreamResponse:
+    async def request(self, address: str, head: bytes,
+                      payload: bytes = b"") -> UpstreamResponse:
         """Send `head` (request line and headers, ending in a blank line) and `payload` to
         the pod at `address`; the response once its head is read. ConnectFailed,
         Disconnected, BadResponse or IdleTimeout otherwise; a cancelled caller's
         connection is cut."""
         if self._closed:
-            raise ConnectFailed("the balancer is shutting down")
+            raise ConnectFailed("the client is closed (shutting down)")
         if time.monotonic() >= self._sweep_at:
             self.sweep()
         conn = self._reuse(address) or await self._connect(address)
         resp = conn.resp = UpstreamResponse(conn)
         conn.parser = httptools.HttpResponseParser(conn)
+        conn.uses += 1
         self.in_use += 1
         assert conn.transport is not None
         try:
@@ -371,14 +409,14 @@ class UpstreamPool:
             idle = self._idle[conn.address] = collections.deque()
         conn.idle_since = time.monotonic()
         idle.append(conn)
-        _expire(idle, conn.idle_since)
+        _expire(idle, conn.idle_since - self.keepalive)
 
     def sweep(self) -> None:
-        """Close every idle connection older than KEEPALIVE_S."""
+        """Close every idle connection kept `keepalive` seconds or longer."""
         now = time.monotonic()
-        self._sweep_at = now + KEEPALIVE_S
+        self._sweep_at = now + self.keepalive
         for idle in list(self._idle.values()):
-            _expire(idle, now)
+            _expire(idle, now - self.keepalive)
 
     def _forget(self, conn: _Conn) -> None:
         """`conn` is closed: out of the open set, and out of the idle ones if it was idle."""
@@ -396,7 +434,7 @@ class UpstreamPool:
         return sum(len(d) for d in self._idle.values())
 
     async def close(self) -> None:
-        """Close every connection; later posts fail."""
+        """Close every connection; later requests fail."""
         self._closed = True
         for conn in list(self._open):
             conn._drop()
@@ -404,7 +442,7 @@ class UpstreamPool:
         await asyncio.sleep(0)
 
 
-def _expire(idle: collections.deque[_Conn], now: float) -> None:
-    """Close the connections of `idle` (oldest first) kept KEEPALIVE_S or longer."""
-    while idle and now - idle[0].idle_since >= KEEPALIVE_S:
+def _expire(idle: collections.deque[_Conn], before: float) -> None:
+    """Close the connections of `idle` (oldest first) idle since `before` or earlier."""
+    while idle and idle[0].idle_since <= before:
         idle.popleft()._drop()
