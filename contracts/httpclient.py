@@ -430,6 +430,10 @@ class UpstreamPool:
             if not idle:
                 del self._idle[conn.address]
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def idle_connections(self) -> int:
         return sum(len(d) for d in self._idle.values())
 

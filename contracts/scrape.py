@@ -1,5 +1,5 @@
-"""The scrape loop: fetch every pod's vLLM /metrics over one keep-alive aiohttp session,
-parse it with `contracts.vllm.parse_metrics`, and write the result (or why it failed) into
+"""The scrape loop: fetch every pod's vLLM /metrics over one keep-alive connection per pod
+(`contracts.httpclient`), parse it with `contracts.vllm.parse_metrics`, and write the result (or why it failed) into
 the `MetricsStore`. Scrapes are spread over the interval by `ScrapeSchedule` within a budget
 of scrapes per second. A page is read up to `max_bytes` (beyond: `too_large`), and a large
 one is parsed in a thread, so a huge or endless page cannot stall the loop."""
@@ -13,12 +13,12 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-import aiohttp
 from prometheus_client.core import Metric
-from yarl import URL
 
 from llmtraffic.contracts import series as m
 from llmtraffic.contracts.families import counter_family, gauge_family, histogram_family
+from llmtraffic.contracts.httpclient import (BodyTooLarge, Disconnected, IdleTimeout,
+                                             UpstreamError, UpstreamPool)
 from llmtraffic.contracts.options import SCRAPE_BUDGET
 from llmtraffic.contracts.scrapeschedule import ScrapeSchedule
 from llmtraffic.contracts.store import MetricsStore, Pod, PodMetrics, Snapshot
@@ -43,19 +43,15 @@ STALE_PERIODS = 2.0
 #: at the planned rate when more. A process too slow to read the answers it asked for then
 #: falls behind its plan (and cuts its rate) instead of timing its scrapes out in its queue.
 MIN_IN_FLIGHT = 128
-#: Seconds an idle connection to a pod is kept (aiohttp's default is 15 s; at 5,000 pods a
+#: Seconds an idle connection to a pod is kept (the proxy's are kept 4 s; at 5,000 pods a
 #: period is 2 s or more, and every scrape should find its connection open). A pod that
-#: closes it sooner costs one retry on a new connection.
+#: closes it as it is reused costs one retry on a new connection.
 KEEPALIVE_S = 120.0
-
-
-class PageTooLarge(Exception):
-    """A page longer than the scraper's `max_bytes`."""
-_HEADERS = {
-    "Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1",  # the text format, never protobuf
-    "Accept-Encoding": "identity",  # gzip would cost both sides CPU on every scrape
-    "User-Agent": "llmtraffic-scraper",
-}
+#: The request's headers after its Host: the text format, never protobuf; never gzip,
+#: which would cost both sides CPU on every scrape.
+_HEADERS = (b"Accept: text/plain;version=0.0.4;q=1,*/*;q=0.1\r\n"
+            b"Accept-Encoding: identity\r\n"
+            b"User-Agent: llmtraffic-scraper\r\n\r\n")
 
 
 @dataclass
@@ -141,11 +137,11 @@ class Scraper:
         self.schedule = ScrapeSchedule(interval, budget)
         self._generation = -1  # the store's membership the schedule follows
         self._slow_said = False
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._busy: dict[str, asyncio.Task[None]] = {}  # address -> its running scrape
         self._up: dict[str, bool] = {}  # address -> state last logged
         self._warned_bad_lines: set[str] = set()
-        self._urls: dict[str, URL] = {}  # address -> its page's URL, parsed once
+        self._heads: dict[str, bytes] = {}  # address -> its GET's request head, made once
         self._stale_after = store.stale_after  # the store's own, before following the plan
         self.share: ScrapeShare | None = None
 
@@ -209,15 +205,15 @@ class Scraper:
         self.store.stale_after = max(self._stale_after, STALE_PERIODS * self.schedule.period)
 
     async def close(self) -> None:
-        """Cancel scrapes in flight and close the HTTP session."""
+        """Cancel scrapes in flight and close the connections."""
         tasks = list(self._busy.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self.share is not None:
             await self.share.close()
 
@@ -228,16 +224,14 @@ class Scraper:
         await self.close()
 
     # --- internals ------------------------------------------------------------------------
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=1,
-                                               keepalive_timeout=KEEPALIVE_S),
-                cookie_jar=aiohttp.DummyCookieJar(),  # a pod's cookies are never sent back
-                headers=_HEADERS,
-                timeout=aiohttp.ClientTimeout(total=None),  # our own per-pod timeout applies
-            )
-        return self._session
+    def _client(self) -> UpstreamPool:
+        if self._pool is None:  # one connection kept per pod: its scrapes never overlap
+            self._pool = UpstreamPool(self.timeout, self.timeout, max_idle_per_pod=1,
+                                      keepalive=KEEPALIVE_S)
+        return self._pool
+
+    def _url(self, address: str) -> str:
+        return f"http://{address}{self.path}"
 
     def _forget_left(self) -> None:
         """Forget what was logged about pods that left."""
@@ -246,10 +240,10 @@ class Scraper:
             for address in [a for a in self._up if store.pod(a) is None]:
                 del self._up[address]
                 self._warned_bad_lines.discard(address)
-        if len(self._urls) > len(self.store.pods()):
+        if len(self._heads) > len(self.store.pods()):
             store = self.store
-            for address in [a for a in self._urls if store.pod(a) is None]:
-                del self._urls[address]
+            for address in [a for a in self._heads if store.pod(a) is None]:
+                del self._heads[address]
 
     def _launch(self) -> list[asyncio.Task[None]]:
         self._forget_left()
@@ -269,36 +263,33 @@ class Scraper:
         if self._busy.get(address) is task:
             del self._busy[address]
 
-    async def _fetch(self, url: URL) -> tuple[int, bytes]:
+    async def _fetch(self, address: str) -> tuple[int, bytes]:
+        """GET the pod's page (no redirect followed): its status and body, BodyTooLarge
+        over `max_bytes`."""
+        head = self._heads.get(address)
+        if head is None:
+            head = self._heads[address] = \
+                f"GET {self.path} HTTP/1.1\r\nHost: {address}\r\n".encode() + _HEADERS
+        pool = self._client()
         try:
-            return await self._get(url)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
+            resp = await pool.request(address, head)
+        except Disconnected as e:
+            if not e.reused:
+                raise
             # the pod closed an idle keep-alive connection as we reused it: retry once on a
             # new connection, as Go's http client does for idempotent requests
-            return await self._get(url)
-
-    async def _get(self, url: URL) -> tuple[int, bytes]:
-        async with self._client().get(url, allow_redirects=False) as resp:
-            if (resp.content_length or 0) > self.max_bytes:
-                raise PageTooLarge(f"it announces {resp.content_length} bytes")
-            if resp.content_length is not None:  # within the limit: read it at once
-                return resp.status, await resp.read()
-            body = bytearray()
-            async for chunk in resp.content.iter_any():
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise PageTooLarge(f"more than {self.max_bytes} bytes came")
-            return resp.status, bytes(body)
+            resp = await pool.request(address, head)
+        try:
+            return resp.status, await resp.read_all(self.max_bytes)
+        finally:
+            resp.close()
 
     async def _scrape(self, pod: Pod) -> None:
         started = time.perf_counter()
-        url = self._urls.get(pod.address)
-        if url is None:
-            url = self._urls[pod.address] = URL(f"http://{pod.address}{self.path}")
         metrics = None
         try:
             async with asyncio.timeout(self.timeout):
-                status, body = await self._fetch(url)
+                status, body = await self._fetch(pod.address)
             if 200 <= status < 300:
                 metrics = parse_metrics(body) if len(body) < OFF_LOOP_PAGE_BYTES else \
                     await asyncio.to_thread(parse_metrics, body)
@@ -306,17 +297,17 @@ class Scraper:
             else:
                 outcome, reason = "http_error", f"http_{status}"
                 detail = body[:200].decode("utf-8", "replace").strip()
-        except TimeoutError:
+        except (TimeoutError, IdleTimeout):
             outcome, reason, detail = "timeout", "timeout", f"no answer within {self.timeout} s"
-        except PageTooLarge as exc:
+        except BodyTooLarge as exc:
             outcome, reason, detail = "too_large", "too_large", \
                 f"the page is larger than the limit of {self.max_bytes} bytes ({exc})"
         except VllmParseError as exc:
             outcome, reason, detail = "parse_error", "parse_error", str(exc)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             outcome, reason, detail = "connect_error", "connect_error", repr(exc)
         except Exception as exc:  # noqa: BLE001 - a scrape must never kill the loop
-            log.exception("unexpected error scraping %s", url)
+            log.exception("unexpected error scraping %s", self._url(pod.address))
             outcome, reason, detail = "connect_error", "connect_error", repr(exc)
         now = self.clock()
         if self.share is not None:
@@ -326,7 +317,8 @@ class Scraper:
             if metrics.bad_lines and pod.address not in self._warned_bad_lines:
                 self._warned_bad_lines.add(pod.address)
                 log.warning("pod %s (%s): skipped %d malformed line(s) of vLLM families in %s",
-                            pod.name, pod.address, metrics.bad_lines, url)
+                            pod.name, pod.address, metrics.bad_lines,
+                            self._url(pod.address))
         elif not self.store.mark_error(pod.address, reason, now):
             if self.stats is not None:
                 self.stats.scrape(pod.name, outcome, time.perf_counter() - started)
@@ -335,13 +327,14 @@ class Scraper:
             return
         if self.stats is not None:
             self.stats.scrape(pod.name, outcome, time.perf_counter() - started)
-        self._note_state(pod, url, metrics is not None, reason, detail)
+        self._note_state(pod, metrics is not None, reason, detail)
 
-    def _note_state(self, pod: Pod, url: URL, up: bool, reason: str, detail: str) -> None:
+    def _note_state(self, pod: Pod, up: bool, reason: str, detail: str) -> None:
         before = self._up.get(pod.address)
         if up == before:
             return
         self._up[pod.address] = up
+        url = self._url(pod.address)
         if up:
             if before is not None:
                 log.info("pod %s (%s) is up again: %s answers", pod.name, pod.address, url)

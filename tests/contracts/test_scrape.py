@@ -242,17 +242,17 @@ async def test_membership_changes_between_scrapes(servers) -> None:
     assert a.hits == 1 and b.hits == 1
 
 
-async def test_close_cancels_scrapes_in_flight_and_closes_the_session(servers) -> None:
+async def test_close_cancels_scrapes_in_flight_and_closes_the_connections(servers) -> None:
     slow = await servers("slow", delay=30.0)
     store = _store(slow)
     scraper = Scraper(store, timeout=30.0)
     task = asyncio.create_task(scraper.scrape_once())
     while slow.hits == 0:
         await asyncio.sleep(0.01)
-    session = scraper._session
+    pool = scraper._pool
     await scraper.close()
     await asyncio.gather(task, return_exceptions=True)
-    assert task.done() and session is not None and session.closed
+    assert task.done() and pool is not None and pool.closed and pool.in_use == 0
     assert store.snapshot(0).pods[0].last_error is None  # a cancelled scrape records nothing
     await scraper.close()  # idempotent
 
@@ -295,3 +295,55 @@ async def test_a_large_page_is_parsed_off_the_event_loop(servers, monkeypatch) -
     snap = store.snapshot(clock.now).by_address()
     assert snap[small.address].fresh and snap[large.address].fresh
     assert len(threaded) == 1 and threaded[0] > 300 << 10
+
+
+async def test_scrapes_keep_one_connection_and_retry_once_when_the_pod_closed_it() -> None:
+    page = b'vllm:num_requests_running{engine="0",model_name="m"} 3\n'
+    heads: list[bytes] = []
+    connections = [0]
+
+    async def pod(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        try:
+            while True:
+                heads.append(await r.readuntil(b"\r\n\r\n"))
+                if len(heads) == 3:  # closes the kept connection as it is reused
+                    return
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page))
+                await w.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(pod, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    store, clock, stats = MetricsStore(stale_after=2.0), FakeClock(), Outcomes()
+    store.set_pods([Pod("pod-0", address)])
+    async with Scraper(store, clock=clock, stats=stats, path="/metrics?x=1") as scraper:
+        for _ in range(3):
+            await scraper.scrape_once()
+    server.close()
+    assert stats.of("pod-0") == ["ok", "ok", "ok"] and connections[0] == 2
+    assert store.snapshot(clock.now).pods[0].metrics.running == 3
+    assert len(heads) == 4 and heads[0] == heads[3]
+    assert heads[0].startswith(b"GET /metrics?x=1 HTTP/1.1\r\nHost: " + address.encode())
+    assert b"\r\nAccept-Encoding: identity\r\n" in heads[0]
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    async def pod(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 302 Found\r\nLocation: http://example.invalid/\r\n"
+                b"Content-Length: 5\r\n\r\nmoved")
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(pod, "127.0.0.1", 0)
+    store, clock, stats = MetricsStore(stale_after=2.0), FakeClock(), Outcomes()
+    store.set_pods([Pod("pod-0", f"127.0.0.1:{server.sockets[0].getsockname()[1]}")])
+    async with Scraper(store, clock=clock, stats=stats) as scraper:
+        await scraper.scrape_once()
+    server.close()
+    assert stats.of("pod-0") == ["http_error"]
+    assert store.snapshot(clock.now).pods[0].last_error == "http_302"
