@@ -186,8 +186,8 @@ class _Conn(asyncio.Protocol):
 
 class UpstreamResponse:
     """A pod's answer: `status`, `headers` (lower-case names), `content_length`; the body
-    by `read_chunk()` (b"" at its end) or `read_all(cap)`; `close()` once done with it (the connection goes
-    back to the pool when the body was read whole)."""
+    by `read_chunk()` (b"" at its end) or `read_all(cap)`; `close()` once done with it (the
+    connection goes back to the pool when the body was read whole)."""
 
     __slots__ = ("conn", "status", "headers", "head_bytes", "header_count", "keep_alive",
                  "headed", "interim", "complete", "error", "chunks", "buffered", "waiter",
