@@ -1,8 +1,9 @@
 """The scrape loop: fetch every pod's vLLM /metrics over one keep-alive connection per pod
 (`contracts.httpclient`), parse it with `contracts.vllm.parse_metrics`, and write the result
 (or why it failed) into the `MetricsStore`. Scrapes are spread over the interval by
-`ScrapeSchedule` within a budget of scrapes per second. A page is read up to `max_bytes` (beyond: `too_large`), and a large
-one is parsed in a thread, so a huge or endless page cannot stall the loop."""
+`ScrapeSchedule` within a budget of scrapes per second. A page is read up to `max_bytes`
+(beyond: `too_large`), and a large one is parsed in a thread, so a huge or endless page
+cannot stall the loop."""
 
 from __future__ import annotations
 
