@@ -147,3 +147,41 @@ def test_fidelity_on_simulated_pods(tmp_path, capsys):
         reqs = data[side]["llm"]["requests"]
         assert len(reqs) == data[side]["llm"]["completed"]
         assert all(ttft > 0 and prompt >= cached >= 0 for _, ttft, prompt, cached in reqs)
+
+
+def test_the_engines_are_warmed_by_the_loads_first_seconds_before_the_first_policy(
+        tmp_path, monkeypatch):
+    """Whichever policy ran first on fresh real engines had the worse TTFT p90: each run
+    must find the engines already past their first batches of the load's shapes."""
+    reqs = make_workload("cpu-mix", 2.0, 60, 1)
+    calls = []
+
+    def fake_router(spec, workdir, run_reqs, pods, scale, seed, fleet, keep=None):
+        calls.append((spec.policy, workdir, list(run_reqs), keep is not None))
+        return {}, 0.0
+
+    class Probe:
+        stretch = 1.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(fid, "run_router", fake_router)
+    monkeypatch.setattr(fid, "warm_up", lambda urls: None)
+    monkeypatch.setattr(fid, "HostLoad", Probe)
+    fleet = type("F", (), {"urls": ("http://a", "http://b")})()
+    out, _ = fid.run_real(fleet, reqs, tmp_path, 1, get_profile("vllm-cpu-tiny"),
+                          say=lambda _: None)
+    assert [c[0] for c in calls] == ["round-robin", *fid.POLICIES]
+    policy, workdir, warm, measured = calls[0]
+    assert workdir == tmp_path / "warm-up" and not measured
+    assert warm and len(warm) < len(reqs)
+    assert all(w.arrival < fid.WARM_LOAD_S for w in warm)
+    assert [w.index for w in warm] == [w.index for w in fid.warm_load(reqs)]
+    # salted apart from every measured run, so it leaves none of their prefixes cached
+    later = {c[2][0].prompt.split("] ")[0] for c in calls[1:]}
+    assert warm[0].prompt.split("] ")[0] not in later and len(later) == 2
+    assert set(out) == set(fid.POLICIES) and all(c[3] for c in calls[1:])
