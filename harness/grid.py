@@ -131,11 +131,16 @@ def run_grid(loads: Sequence[float] = LOADS, pods: Sequence[int] = PODS,
              for i, c in enumerate(dict.fromkeys(t.cell for t in tasks))}
     tasks.sort(key=lambda t: order[t.cell])
     saved = _read_checkpoint(checkpoint)
-    for task in [t for t in tasks if _task_key(t) in saved]:
-        report, cpu = saved[_task_key(task)]
+    pending = []
+    for task in tasks:
+        found = saved.get(_task_key(task))
+        if found is None:
+            pending.append(task)
+            continue
+        report, cpu = found
         grid.results.setdefault(task.cell, {}).setdefault(task.seed, {})[task.policy] = report
         grid.cpu_s += cpu
-    tasks = [t for t in tasks if _task_key(t) not in saved]
+    tasks = pending
     out = open(checkpoint, "a") if checkpoint else None
     t0 = time.monotonic()
     if jobs <= 1:
@@ -176,12 +181,13 @@ def _read_checkpoint(path: Path | None) -> dict[str, tuple[dict, float]]:
     if path is None or not path.exists():
         return {}
     saved = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
             saved[row["key"]] = (row["report"], row["cpu"])
         except (ValueError, KeyError, TypeError):
-            if n < len(path.read_text().splitlines()):  # a last line cut short is expected
+            if n < len(lines):  # a last line cut short is expected
                 raise ValueError(f"{path}:{n}: not a grid checkpoint line; delete the file "
                                  "to start the grid afresh") from None
     return saved
@@ -283,8 +289,7 @@ def format_grid(grid: Grid) -> str:
         for pods in grid.pods:
             for load in grid.loads:
                 by_seed = grid.results.get(Cell(w, pods, load))
-                if not by_seed or len(by_seed) < len(grid.seeds) or any(
-                        len(runs) < len(POLICIES) for runs in by_seed.values()):
+                if not by_seed or not _whole(grid, by_seed):
                     continue  # not run (or not all of it): a stopped grid
                 f = cell_figures(by_seed)
                 fail = "/".join(str(f.failures[p]) for p in POLICIES)
@@ -299,13 +304,20 @@ def format_grid(grid: Grid) -> str:
     return "\n".join(lines)
 
 
+def _whole(grid: Grid, by_seed: dict) -> bool:
+    """Whether a cell's runs are all there: every seed, every policy (a stopped grid
+    leaves cells part run)."""
+    return len(by_seed) >= len(grid.seeds) and all(
+        len(runs) >= len(POLICIES) for runs in by_seed.values())
+
+
 def missed_cells(grid: Grid) -> list[str]:
     """'workload pods load: misses' for every cell that misses a goal."""
     out = []
     order = {w: i for i, w in enumerate(grid.workloads)}
     for cell, by_seed in sorted(grid.results.items(),
                                 key=lambda c: (order.get(c[0].workload, 0), c[0].pods, c[0].load)):
-        if len(by_seed) < len(grid.seeds) or any(len(r) < len(POLICIES) for r in by_seed.values()):
+        if not _whole(grid, by_seed):
             continue
         m = cell_figures(by_seed).misses()
         if m:
