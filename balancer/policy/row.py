@@ -24,11 +24,7 @@ def pod_row(state: PodState) -> PodRow:
     """(address, running adapters, waiting adapters, the values of `COLUMNS`)."""
     pod, m = state.pod, state.metrics
     ready = pod.ready
-    if m is None:
-        return pod.address, (), (), (state.queue, state.kv_usage, 1.0 if state.fresh else 0.0,
-                                     1.0 if ready else 0.0,
-                                     1.0 if ready and state.last_error is None else 0.0,
-                                     slots_free(state))
-    return pod.address, m.running_adapters, m.waiting_adapters, (
+    running, waiting = ((), ()) if m is None else (m.running_adapters, m.waiting_adapters)
+    return pod.address, running, waiting, (
         state.queue, state.kv_usage, 1.0 if state.fresh else 0.0, 1.0 if ready else 0.0,
         1.0 if ready and state.last_error is None else 0.0, slots_free(state))
