@@ -142,7 +142,6 @@ class Scraper:
         self._busy: dict[str, asyncio.Task[None]] = {}  # address -> its running scrape
         self._up: dict[str, bool] = {}  # address -> state last logged
         self._warned_bad_lines: set[str] = set()
-        self._heads: dict[str, bytes] = {}  # address -> its GET's request head, made once
         self._stale_after = store.stale_after  # the store's own, before following the plan
         self.share: ScrapeShare | None = None
 
@@ -241,10 +240,6 @@ class Scraper:
             for address in [a for a in self._up if store.pod(a) is None]:
                 del self._up[address]
                 self._warned_bad_lines.discard(address)
-        if len(self._heads) > len(self.store.pods()):
-            store = self.store
-            for address in [a for a in self._heads if store.pod(a) is None]:
-                del self._heads[address]
 
     def _launch(self) -> list[asyncio.Task[None]]:
         self._forget_left()
@@ -267,10 +262,7 @@ class Scraper:
     async def _fetch(self, address: str) -> tuple[int, bytes]:
         """GET the pod's page (no redirect followed): its status and body, BodyTooLarge
         over `max_bytes`."""
-        head = self._heads.get(address)
-        if head is None:
-            head = self._heads[address] = \
-                f"GET {self.path} HTTP/1.1\r\nHost: {address}\r\n".encode() + _HEADERS
+        head = f"GET {self.path} HTTP/1.1\r\nHost: {address}\r\n".encode() + _HEADERS
         pool = self._client()
         try:
             resp = await pool.request(address, head)
