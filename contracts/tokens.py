@@ -118,13 +118,13 @@ class TokenCounters:
         tally = self._tally
         rejected = 0
         i = -1
-        taken = 0  # the records before it were counted in C
+        taken = -1  # C counted the records before it and left the one at it to us
         try:
             for rec in recs:
                 i += 1
                 if i < taken:
                     continue
-                if tally is not None:  # C counts from here up to a record it leaves to us
+                if tally is not None and i > taken:  # C counts from here up to one it leaves
                     taken = tally(recs, i, keys, sums, cells, MAX_REQUEST_TOKENS)
                     if taken > i:
                         continue
